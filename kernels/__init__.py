@@ -1,0 +1,1 @@
+"""Triton kernels of mcgr, shipped in the wheel as ``mcgr.kernels`` (one module per op)."""

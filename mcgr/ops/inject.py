@@ -1,0 +1,337 @@
+"""MC injection: the image formation model of DESIGN.md section 2.
+
+``inject_ref`` is the specification; ``inject`` dispatches to the fused kernels (C++/OpenMP,
+CUDA, Triton) which must equal it. Conventions (every backend):
+
+* Pixel ``(i, j)`` covers ``[i - 0.5, i + 0.5) x [j - 0.5, j + 0.5)``; its centre is ``(i, j)``.
+* A primitive is a row of ``calcs`` ``[N, 8]`` float32:
+  ``(batch, cy, cx, ry, rx, angle, thickness, shape)``: centre in px, semi-axes in px (``rx``
+  along the rotated u axis, ``ry`` along v), ``angle`` in radians (u = x cos a + y sin a), peak
+  chord ``thickness`` in mm, ``shape`` 0 = ellipsoid (punctate), 1 = capsule (a segment of half
+  length ``rx`` swept by a ball of radius ``ry``: linear / branching pieces). Pleomorphic shapes
+  are unions of several primitives, made by the sampler.
+* Normalised distance rho: ellipsoid ``rho^2 = (u/rx)^2 + (v/ry)^2``; capsule
+  ``rho^2 = (max(|u| - rx, 0)^2 + v^2) / ry^2``. Inside is ``rho^2 < 1``; the chord through a
+  point is ``thickness * sqrt(1 - rho^2)``.
+* Each pixel is sampled on an ``S x S`` grid (``S = supersample``) at
+  ``i - 0.5 + (k + 0.5) / S``. A pixel's chord is the mean of its samples (area average).
+* Mass conservation: each primitive's area-averaged chords over its whole window are scaled so
+  they sum to its analytic volume ``V`` (ellipsoid ``2/3 pi rx ry t``; capsule
+  ``pi rx ry t + 2/3 pi ry^2 t``, px^2 mm). A primitive that no sample hits deposits ``V`` in the
+  pixel holding its centre ``(floor(cy + 0.5), floor(cx + 0.5))``.
+* ``A = mu * T``; ``A_b = G_psf * A`` with the sampled, normalised Gaussian of radius
+  ``int(4 sigma + 0.5)`` (scipy.ndimage's ``truncate=4``). ``A`` is analytic, so the blur sees the
+  primitives outside the image too (no padding convention is involved).
+* ``L`` = normalised Gaussian mean of the background within the image (zero-padded sum over
+  zero-padded weights), sigma ``local_sigma``, radius ``int(3 s + 0.5)``.
+* ``I = B + contrast * (1 - L)^gamma * (1 - B) * (1 - exp(-A_b))``; with ``noise > 0``,
+  ``I += noise * sqrt(I) * n`` where ``n`` is ``rng_normal(seed, b*H*W + i*W + j)``; then
+  ``I`` is clamped to [0, 1].
+* Mask: a pixel is set when at least half of its samples lie inside the union of primitives, or
+  when it holds some primitive's centre pixel.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mcgr import _backends
+from mcgr._interop import as_tensor, to_kind
+from mcgr._validate import check_float_image, check_range, check_same_device
+from mcgr.ops._rng import rng_normal
+
+CALC_FIELDS = ("batch", "cy", "cx", "ry", "rx", "angle", "thickness", "shape")
+SHAPE_ELLIPSOID = 0
+SHAPE_CAPSULE = 1
+MAX_RADIUS_PX = 64.0
+PSF_TRUNCATE = 4.0
+LOCAL_TRUNCATE = 3.0
+
+
+@dataclass(frozen=True)
+class InjectParams:
+    """Image formation parameters (DESIGN.md 2).
+
+    mu: attenuation of calcification per mm of chord (1/mm); hydroxyapatite at mammographic
+        energies is about 1.2/mm.
+    psf_sigma: system PSF Gaussian sigma in px (MTF at Nyquist = exp(-pi^2 sigma^2 / 2)); 0 = no blur.
+    local_sigma: sigma in px of the local background mean L that modulates contrast.
+    contrast: c in m = c (1 - L)^gamma, in [0, 1].
+    gamma: how fast dense tissue hides calcifications.
+    noise: signal-dependent noise std factor (I += noise sqrt(I) n); 0 = none.
+    seed: noise stream (uint32).
+    supersample: S, samples per pixel side for area averaging and coverage (1..8).
+    """
+
+    mu: float = 1.2
+    psf_sigma: float = 0.6
+    local_sigma: float = 8.0
+    contrast: float = 0.8
+    gamma: float = 1.0
+    noise: float = 0.0
+    seed: int = 0
+    supersample: int = 4
+
+    def validated(self) -> "InjectParams":
+        check_range("params.mu", self.mu, 0.0, 100.0, lo_open=True)
+        check_range("params.psf_sigma", self.psf_sigma, 0.0, 8.0)
+        check_range("params.local_sigma", self.local_sigma, 0.25, 64.0)
+        check_range("params.contrast", self.contrast, 0.0, 1.0)
+        check_range("params.gamma", self.gamma, 0.0, 16.0)
+        check_range("params.noise", self.noise, 0.0, 1.0)
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"params.seed must be an integer in [0, 2**32), got {self.seed!r}")
+        if not isinstance(self.supersample, int) or not 1 <= self.supersample <= 8:
+            raise ValueError(f"params.supersample must be an integer in 1..8, got {self.supersample!r}")
+        return self
+
+    @property
+    def psf_radius(self) -> int:
+        return int(PSF_TRUNCATE * self.psf_sigma + 0.5)
+
+    @property
+    def local_radius(self) -> int:
+        return int(LOCAL_TRUNCATE * self.local_sigma + 0.5)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def gaussian_taps(sigma: float, radius: int, device=None) -> torch.Tensor:
+    """Normalised sampled Gaussian ``exp(-d^2 / (2 sigma^2))``, d in [-radius, radius] (float32)."""
+    d = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
+    if sigma <= 0 or radius == 0:
+        w = (d == 0).to(torch.float64)
+    else:
+        w = torch.exp(-(d * d) / (2.0 * sigma * sigma))
+    return (w / w.sum()).to(torch.float32)
+
+
+def primitive_volume(calcs: torch.Tensor) -> torch.Tensor:
+    """Analytic volume of each primitive (px^2 mm): ellipsoid 2/3 pi rx ry t, capsule pi rx ry t + 2/3 pi ry^2 t."""
+    ry, rx, t, shape = calcs[:, 3], calcs[:, 4], calcs[:, 6], calcs[:, 7]
+    ell = (2.0 / 3.0) * math.pi * rx * ry * t
+    cap = math.pi * rx * ry * t + (2.0 / 3.0) * math.pi * ry * ry * t
+    return torch.where(shape == SHAPE_CAPSULE, cap, ell)
+
+
+def primitive_area(calcs: torch.Tensor) -> torch.Tensor:
+    """Analytic footprint area of each primitive (px^2): ellipse pi rx ry, capsule 4 rx ry + pi ry^2."""
+    ry, rx, shape = calcs[:, 3], calcs[:, 4], calcs[:, 7]
+    return torch.where(shape == SHAPE_CAPSULE, 4.0 * rx * ry + math.pi * ry * ry, math.pi * rx * ry)
+
+
+def primitive_half_extent(calcs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half height and half width (px) of each primitive's axis-aligned bounding box."""
+    ry, rx, a, shape = calcs[:, 3], calcs[:, 4], calcs[:, 5], calcs[:, 7]
+    c, s = torch.cos(a).abs(), torch.sin(a).abs()
+    cap = shape == SHAPE_CAPSULE
+    hx = torch.where(cap, rx * c + ry, torch.sqrt((rx * c) ** 2 + (ry * s) ** 2))
+    hy = torch.where(cap, rx * s + ry, torch.sqrt((rx * s) ** 2 + (ry * c) ** 2))
+    return hy, hx
+
+
+def primitive_window(calcs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """First row, first column, rows and columns (int64) of each primitive's pixel window.
+
+    The window holds every pixel any of whose samples can fall inside the primitive, with one
+    pixel of margin so that rounding in the extent never clips a shape (samples outside a shape
+    contribute nothing, so the margin does not change any result).
+    """
+    hy, hx = primitive_half_extent(calcs)
+    cy, cx = calcs[:, 1], calcs[:, 2]
+    i0 = torch.floor(cy - hy + 0.5).to(torch.int64) - 1
+    i1 = torch.floor(cy + hy + 0.5).to(torch.int64) + 1
+    j0 = torch.floor(cx - hx + 0.5).to(torch.int64) - 1
+    j1 = torch.floor(cx + hx + 0.5).to(torch.int64) + 1
+    return i0, j0, i1 - i0 + 1, j1 - j0 + 1
+
+
+def _rho2(calcs: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """rho^2 of sample points; calcs [P, 8] broadcast against y, x [P, ...]."""
+    shp = (-1,) + (1,) * (y.dim() - 1)
+    cy, cx = calcs[:, 1].view(shp), calcs[:, 2].view(shp)
+    ry, rx = calcs[:, 3].view(shp), calcs[:, 4].view(shp)
+    a, shape = calcs[:, 5].view(shp), calcs[:, 7].view(shp)
+    dy, dx = y - cy, x - cx
+    ca, sa = torch.cos(a), torch.sin(a)
+    u = dx * ca + dy * sa
+    v = dy * ca - dx * sa
+    ell = (u / rx) ** 2 + (v / ry) ** 2
+    ue = torch.clamp(u.abs() - rx, min=0.0)
+    cap = (ue * ue + v * v) / (ry * ry)
+    return torch.where(shape == SHAPE_CAPSULE, cap, ell)
+
+
+def _rasterise(calcs: torch.Tensor, S: int, chunk: int = 256):
+    """Yield per-chunk primitive windows: (index, rows, cols, chord [P,h,w] area-averaged, inside [P,h,w,S*S]).
+
+    Primitives are sorted by window size and rasterised in chunks sharing a padded window, each
+    in its own small window (never over the image).
+    """
+    i0, j0, nh, nw = primitive_window(calcs)
+    order = torch.argsort(torch.maximum(nh, nw))
+    dev = calcs.device
+    k = torch.arange(S, device=dev, dtype=torch.float32)
+    sub = (k + 0.5) / S - 0.5  # sample offsets from the pixel centre
+    for start in range(0, calcs.shape[0], chunk):
+        idx = order[start : start + chunk]
+        c = calcs[idx]
+        h, w = int(nh[idx].max()), int(nw[idx].max())
+        rows = i0[idx, None] + torch.arange(h, device=dev)  # [P, h]
+        cols = j0[idx, None] + torch.arange(w, device=dev)  # [P, w]
+        y = rows.to(torch.float32)[:, :, None, None, None] + sub[None, None, None, :, None]
+        x = cols.to(torch.float32)[:, None, :, None, None] + sub[None, None, None, None, :]
+        r2 = _rho2(c, y, x)  # [P, h, w, S, S]
+        inside = r2 < 1.0
+        t = c[:, 6].view(-1, 1, 1, 1, 1)
+        chord = torch.where(inside, t * torch.sqrt(torch.clamp(1.0 - r2, min=0.0)), torch.zeros_like(r2))
+        # pixels past a primitive's own window (padding to the chunk's size) must not count
+        valid = (torch.arange(h, device=dev)[None, :] < nh[idx, None])[:, :, None] & (
+            torch.arange(w, device=dev)[None, :] < nw[idx, None]
+        )[:, None, :]
+        chord = chord.mean(dim=(3, 4)) * valid
+        inside = inside.reshape(inside.shape[0], h, w, S * S) & valid[..., None]
+        yield idx, rows, cols, chord, inside
+
+
+def inject_ref(background: torch.Tensor, calcs: torch.Tensor, params: InjectParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference image formation. background [B, H, W] float32 in [0, 1]; calcs [N, 8].
+
+    Returns (image [B, H, W] float32, mask [B, H, W] bool). Materialises T, A and A_b: it is the
+    specification, written for clarity; the kernels never do.
+    """
+    Bn, H, W = background.shape
+    dev = background.device
+    S = params.supersample
+    Rp = params.psf_radius
+    img_b = background
+    # 1. attenuation A = mu * T on the image plus a PSF halo (analytic primitives exist beyond the edge)
+    Hp, Wp = H + 2 * Rp, W + 2 * Rp
+    A = torch.zeros(Bn * Hp * Wp, dtype=torch.float32, device=dev)
+    samples = torch.zeros(Bn * H * S * W * S, dtype=torch.bool, device=dev)
+    mask = torch.zeros(Bn, H, W, dtype=torch.bool, device=dev)
+    if calcs.shape[0]:
+        vol = primitive_volume(calcs)
+        bidx = calcs[:, 0].to(torch.int64)
+        for idx, rows, cols, chord, inside in _rasterise(calcs, S):
+            P, h, w = chord.shape
+            disc = chord.sum(dim=(1, 2))  # discrete volume of each primitive over its whole window
+            hit = disc > 0
+            scale = torch.where(hit, vol[idx] / torch.where(hit, disc, torch.ones_like(disc)), torch.zeros_like(disc))
+            val = params.mu * chord * scale[:, None, None]
+            rr = (rows + Rp)[:, :, None].expand(P, h, w)
+            cc = (cols + Rp)[:, None, :].expand(P, h, w)
+            bb = bidx[idx][:, None, None].expand(P, h, w)
+            ok = (rr >= 0) & (rr < Hp) & (cc >= 0) & (cc < Wp) & (val != 0)
+            A.index_add_(0, ((bb * Hp + rr) * Wp + cc)[ok], val[ok])
+            # coverage samples inside the image
+            sk = torch.arange(S * S, device=dev)
+            sy = (rows[:, :, None, None] * S + (sk // S)[None, None, None, :]).expand(P, h, w, S * S)
+            sx = (cols[:, None, :, None] * S + (sk % S)[None, None, None, :]).expand(P, h, w, S * S)
+            sb = bidx[idx][:, None, None, None].expand(P, h, w, S * S)
+            ok = inside & (sy >= 0) & (sy < H * S) & (sx >= 0) & (sx < W * S)
+            samples[((sb * (H * S) + sy) * (W * S) + sx)[ok]] = True
+            # primitives that no sample hits deposit their whole volume at their centre pixel
+            miss = ~hit
+            if bool(miss.any()):
+                c = calcs[idx][miss]
+                ci = torch.floor(c[:, 1] + 0.5).to(torch.int64) + Rp
+                cj = torch.floor(c[:, 2] + 0.5).to(torch.int64) + Rp
+                ok = (ci >= 0) & (ci < Hp) & (cj >= 0) & (cj < Wp)
+                A.index_add_(0, ((bidx[idx][miss] * Hp + ci) * Wp + cj)[ok], (params.mu * vol[idx][miss])[ok])
+        # every primitive marks the pixel holding its centre
+        ci = torch.floor(calcs[:, 1] + 0.5).to(torch.int64)
+        cj = torch.floor(calcs[:, 2] + 0.5).to(torch.int64)
+        ok = (ci >= 0) & (ci < H) & (cj >= 0) & (cj < W)
+        mask.view(-1)[((bidx * H + ci) * W + cj)[ok]] = True
+    A = A.view(Bn, 1, Hp, Wp)
+    coverage = samples.view(Bn, H, S, W, S).sum(dim=(2, 4))
+    mask |= coverage * 2 >= S * S
+    # 2. PSF blur (separable, valid part of the haloed canvas)
+    g = gaussian_taps(params.psf_sigma, Rp, dev)
+    Ab = F.conv2d(F.conv2d(A, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1)).view(Bn, H, W)
+    # 3. local background mean within the image (normalised convolution)
+    Rl = params.local_radius
+    gl = gaussian_taps(params.local_sigma, Rl, dev)
+    num = F.conv2d(F.conv2d(img_b.view(Bn, 1, H, W), gl.view(1, 1, -1, 1), padding=(Rl, 0)), gl.view(1, 1, 1, -1), padding=(0, Rl))
+    ones = torch.ones(1, 1, H, W, dtype=torch.float32, device=dev)
+    den = F.conv2d(F.conv2d(ones, gl.view(1, 1, -1, 1), padding=(Rl, 0)), gl.view(1, 1, 1, -1), padding=(0, Rl))
+    L = (num / den).view(Bn, H, W)
+    # 4. local contrast modulation and the Beer-Lambert signal
+    m = params.contrast * torch.pow(torch.clamp(1.0 - L, min=0.0), params.gamma)
+    image = img_b + m * (1.0 - img_b) * (1.0 - torch.exp(-Ab))
+    if params.noise > 0:
+        counter = torch.arange(Bn * H * W, device=dev, dtype=torch.int64).view(Bn, H, W)
+        image = image + params.noise * torch.sqrt(torch.clamp(image, min=0.0)) * rng_normal(params.seed, counter)
+    image = torch.clamp(image, 0.0, 1.0)
+    return image, mask
+
+
+def validate_calcs(calcs: torch.Tensor, background: torch.Tensor) -> None:
+    if not isinstance(calcs, torch.Tensor):
+        raise TypeError(f"calcs must be a tensor, got {type(calcs).__name__}")
+    if calcs.dim() != 2 or calcs.shape[1] != len(CALC_FIELDS):
+        raise ValueError(f"calcs must be [N, 8] with columns {CALC_FIELDS}, got shape {tuple(calcs.shape)}")
+    if calcs.dtype != torch.float32:
+        raise TypeError(f"calcs must be float32, got {calcs.dtype}")
+    check_same_device("background", background, "calcs", calcs)
+    if calcs.shape[0] == 0:
+        return
+    if not bool(torch.isfinite(calcs).all()):
+        raise ValueError("calcs holds NaN or inf")
+    Bn = background.shape[0]
+    b = calcs[:, 0]
+    if bool(((b != torch.round(b)) | (b < 0) | (b >= Bn)).any()):
+        bad = int(((b != torch.round(b)) | (b < 0) | (b >= Bn)).nonzero()[0])
+        raise ValueError(f"calcs[{bad}, 0] (batch index) = {float(b[bad])} is not an integer in [0, {Bn})")
+    for col, name in ((3, "ry"), (4, "rx")):
+        v = calcs[:, col]
+        badm = (v <= 0) | (v > MAX_RADIUS_PX)
+        if bool(badm.any()):
+            bad = int(badm.nonzero()[0])
+            raise ValueError(f"calcs[{bad}, {col}] ({name}) = {float(v[bad])} must be in (0, {MAX_RADIUS_PX}] px")
+    if bool((calcs[:, 6] < 0).any()):
+        bad = int((calcs[:, 6] < 0).nonzero()[0])
+        raise ValueError(f"calcs[{bad}, 6] (thickness) = {float(calcs[bad, 6])} must be >= 0 mm")
+    sh = calcs[:, 7]
+    badm = (sh != SHAPE_ELLIPSOID) & (sh != SHAPE_CAPSULE)
+    if bool(badm.any()):
+        bad = int(badm.nonzero()[0])
+        raise ValueError(f"calcs[{bad}, 7] (shape) = {float(sh[bad])} must be 0 (ellipsoid) or 1 (capsule)")
+    if bool((calcs[:, 1:3].abs() > 1e6).any()):
+        raise ValueError("calcs centres (cy, cx) must lie within 1e6 px of the image")
+
+
+def inject(background, calcs, params: InjectParams | None = None, backend: str = "auto"):
+    """Inject microcalcifications into MC-free backgrounds (DESIGN.md 2).
+
+    background: [B, H, W] or [H, W] float32 in [0, 1] (torch, NumPy or CuPy).
+    calcs: [N, 8] float32 primitives ``(batch, cy, cx, ry, rx, angle, thickness_mm, shape)``;
+        an empty [0, 8] tensor returns the background unchanged (with noise, if any).
+    params: :class:`InjectParams`. backend: "auto", "reference", "cpu", "triton" or "cuda".
+
+    Returns (image, mask) shaped like ``background``: float32 image, bool exact coverage mask.
+    """
+    bg, kind = as_tensor(background, "background")
+    cl, _ = as_tensor(calcs, "calcs")
+    params = (params or InjectParams()).validated()
+    check_float_image(bg, "background")
+    if bg.numel() and (float(bg.min()) < 0.0 or float(bg.max()) > 1.0):
+        raise ValueError(f"background must lie in [0, 1], got range [{float(bg.min())}, {float(bg.max())}]")
+    squeeze = bg.dim() == 2
+    b3 = bg.unsqueeze(0) if squeeze else bg
+    if b3.shape[1] == 0 or b3.shape[2] == 0 or b3.shape[0] == 0:
+        raise ValueError(f"background must be non-empty, got shape {tuple(bg.shape)}")
+    validate_calcs(cl, b3)
+    choice = _backends.choose("inject", b3.device, backend)
+    image, mask = choice.fn(b3, cl, params)
+    if squeeze:
+        image, mask = image[0], mask[0]
+    return to_kind(image, kind), to_kind(mask, kind)
+
+
+_backends.register("inject", "reference")(inject_ref)
