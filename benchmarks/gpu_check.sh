@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One prepared GPU check: build mcgr._C for the present GPU, run every op's backend-equality tests on
+# the GPU (CUDA and Triton compiled, not interpreted), time every provider of every op, time the
+# full-field pipeline, and write everything into one folder. Budget: under 8 minutes on an H100.
+#   usage: bash benchmarks/gpu_check.sh OUTDIR
+set -uo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${1:-$REPO/benchmarks/results/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+step() { echo "== [$(( $(date +%s) - t0 ))s] $*"; }
+
+step "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+CAP=$(python3 -c "import torch; a,b=torch.cuda.get_device_capability(); print(f'{a}{b}')")
+step "build for sm_$CAP"
+export MCGR_CUDA_ARCHS="$CAP" MCGR_ENABLE_CUDA=ON
+python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/mcgr-site "$REPO" > "$OUT/build.log" 2>&1 \
+  || { tail -50 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
+export PYTHONPATH=/tmp/mcgr-site:$REPO
+cd /tmp
+python3 -m mcgr.info --json > "$OUT/info.json"; python3 -m mcgr.info | head -20
+
+step "backend equality on the GPU"
+timeout 240 python3 -m pytest "$REPO/tests/ops" -q -x -p no:cacheprovider -o addopts="" -k "cuda or triton" \
+  2>&1 | tee "$OUT/tests.log" | tail -25
+
+step "op benchmarks"
+for op in inject stitch rf_step refine; do
+  [ -f "$REPO/benchmarks/bench_$op.py" ] || continue
+  timeout 120 python3 -m benchmarks.bench_$op --device cuda --providers ref,triton,cuda --reps 20 \
+    --json "$OUT/bench_ops.json" 2>&1 | tee -a "$OUT/bench.log" | grep -E "^\|" || true
+done
+
+step "pipeline"
+if [ -f "$REPO/benchmarks/bench_pipeline.py" ]; then
+  timeout 150 python3 -m benchmarks.bench_pipeline --device cuda --json "$OUT/bench_pipeline.json" 2>&1 \
+    | tee "$OUT/pipeline.log" | tail -30
+fi
+step "done"
