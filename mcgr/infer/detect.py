@@ -1,0 +1,142 @@
+"""From a probability map to calcifications and clusters (DESIGN.md 5).
+
+A calcification is a connected component (8-connectivity) of ``prob >= threshold``; it is reported
+with its centroid (px and mm), area (px and mm^2), peak probability and, when an uncertainty map is
+given, a confidence ``1 - mean uncertainty`` over the component. Clusters follow the clinical rule
+"at least 3 calcifications within 1 cm^2": calcifications are linked when their centroids lie within
+``link_mm`` (default 5 mm) of each other, and a linked group with at least ``min_members`` members
+whose bounding box fits in ``area_cm2`` forms a cluster (larger groups are still reported, flagged
+``"compact": false``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def label_components(mask) -> tuple[np.ndarray, int]:
+    """8-connected components of a boolean mask: (labels int32 [H, W], count)."""
+    lab, n = ndimage.label(_np(mask).astype(bool), structure=_EIGHT)
+    return lab.astype(np.int32, copy=False), int(n)
+
+
+def detections_from_prob(prob, spacing_mm: float, threshold: float = 0.5, uncertainty=None,
+                         min_area_px: int = 1) -> list[dict]:
+    """Calcifications in a probability map ``prob`` [H, W] with pixel size ``spacing_mm``.
+
+    Returns a list of dicts ``{"id", "y", "x", "y_mm", "x_mm", "area_px", "area_mm2", "peak_prob",
+    ["confidence"]}`` sorted by decreasing peak probability (ids follow that order).
+    """
+    if not spacing_mm > 0:
+        raise ValueError(f"spacing_mm must be > 0, got {spacing_mm}")
+    p = _np(prob).astype(np.float32, copy=False)
+    if p.ndim != 2:
+        raise ValueError(f"prob must be [H, W], got shape {p.shape}")
+    lab, n = label_components(p >= threshold)
+    if n == 0:
+        return []
+    idx = np.arange(1, n + 1)
+    area = ndimage.sum_labels(np.ones_like(p), lab, idx)
+    keep = area >= min_area_px
+    cents = np.asarray(ndimage.center_of_mass(np.ones_like(p), lab, idx)).reshape(-1, 2)
+    peak = ndimage.maximum(p, lab, idx)
+    conf = None
+    if uncertainty is not None:
+        u = _np(uncertainty).astype(np.float32, copy=False)
+        if u.shape != p.shape:
+            raise ValueError(f"uncertainty must match prob's shape {p.shape}, got {u.shape}")
+        conf = 1.0 - np.asarray(ndimage.mean(u, lab, idx))
+    order = np.argsort(-np.asarray(peak), kind="stable")
+    dets = []
+    for k in order:
+        if not keep[k]:
+            continue
+        y, x = float(cents[k, 0]), float(cents[k, 1])
+        d = {
+            "id": len(dets),
+            "y": round(y, 2),
+            "x": round(x, 2),
+            "y_mm": round(y * spacing_mm, 3),
+            "x_mm": round(x * spacing_mm, 3),
+            "area_px": int(area[k]),
+            "area_mm2": round(float(area[k]) * spacing_mm**2, 4),
+            "peak_prob": round(float(peak[k]), 4),
+        }
+        if conf is not None:
+            d["confidence"] = round(float(np.clip(conf[k], 0.0, 1.0)), 4)
+        dets.append(d)
+    return dets
+
+
+def clusters_from_detections(dets: list[dict], spacing_mm: float, link_mm: float = 5.0, min_members: int = 3,
+                             area_cm2: float = 1.0) -> list[dict]:
+    """Group calcifications into clusters; sets ``det["cluster"]`` (-1 when in none).
+
+    Returns ``[{"id", "members", "y", "x", "y_mm", "x_mm", "extent_mm", "compact"}]``.
+    """
+    for d in dets:
+        d["cluster"] = -1
+    if len(dets) < min_members:
+        return []
+    pts = np.array([[d["y"], d["x"]] for d in dets], dtype=np.float64) * spacing_mm
+    # single linkage via a grid of link_mm cells: only neighbouring cells are compared
+    parent = np.arange(len(dets))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    cells: dict[tuple[int, int], list[int]] = {}
+    for i, (y, x) in enumerate(pts):
+        cells.setdefault((int(y // link_mm), int(x // link_mm)), []).append(i)
+    for (cy, cx), members in cells.items():
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                other = cells.get((cy + dy, cx + dx))
+                if not other:
+                    continue
+                for i in members:
+                    for j in other:
+                        if j <= i:
+                            continue
+                        if (pts[i, 0] - pts[j, 0]) ** 2 + (pts[i, 1] - pts[j, 1]) ** 2 <= link_mm * link_mm:
+                            ri, rj = find(i), find(j)
+                            if ri != rj:
+                                parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(dets)):
+        groups.setdefault(find(i), []).append(i)
+    side_mm = math.sqrt(area_cm2) * 10.0
+    clusters = []
+    for members in sorted(groups.values(), key=lambda m: min(m)):
+        if len(members) < min_members:
+            continue
+        p = pts[members]
+        ext = p.max(axis=0) - p.min(axis=0)
+        cid = len(clusters)
+        for i in members:
+            dets[i]["cluster"] = cid
+        c = p.mean(axis=0)
+        clusters.append({
+            "id": cid,
+            "members": [dets[i]["id"] for i in members],
+            "y": round(float(c[0] / spacing_mm), 2),
+            "x": round(float(c[1] / spacing_mm), 2),
+            "y_mm": round(float(c[0]), 3),
+            "x_mm": round(float(c[1]), 3),
+            "extent_mm": [round(float(ext[0]), 3), round(float(ext[1]), 3)],
+            "compact": bool(ext[0] <= side_mm and ext[1] <= side_mm),
+        })
+    return clusters

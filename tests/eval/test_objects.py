@@ -1,0 +1,68 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from mcgr.eval.objects import froc, match_objects
+
+
+def disk(shape, cy, cx, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_distance_and_iou_criteria():
+    truth = disk((40, 40), 10, 10, 2) | disk((40, 40), 30, 30, 3)
+    # pred 1: shifted 3 px (0.21 mm at 0.07) -> found by distance; pred 2: far off -> FP
+    pred = disk((40, 40), 10, 13, 2) | disk((40, 40), 30, 5, 1)
+    r = match_objects(truth, pred, spacing_mm=0.07)
+    assert (r["tp"], r["fn"], r["fp"]) == (1, 1, 1)
+    # an elongated prediction whose centroid is far but overlaps well (IoU >= 0.3)
+    truth2 = np.zeros((40, 40), bool)
+    truth2[10, 5:35] = True
+    pred2 = np.zeros((40, 40), bool)
+    pred2[10, 5:30] = True
+    r = match_objects(truth2, pred2, spacing_mm=0.07)
+    assert r["tp"] == 1
+
+
+def test_matching_is_one_to_one_and_order_independent():
+    # two truths near one prediction: only one can be matched
+    truth_pts = np.array([[10.0, 10.0], [10.0, 13.0], [30.0, 30.0]])
+    pred = disk((40, 40), 10, 11.5, 1) | disk((40, 40), 30, 31, 1)
+    counts = set()
+    for perm in itertools.permutations(range(3)):
+        r = match_objects(None, pred, 0.07, truth_points=truth_pts[list(perm)])
+        counts.add((r["tp"], r["fn"], r["fp"]))
+    assert counts == {(2, 1, 0)}
+
+
+def test_maximum_matching_beats_greedy():
+    # truth A admits preds 1 and 2; truth B admits only pred 1. Greedy A->1 leaves B unmatched.
+    truth_pts = np.array([[10.0, 10.0], [10.0, 16.0]])
+    pred = disk((30, 40), 10, 13, 0.5) | disk((30, 40), 10, 7, 0.5)
+    r = match_objects(None, pred, 0.1, dist_mm=0.35, truth_points=truth_pts)
+    assert r["tp"] == 2
+
+
+def test_froc_on_hand_built_case():
+    # image 1: truths at (10,10), (30,30); detections with peak 0.9 on the first, 0.4 FP elsewhere
+    # image 2: truth at (20,20) detected with peak 0.6
+    shape = (40, 40)
+    t1 = disk(shape, 10, 10, 1.5) | disk(shape, 30, 30, 1.5)
+    p1 = 0.9 * disk(shape, 10, 10, 1.5) + 0.4 * disk(shape, 5, 30, 1.5)
+    t2 = disk(shape, 20, 20, 1.5)
+    p2 = 0.6 * disk(shape, 20, 20, 1.5)
+    f = froc([p1, p2], [t1, t2], 0.07, thresholds=[0.95, 0.8, 0.5, 0.3])
+    # hand-computed: thr .95 -> 0/3, 0 FP; .8 -> 1/3, 0; .5 -> 2/3, 0; .3 -> 2/3, 0.5 FP/image
+    assert f["sensitivity"] == pytest.approx([0, 1 / 3, 2 / 3, 2 / 3])
+    assert f["fp_per_image"] == pytest.approx([0, 0, 0, 0.5])
+    assert f["at_rates"]["0.5"] == pytest.approx(2 / 3)
+    assert f["at_rates"]["4.0"] == pytest.approx(2 / 3)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="same shape"):
+        match_objects(np.zeros((4, 4), bool), np.zeros((4, 5), bool), 0.07)
+    with pytest.raises(ValueError, match="spacing_mm"):
+        match_objects(np.zeros((4, 4), bool), np.zeros((4, 4), bool), 0.0)

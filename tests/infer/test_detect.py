@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from mcgr.infer.detect import clusters_from_detections, detections_from_prob
+
+
+def test_detections_centroid_area_peak_in_mm():
+    p = np.zeros((50, 60), np.float32)
+    p[10:13, 20:22] = 0.8  # 6 px, centroid (11, 20.5)
+    p[11, 21] = 0.95
+    p[40, 50] = 0.6  # single pixel
+    p[30, 5] = 0.4  # below threshold
+    d = detections_from_prob(p, spacing_mm=0.1, threshold=0.5)
+    assert len(d) == 2
+    assert d[0]["peak_prob"] == pytest.approx(0.95) and d[0]["area_px"] == 6
+    assert (d[0]["y"], d[0]["x"]) == (pytest.approx(11.0), pytest.approx(20.5))
+    assert d[0]["y_mm"] == pytest.approx(1.1) and d[0]["area_mm2"] == pytest.approx(0.06)
+    assert d[1]["area_px"] == 1 and d[1]["x_mm"] == pytest.approx(5.0)
+
+
+def test_diagonal_pixels_are_one_component():
+    p = np.zeros((5, 5), np.float32)
+    p[1, 1] = p[2, 2] = p[3, 3] = 1.0
+    assert len(detections_from_prob(p, 0.07)) == 1
+
+
+def test_confidence_from_uncertainty():
+    p = np.zeros((8, 8), np.float32)
+    p[2:4, 2:4] = 0.9
+    u = np.full_like(p, 0.25)
+    d = detections_from_prob(p, 0.07, uncertainty=u)
+    assert d[0]["confidence"] == pytest.approx(0.75)
+
+
+def test_clusters_need_three_close_calcifications():
+    sp = 0.1
+    pts = [(100, 100), (110, 105), (120, 100), (500, 500), (505, 510)]  # 3 within 2 mm; 2 far away
+    dets = [{"id": i, "y": y, "x": x} for i, (y, x) in enumerate(pts)]
+    cl = clusters_from_detections(dets, sp, link_mm=5.0)
+    assert len(cl) == 1 and sorted(cl[0]["members"]) == [0, 1, 2]
+    assert [d["cluster"] for d in dets] == [0, 0, 0, -1, -1]
+    assert cl[0]["compact"] is True
+    assert cl[0]["y_mm"] == pytest.approx(11.0)
+
+
+def test_chain_linkage_is_transitive():
+    sp = 1.0
+    dets = [{"id": i, "y": 0.0, "x": 4.0 * i} for i in range(4)]  # neighbours 4 mm apart
+    cl = clusters_from_detections(dets, sp, link_mm=5.0)
+    assert len(cl) == 1 and len(cl[0]["members"]) == 4
