@@ -1,0 +1,1 @@
+"""Training of the segmentor and the RF generator (`mcgr train seg|rf`)."""

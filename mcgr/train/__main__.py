@@ -1,0 +1,3 @@
+from mcgr.train.cli import main
+
+raise SystemExit(main())

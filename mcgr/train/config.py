@@ -1,0 +1,245 @@
+"""Training configuration: YAML files and named presets, checked key by key.
+
+``load_config(kind, spec)``: ``spec`` is a preset name (``tiny``, ``default``: files
+``mcgr/train/presets/<kind>_<name>.yaml``) or a path to a YAML file. A file may start from a preset
+with ``preset: <name>`` and override any subset of keys; every key it sets must exist, otherwise
+:class:`ConfigError` names the file and the dotted key.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import yaml
+
+from mcgr.models.unet import UNetConfig
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+KINDS = ("seg", "rf")
+
+
+class ConfigError(ValueError):
+    """A config file with an unknown key or a bad value; the message names the file and the key."""
+
+
+@dataclass
+class DataConfig:
+    """On-the-fly synthetic pairs (mcgr.synth.dataset.SynthPairs) and the held-out validation set."""
+
+    patch_size: int = 96
+    batch_size: int = 8
+    spacing_mm: float = 0.07
+    mc_free_fraction: float = 0.1
+    backgrounds: str | None = None  # None: procedural; else what SynthPairs accepts (e.g. a harvest dir)
+    backend: str = "auto"
+    val_n: int = 32
+    val_patch_size: int = 256
+    val_seed: int = 12345
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 6000
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05  # cosine decays from lr to lr * min_lr_ratio
+    warmup: int = 200
+    weight_decay: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0
+    ema: float = 0.0  # EMA decay of the exported weights; 0 = off (the generator uses ~0.999)
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+
+
+@dataclass
+class LossConfig:
+    """Segmentor loss: bce * BCE(pos_weight) + dice * (1 - soft Dice)."""
+
+    bce: float = 1.0
+    dice: float = 1.0
+    pos_weight: float = 3.0
+
+
+@dataclass
+class RFConfig:
+    """Generator objective and training seeds."""
+
+    time_sampling: str = "uniform"  # or "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    seed_sigma: float = 1.5  # px, Gaussian dot of the seed map
+    jitter: float = 1.0  # px, uniform per axis on true seeds
+    dropout: float = 0.2  # probability of dropping a true seed
+    decoys: int = 4  # decoy seeds per patch on MC-free bright texture
+    decoy_min_dist: int = 8  # px from any calcification pixel
+    val_t: tuple = (0.25, 0.5, 0.75)
+
+
+@dataclass
+class LogConfig:
+    log_every: int = 10
+    val_every: int = 500
+    ckpt_every: int = 200
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    kind: str = "seg"
+    seed: int = 0
+    threads: int = 0  # torch.set_num_threads; 0 = leave as is
+    model: UNetConfig = field(default_factory=UNetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    rf: RFConfig = field(default_factory=RFConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["rf"]["val_t"] = list(self.rf.val_t)
+        return d
+
+
+def _merge(obj, data: dict, source: str, prefix: str = ""):
+    """Return a copy of dataclass ``obj`` with ``data`` applied, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the top level'} must be a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(obj)}
+    kw = {}
+    for key, val in data.items():
+        if key not in known:
+            raise ConfigError(
+                f"{source}: unknown key {prefix + str(key)!r}; known keys here are {sorted(known)}"
+            )
+        cur = getattr(obj, key)
+        if is_dataclass(cur):
+            kw[key] = _merge(cur, val or {}, source, prefix + key + ".")
+        else:
+            kw[key] = _coerce(cur, val, source, prefix + key)
+    if isinstance(obj, UNetConfig):
+        merged = {**asdict(obj), **kw}
+        try:
+            return UNetConfig(**merged).validated()
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
+    new = copy.deepcopy(obj)
+    for k, v in kw.items():
+        setattr(new, k, v)
+    return new
+
+
+def _coerce(cur, val, source: str, key: str):
+    if val is None or cur is None:
+        return val
+    if isinstance(cur, bool):
+        if not isinstance(val, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {val!r}")
+        return val
+    if isinstance(cur, int):
+        if isinstance(val, bool) or not isinstance(val, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {val!r}")
+        return val
+    if isinstance(cur, float):
+        if isinstance(val, bool) or not isinstance(val, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number, got {val!r}")
+        return float(val)
+    if isinstance(cur, tuple):
+        if not isinstance(val, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {val!r}")
+        return tuple(val)
+    if isinstance(cur, str) and not isinstance(val, str):
+        raise ConfigError(f"{source}: {key} must be a string, got {val!r}")
+    return val
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def preset_path(kind: str, name: str) -> Path:
+    return PRESETS_DIR / f"{kind}_{name}.yaml"
+
+
+def preset_names(kind: str) -> list[str]:
+    return sorted(p.stem[len(kind) + 1:] for p in PRESETS_DIR.glob(f"{kind}_*.yaml"))
+
+
+def load_config(kind: str, spec: str | Path) -> TrainConfig:
+    """The training config for ``kind`` ("seg" or "rf") from a preset name or a YAML file."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    spec = str(spec)
+    path = preset_path(kind, spec)
+    if not path.is_file():
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(
+                f"{spec!r} is neither a {kind} preset ({', '.join(preset_names(kind))}) nor a file"
+            )
+    return _config_from_file(kind, path, depth=0)
+
+
+def _config_from_file(kind: str, path: Path, depth: int) -> TrainConfig:
+    data = _read_yaml(path)
+    base = TrainConfig(kind=kind, model=_default_model(kind))
+    preset = data.pop("preset", None)
+    if preset is not None:
+        ppath = preset_path(kind, str(preset))
+        if not ppath.is_file() or depth > 3:
+            raise ConfigError(f"{path}: preset {preset!r} is not one of {preset_names(kind)}")
+        base = _config_from_file(kind, ppath, depth + 1)
+    if data.get("kind", kind) != kind:
+        raise ConfigError(f"{path}: kind is {data['kind']!r} but this is `mcgr train {kind}`")
+    cfg = _merge(base, data, str(path))
+    _check(cfg, str(path))
+    return cfg
+
+
+def _default_model(kind: str) -> UNetConfig:
+    if kind == "rf":
+        return UNetConfig(in_channels=2, time_embedding=True)
+    return UNetConfig(in_channels=1, time_embedding=False)
+
+
+def _check(cfg: TrainConfig, source: str) -> None:
+    m = cfg.model
+    want_in, want_t = (2, True) if cfg.kind == "rf" else (1, False)
+    if m.in_channels != want_in or m.time_embedding != want_t or m.out_channels != 1:
+        raise ConfigError(
+            f"{source}: model for {cfg.kind} needs in_channels={want_in}, out_channels=1, "
+            f"time_embedding={want_t}"
+        )
+    pos = {"data.patch_size": cfg.data.patch_size, "data.batch_size": cfg.data.batch_size,
+           "data.val_n": cfg.data.val_n, "data.val_patch_size": cfg.data.val_patch_size,
+           "optim.steps": cfg.optim.steps, "log.log_every": cfg.log.log_every,
+           "log.val_every": cfg.log.val_every, "log.ckpt_every": cfg.log.ckpt_every}
+    for k, v in pos.items():
+        if v < 1:
+            raise ConfigError(f"{source}: {k} must be >= 1, got {v}")
+    if not 0 <= cfg.optim.ema < 1:
+        raise ConfigError(f"{source}: optim.ema must be in [0, 1), got {cfg.optim.ema}")
+    if cfg.optim.lr <= 0 or cfg.optim.warmup < 0:
+        raise ConfigError(f"{source}: optim.lr must be > 0 and optim.warmup >= 0")
+    if cfg.rf.time_sampling not in ("uniform", "logit_normal"):
+        raise ConfigError(f"{source}: rf.time_sampling must be 'uniform' or 'logit_normal', got {cfg.rf.time_sampling!r}")
+    if not 0 <= cfg.rf.dropout < 1:
+        raise ConfigError(f"{source}: rf.dropout must be in [0, 1), got {cfg.rf.dropout}")
+
+
+def config_from_dict(kind: str, data: dict, source: str) -> TrainConfig:
+    """Rebuild a config saved as JSON (a checkpoint's ``train`` entry), with the same checks."""
+    data = dict(data)
+    data.pop("preset", None)
+    cfg = _merge(TrainConfig(kind=kind, model=_default_model(kind)), data, source)
+    _check(cfg, source)
+    return cfg

@@ -1,0 +1,338 @@
+"""`mcgr train seg|rf`: the training loop for the segmentor and the RF generator (DESIGN.md 3).
+
+Exact resume: every random draw of step k (diffusion time, noise, seed jitter/dropout, decoys) comes
+from a generator seeded by ``(seed, k)``, the synthetic batch of step k is a function of
+``(seed, k)`` only, the learning rate is a function of k, and the checkpoint holds the weights, the
+AdamW moments, the EMA and the torch RNG state. A run killed after its step-k checkpoint and resumed
+therefore produces, on the CPU with the same thread count, weights equal bit for bit to an
+uninterrupted run's.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from mcgr.models.checkpoint import save_model
+from mcgr.models.rf import rf_loss, sample_times
+from mcgr.models.seeds import decoy_seeds, make_seed_map, training_seeds
+from mcgr.models.segmentor import segmentation_loss, soft_dice
+from mcgr.models.unet import UNet, standardise
+from mcgr.train.config import TrainConfig
+from mcgr.train.state import load_training_state, save_training_state
+
+_MIX = 0x9E3779B97F4A7C15
+
+
+def step_seed(seed: int, step: int, stream: int = 0) -> int:
+    """A 63-bit seed for ``(seed, step, stream)`` (splitmix64 finaliser), stable across runs."""
+    z = (seed * 0x100000001B3 + step * _MIX + stream * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from ``lr`` to ``lr * min_lr_ratio``."""
+    o = cfg.optim
+    if o.warmup and step < o.warmup:
+        return o.lr * (step + 1) / o.warmup
+    span = max(1, o.steps - o.warmup)
+    frac = min(1.0, (step - o.warmup) / span)
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+# ---------------------------------------------------------------- data
+
+def _dataset_kwargs(cfg: TrainConfig) -> dict:
+    d = cfg.data
+    kw = dict(patch_size=d.patch_size, batch_size=d.batch_size, spacing_mm=d.spacing_mm,
+              mc_free_fraction=d.mc_free_fraction, backend=d.backend)
+    if d.backgrounds is not None:
+        kw["backgrounds"] = d.backgrounds
+    return kw
+
+
+def batch_stream(cfg: TrainConfig, start_step: int):
+    """Synthetic training batches for steps ``start_step, start_step + 1, ...``; batch k depends on
+    ``(cfg.seed, k)`` only, so a resumed run sees the same stream as an uninterrupted one."""
+    from mcgr.synth.dataset import SynthPairs
+
+    ds = SynthPairs(seed=cfg.seed, start=start_step, **_dataset_kwargs(cfg))
+    yield from ds
+
+
+def validation_batch(cfg: TrainConfig, patch_size: int | None = None, n: int | None = None) -> dict:
+    from mcgr.synth.dataset import validation_set
+
+    d = cfg.data
+    kw = _dataset_kwargs(cfg)
+    kw.pop("batch_size")
+    kw["patch_size"] = patch_size or d.val_patch_size
+    return validation_set(n or d.val_n, seed=d.val_seed, **kw)
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def rf_seed_map(batch: dict, cfg: TrainConfig, g: torch.Generator, train: bool = True) -> torch.Tensor:
+    """Seed map ``[B, 1, H, W]`` for a batch: true centres (jittered and dropped when ``train``) plus
+    decoys on MC-free bright texture."""
+    img = batch["image"]
+    shape = tuple(img.shape[-2:])
+    r = cfg.rf
+    cen = [torch.as_tensor(c, dtype=torch.float32).reshape(-1, 2).cpu() for c in batch["centres"]]
+    true = training_seeds(cen, shape, g, jitter=r.jitter if train else 0.0, dropout=r.dropout if train else 0.0)
+    dec = decoy_seeds(batch["background"].cpu(), batch["mask"].cpu(), r.decoys, r.decoy_min_dist, g)
+    seeds = [torch.cat([a, b.to(a.dtype)], 0) for a, b in zip(true, dec)]
+    return make_seed_map(seeds, shape, r.seed_sigma, device=img.device)
+
+
+# ---------------------------------------------------------------- one step
+
+def compute_loss(model: UNet, batch: dict, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
+    if cfg.kind == "seg":
+        logits = model(standardise(batch["image"]))
+        lc = cfg.loss
+        return segmentation_loss(logits, batch["mask"], lc.bce, lc.dice, lc.pos_weight)
+    x1 = standardise(batch["image"])
+    b = x1.shape[0]
+    smap = rf_seed_map(batch, cfg, g)
+    t = sample_times(b, g, cfg.rf.time_sampling, cfg.rf.logit_mean, cfg.rf.logit_std).to(x1.device)
+    x0 = torch.randn(x1.shape, generator=g).to(x1.device)
+    return rf_loss(model, x1, smap, t, x0)
+
+
+@torch.no_grad()
+def validate(model: UNet, val: dict, cfg: TrainConfig, device, chunk: int = 8) -> dict:
+    """Held-out figures: seg: loss and pixel Dice at 0.5; rf: RF loss at fixed t and noise."""
+    was = model.training
+    model.eval()
+    n = val["image"].shape[0]
+    out: dict[str, float] = {}
+    if cfg.kind == "seg":
+        losses, inter, psum, tsum = [], 0.0, 0.0, 0.0
+        for i in range(0, n, chunk):
+            img = val["image"][i:i + chunk].to(device)
+            m = val["mask"][i:i + chunk].to(device)
+            logits = model(standardise(img)).float()
+            losses.append(float(segmentation_loss(logits, m, cfg.loss.bce, cfg.loss.dice, cfg.loss.pos_weight)) * img.shape[0])
+            pred = (logits > 0).float()
+            inter += float((pred * m).sum())
+            psum += float(pred.sum())
+            tsum += float(m.sum())
+        out["val_loss"] = sum(losses) / n
+        out["val_dice"] = 2 * inter / (psum + tsum) if psum + tsum else 1.0
+    else:
+        g = torch.Generator().manual_seed(cfg.data.val_seed)
+        smap = rf_seed_map(val, cfg, g, train=False)
+        x1 = standardise(val["image"])
+        x0 = torch.randn(x1.shape, generator=g)
+        for tv in cfg.rf.val_t:
+            tot = 0.0
+            for i in range(0, n, chunk):
+                sl = slice(i, i + chunk)
+                t = torch.full((x1[sl].shape[0],), float(tv))
+                tot += float(rf_loss(model, x1[sl].to(device), smap[sl].to(device), t.to(device), x0[sl].to(device))) * t.shape[0]
+            out[f"val_loss_t{tv:g}"] = tot / n
+        out["val_loss"] = sum(out[f"val_loss_t{tv:g}"] for tv in cfg.rf.val_t) / len(cfg.rf.val_t)
+    model.train(was)
+    return out
+
+
+# ---------------------------------------------------------------- the loop
+
+class _Stop:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints after the current step and exits."""
+
+    def __init__(self):
+        self.flag = False
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._set)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _set(self, *_):
+        self.flag = True
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            break  # a line cut by a kill: everything after it is gone too
+    path.write_text("".join(k + "\n" for k in keep))
+
+
+def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, device="cpu",
+          stop_after: int | None = None, progress: bool | None = None) -> dict:
+    """Train ``cfg.kind`` for ``cfg.optim.steps`` steps, writing into ``out``:
+
+    * ``ckpt/`` the resumable training state (every ``log.ckpt_every`` steps, at the end, at
+      ``stop_after`` and on SIGTERM/SIGINT);
+    * ``metrics.jsonl`` one JSON object per logged step / validation;
+    * ``model/`` the final weights (EMA weights when ``optim.ema`` > 0) + ``config.json``;
+    * ``train_config.json`` the resolved config.
+
+    ``stop_after``: stop (checkpointed) once this many steps are done in total, as if killed there.
+    Returns a summary dict (steps done, final validation figures, wall time).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ckpt = out / "ckpt"
+    metrics_path = out / "metrics.jsonl"
+    cfg_dict = cfg.to_dict()
+    (out / "train_config.json").write_text(json.dumps(cfg_dict, indent=2) + "\n")
+
+    torch.manual_seed(cfg.seed)
+    model = UNet(cfg.model).to(device)
+    decay, no_decay = [], []
+    for n_, p in model.named_parameters():
+        (no_decay if p.dim() <= 1 else decay).append(p)
+    o = cfg.optim
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=o.lr, betas=(o.beta1, o.beta2), foreach=False)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if o.ema > 0 else None
+
+    start = 0
+    if resume:
+        if not (ckpt / "state.json").is_file():
+            raise FileNotFoundError(f"{ckpt / 'state.json'}: nothing to resume (no checkpoint in {out})")
+        meta = load_training_state(ckpt, model, opt, ema)
+        if meta["train"] != cfg_dict:
+            diff = sorted(k for k in cfg_dict if meta["train"].get(k) != cfg_dict[k])
+            raise ValueError(
+                f"{ckpt / 'state.json'}: the checkpoint was written with a different config "
+                f"(sections {diff} differ); resume with the same --config and --steps"
+            )
+        start = int(meta["step"])
+        _truncate_metrics(metrics_path, start)
+    elif ckpt.exists():
+        raise FileExistsError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
+    else:
+        metrics_path.write_text("")
+
+    total = o.steps
+    end = total if stop_after is None else min(total, stop_after)
+    use_amp = o.amp and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+    val = validation_batch(cfg) if start < end else None
+    show = cfg.log.progress if progress is None else progress
+    try:
+        from tqdm import tqdm
+        bar = tqdm(total=total, initial=start, disable=not show, desc=f"train {cfg.kind}", dynamic_ncols=True)
+    except ImportError:
+        bar = None
+
+    model.train()
+    t_start = time.perf_counter()
+    t_data = t_comp = 0.0
+    acc_loss, acc_n = 0.0, 0
+    last_val: dict = {}
+    step = start
+    with _Stop() as stop, open(metrics_path, "a") as mlog:
+        def log(rec):
+            mlog.write(json.dumps(rec) + "\n")
+            mlog.flush()
+
+        def checkpoint(s):
+            save_training_state(ckpt, model, opt, ema, s, cfg_dict)
+
+        stream = batch_stream(cfg, start) if start < end else iter(())
+        while step < end:
+            t0 = time.perf_counter()
+            batch = _to(next(stream), device)
+            t1 = time.perf_counter()
+            g = torch.Generator().manual_seed(step_seed(cfg.seed, step))
+            for grp in opt.param_groups:
+                grp["lr"] = lr_at(step, cfg)
+            with autocast():
+                loss = compute_loss(model, batch, cfg, g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if o.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip, foreach=False)
+            opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    for k, v in model.state_dict().items():
+                        if v.dtype.is_floating_point:
+                            ema[k].mul_(o.ema).add_(v.detach(), alpha=1 - o.ema)
+                        else:
+                            ema[k].copy_(v)
+            t2 = time.perf_counter()
+            t_data += t1 - t0
+            t_comp += t2 - t1
+            acc_loss += loss.item()
+            acc_n += 1
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{acc_loss / max(acc_n, 1):.4f}")
+            if step % cfg.log.log_every == 0 or step == end:
+                bs = cfg.data.batch_size
+                log({"step": step, "loss": acc_loss / acc_n, "lr": lr_at(step - 1, cfg),
+                     "elapsed_s": round(time.perf_counter() - t_start, 3),
+                     "pairs_generated_per_s": round(acc_n * bs / max(t_data, 1e-9), 2),
+                     "pairs_consumed_per_s": round(acc_n * bs / max(t_comp, 1e-9), 2)})
+                acc_loss, acc_n, t_data, t_comp = 0.0, 0, 0.0, 0.0
+            if step % cfg.log.val_every == 0 or step == total:
+                vm = _ema_swap(model, ema, lambda: validate(model, val, cfg, device))
+                last_val = vm
+                log({"step": step, **vm})
+            if step % cfg.log.ckpt_every == 0 or step == end or stop.flag:
+                checkpoint(step)
+            if stop.flag:
+                break
+    if bar is not None:
+        bar.close()
+    summary = {"kind": cfg.kind, "steps_done": step, "total_steps": total,
+               "wall_s": round(time.perf_counter() - t_start, 2), **last_val}
+    if step >= total:
+        export_model(model, ema, out / "model", cfg, last_val)
+    return summary
+
+
+def _ema_swap(model: UNet, ema: dict | None, fn):
+    """Run ``fn`` with the EMA weights loaded into ``model`` (restored afterwards)."""
+    if ema is None:
+        return fn()
+    live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(ema)
+    try:
+        return fn()
+    finally:
+        model.load_state_dict(live)
+
+
+def export_model(model: UNet, ema: dict | None, directory: Path, cfg: TrainConfig, metrics: dict) -> Path:
+    """The deliverable: ``model.safetensors`` (EMA weights when kept) + ``config.json``."""
+    export = UNet(cfg.model)
+    export.load_state_dict(ema if ema is not None else model.state_dict())
+    return save_model(export, directory, cfg.kind,
+                      extra={"train": cfg.to_dict(), "metrics": metrics, "ema": ema is not None})
