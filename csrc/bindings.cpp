@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "common.h"
+#include "inject/inject.h"
 
 namespace py = pybind11;
 
@@ -29,4 +30,25 @@ static py::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "mcgr fused kernels (C++/OpenMP and CUDA)";
   m.def("build_info", &build_info, "build metadata: CUDA on/off, architectures, OpenMP, compiler");
+
+  py::class_<mcgr::InjectParams>(m, "InjectParams", "parameters of the fused inject kernels (mcgr.ops.inject.InjectParams)")
+      .def(py::init<>())
+      .def_readwrite("mu", &mcgr::InjectParams::mu)
+      .def_readwrite("psf_sigma", &mcgr::InjectParams::psf_sigma)
+      .def_readwrite("local_sigma", &mcgr::InjectParams::local_sigma)
+      .def_readwrite("contrast", &mcgr::InjectParams::contrast)
+      .def_readwrite("gamma", &mcgr::InjectParams::gamma)
+      .def_readwrite("noise", &mcgr::InjectParams::noise)
+      .def_readwrite("seed", &mcgr::InjectParams::seed)
+      .def_readwrite("supersample", &mcgr::InjectParams::supersample);
+  m.def("inject_cpu", &mcgr::inject_cpu, py::arg("background"), py::arg("calcs"), py::arg("image"), py::arg("mask"),
+        py::arg("B"), py::arg("H"), py::arg("W"), py::arg("N"), py::arg("params"),
+        py::call_guard<py::gil_scoped_release>(),
+        "fused MC injection on CPU: background [B,H,W] f32, calcs [N,8] f32 -> image [B,H,W] f32, mask [B,H,W] bool");
+#ifdef MCGR_WITH_CUDA
+  m.def("inject_cuda", &mcgr::inject_cuda, py::arg("background"), py::arg("calcs"), py::arg("image"), py::arg("mask"),
+        py::arg("B"), py::arg("H"), py::arg("W"), py::arg("N"), py::arg("params"), py::arg("stream"),
+        py::call_guard<py::gil_scoped_release>(),
+        "fused MC injection on CUDA (device pointers, stream as an integer handle)");
+#endif
 }

@@ -335,3 +335,46 @@ def inject(background, calcs, params: InjectParams | None = None, backend: str =
 
 
 _backends.register("inject", "reference")(inject_ref)
+
+
+def native_params(C, params: InjectParams):
+    """``params`` as the extension's ``InjectParams`` struct (``C`` is ``mcgr._C``)."""
+    p = C.InjectParams()
+    p.mu, p.psf_sigma, p.local_sigma = float(params.mu), float(params.psf_sigma), float(params.local_sigma)
+    p.contrast, p.gamma, p.noise = float(params.contrast), float(params.gamma), float(params.noise)
+    p.seed, p.supersample = int(params.seed), int(params.supersample)
+    return p
+
+
+def _native_call(entry: str, background: torch.Tensor, calcs: torch.Tensor, params: InjectParams, *extra):
+    C = _backends.native()
+    bg = background.contiguous()
+    cl = calcs.contiguous()
+    Bn, H, W = bg.shape
+    image = torch.empty((Bn, H, W), dtype=torch.float32, device=bg.device)
+    mask = torch.empty((Bn, H, W), dtype=torch.bool, device=bg.device)
+    getattr(C, entry)(bg.data_ptr(), cl.data_ptr(), image.data_ptr(), mask.data_ptr(), Bn, H, W, cl.shape[0],
+                      native_params(C, params), *extra)
+    return image, mask
+
+
+@_backends.register("inject", "cpu")
+def inject_cpu(background: torch.Tensor, calcs: torch.Tensor, params: InjectParams):
+    """C++/OpenMP fused kernel (csrc/inject/inject_cpu.cpp); same contract as :func:`inject_ref`."""
+    return _native_call("inject_cpu", background, calcs, params)
+
+
+@_backends.register("inject", "cuda")
+def inject_cuda(background: torch.Tensor, calcs: torch.Tensor, params: InjectParams):
+    """CUDA fused kernel (csrc/inject/inject_cuda.cu) on the current stream; same contract as :func:`inject_ref`."""
+    stream = torch.cuda.current_stream(background.device).cuda_stream
+    with torch.cuda.device(background.device):
+        return _native_call("inject_cuda", background, calcs, params, int(stream))
+
+
+@_backends.register("inject", "triton")
+def inject_triton(background: torch.Tensor, calcs: torch.Tensor, params: InjectParams):
+    """Triton fused kernel (kernels/inject.py); same contract as :func:`inject_ref`."""
+    from mcgr.kernels.inject import inject_triton as _launch
+
+    return _launch(background, calcs, params)
