@@ -1,0 +1,468 @@
+"""Read a mammogram (DICOM, PNG, TIFF, NPY) into the canonical image domain of DESIGN.md 1.
+
+Intensity: the stored values go through the Modality LUT (Rescale Slope/Intercept or a Modality LUT
+Sequence) and are then mapped linearly onto [0, 1] with the image's own minimum and maximum;
+MONOCHROME1 is inverted so that bright = attenuating. The VOI LUT / window is NOT applied by default
+(``voi=False``): a window clips everything above its top, which is exactly where calcifications
+live, and sigmoid VOI functions compress the bright end; MC detection wants the raw, linear data.
+``voi=True`` applies the first VOI transform, the VOI LUT Sequence winning over Window Center/Width
+when both are present (pydicom's ``prefer_lut``: an explicit LUT is the vendor's full mapping).
+
+Pixel spacing (mm at the breast): an explicit ``spacing=`` wins; then PixelSpacing (0028,0030)
+(already calibrated to the object plane); then ImagerPixelSpacing (0018,1164) divided by
+EstimatedRadiographicMagnificationFactor (0018,1114) when present (the detector pitch is magnified
+by the geometry; MC sizes in the synthetic model are sizes in the breast); else a warning and
+``DEFAULT_FILM_SPACING_MM`` = 0.05 mm (the CBIS-DDSM scanned films carry no spacing; DDSM's
+digitisers scanned at 42 to 50 um, 50 um being the LUMISYS scanner of most cases).
+
+Orientation: the canonical image has the chest wall on the LEFT. Patient Orientation (0020,0020)
+decides when its row direction is A or P; otherwise the image decides (the side whose outer third
+holds more signal is the chest wall: the breast touches it along its whole height). Laterality comes
+from ImageLaterality (0020,0062), Laterality (0020,0060), then view codes in text tags or the file
+name ("RCC", "LEFT_MLO"), else from the image under the usual display convention (a left breast
+hangs with its chest wall on the left).
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mcgr import MODEL_SPACING_MM
+from mcgr.io.errors import MammogramReadError
+
+DEFAULT_FILM_SPACING_MM = 0.05
+MAX_SIDE_PX = 20000
+_SPACING_RANGE_MM = (0.005, 2.0)
+
+_VIEWS = ("XCCL", "XCCM", "MLO", "LMO", "CC", "ML", "LM", "FB", "SIO", "AT")
+_VIEW_MEANINGS = {
+    "cranio-caudal": "CC", "medio-lateral oblique": "MLO", "medio-lateral": "ML", "latero-medial": "LM",
+    "latero-medial oblique": "LMO", "exaggerated cranio-caudal": "XCCL", "caudo-cranial": "FB",
+    "superolateral to inferomedial oblique": "SIO", "axillary tail": "AT",
+}
+_LAT_VIEW_RE = re.compile(r"(?:^|[^A-Z])(L|R)[_ -]?(XCCL|XCCM|MLO|CC|ML|LM)(?:$|[^A-Z])")
+_WORD_LAT_RE = re.compile(r"(?:^|[^A-Z])(LEFT|RIGHT)(?:$|[^A-Z])")
+_VIEW_RE = re.compile(r"(?:^|[^A-Z])(XCCL|XCCM|MLO|CC|ML|LM)(?:$|[^A-Z])")
+
+
+@dataclass(frozen=True)
+class DicomRef:
+    """What the DICOM SEG writer needs from the source: its path (re-read lazily) and its UIDs."""
+
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str | None
+
+
+@dataclass
+class Mammogram:
+    """A mammogram in the canonical domain.
+
+    ``image``: float32 [H, W] in [0, 1], bright = attenuating, chest wall on the left (when
+    ``canonical``); ``spacing_mm``: its pixel spacing; ``source_shape``: (rows, cols) of the file's
+    pixel array; ``flipped``: ``image`` is the source mirrored left-right.
+    """
+
+    image: np.ndarray
+    spacing_mm: float
+    laterality: str
+    view: str
+    source: str
+    source_shape: tuple[int, int]
+    flipped: bool
+    spacing_source: str
+    dicom: DicomRef | None = None
+    meta: dict = field(default_factory=dict)
+
+    def to_source(self, arr, spacing_mm: float | None = None):
+        """``arr`` (canonical, [h, w]) back on the file's grid and orientation (NumPy).
+
+        ``arr`` on the grid of ``image`` is only un-mirrored. ``arr`` on another grid (e.g. the model
+        grid of :func:`mcgr.io.to_model_spacing`) is resampled back first: its spacing is
+        ``spacing_mm`` (default: the model spacing, 0.07 mm). Bool arrays are resampled as masks,
+        float arrays bilinearly.
+        """
+        from mcgr.io.resample import ModelTransform, output_length
+
+        a = np.asarray(arr.detach().cpu() if hasattr(arr, "detach") else arr)
+        if a.ndim != 2:
+            raise ValueError(f"arr must be [H, W], got shape {a.shape}")
+        if a.shape == self.image.shape and spacing_mm is None:
+            return np.ascontiguousarray(a[:, ::-1]) if self.flipped else a
+        mm = MODEL_SPACING_MM if spacing_mm is None else float(spacing_mm)
+        h, w = self.source_shape
+        expected = (output_length(h, self.spacing_mm, mm), output_length(w, self.spacing_mm, mm))
+        if a.shape != expected:
+            raise ValueError(f"arr has shape {a.shape}: neither the image grid {self.image.shape} nor the "
+                             f"{mm} mm grid {expected}; pass spacing_mm= for another grid")
+        t = ModelTransform(tuple(self.source_shape), expected, float(self.spacing_mm), mm, bool(self.flipped))
+        return t.to_source(a)
+
+
+def _check_spacing_arg(spacing) -> float | None:
+    if spacing is None:
+        return None
+    try:
+        s = float(spacing)
+    except (TypeError, ValueError):
+        raise TypeError(f"spacing must be a number of mm or None, got {spacing!r}") from None
+    if not (_SPACING_RANGE_MM[0] <= s <= _SPACING_RANGE_MM[1]):
+        raise ValueError(f"spacing must be a pixel spacing in mm within {_SPACING_RANGE_MM}, got {spacing!r}")
+    return s
+
+
+def _check_size(path: str, shape) -> None:
+    if len(shape) < 2 or min(shape[:2]) <= 0:
+        raise MammogramReadError(path, f"zero-size image (shape {tuple(shape)})")
+    if max(shape[:2]) > MAX_SIDE_PX:
+        raise MammogramReadError(path, f"image of {shape[0]} x {shape[1]} px is larger than {MAX_SIDE_PX} px a side")
+
+
+def _normalise(path: str, values: np.ndarray, invert: bool) -> tuple[np.ndarray, float, float]:
+    """Linear map of ``values`` onto [0, 1] by their min and max (float32); ``invert`` for MONOCHROME1."""
+    a = values.astype(np.float32, copy=False) if values.dtype != np.float64 else values
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise MammogramReadError(path, "pixel values hold NaN or inf")
+    lo, hi = float(a.min()), float(a.max())
+    scale = 1.0 / (hi - lo) if hi > lo else 0.0
+    if invert:
+        out = (hi - a) * scale
+    else:
+        out = (a - lo) * scale
+    return out.astype(np.float32, copy=False), lo, hi
+
+
+def _text_laterality_view(*texts: str) -> tuple[str, str]:
+    lat = view = ""
+    for t in texts:
+        t = (t or "").upper()
+        m = _LAT_VIEW_RE.search(t)
+        if m:
+            lat = lat or m.group(1)
+            view = view or m.group(2)
+        m = _WORD_LAT_RE.search(t)
+        if m and not lat:
+            lat = m.group(1)[0]
+        m = _VIEW_RE.search(t)
+        if m and not view:
+            view = m.group(1)
+    return lat, view
+
+
+def _chest_wall_on_left(image: np.ndarray) -> bool:
+    """True when the left outer third of ``image`` holds at least as much signal as the right one."""
+    step = max(1, min(image.shape) // 256)
+    a = image[::step, ::step]
+    third = max(1, a.shape[1] // 3)
+    return float(a[:, :third].sum()) >= float(a[:, -third:].sum())
+
+
+def read_mammogram(path, spacing: float | None = None, *, canonical: bool = True, voi: bool = False) -> Mammogram:
+    """Read the mammogram at ``path`` (DICOM, PNG, TIFF or NPY).
+
+    ``spacing``: pixel spacing of the file in mm; wins over the DICOM tags, required for PNG/TIFF/NPY.
+    ``canonical``: mirror so that the chest wall is on the left (else keep the file's orientation).
+    ``voi``: apply the DICOM VOI LUT/window (off by default: see the module docstring).
+    Returns a :class:`Mammogram` whose ``image`` is float32 [rows, cols] in [0, 1], bright =
+    attenuating. Raises :class:`MammogramReadError` (file name + reason) for anything that is not a
+    readable 2-D grayscale image.
+    """
+    spacing = _check_spacing_arg(spacing)
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise MammogramReadError(p, "no such file")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        raise MammogramReadError(p, f"cannot open ({exc.strerror or exc})") from None
+    if not head:
+        raise MammogramReadError(p, "empty file")
+    if head.startswith(b"\x93NUMPY"):
+        reader = _read_npy
+    elif head.startswith(b"\x89PNG\r\n\x1a\n"):
+        reader = _read_png
+    elif head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        reader = _read_tiff
+    else:
+        reader = None
+    if reader is None:
+        m = _read_dicom(p, spacing, voi)
+    else:
+        if spacing is None:
+            kind = reader.__name__[6:].upper()
+            raise MammogramReadError(p, f"{kind} files carry no pixel spacing: pass spacing=<mm per pixel>")
+        values = reader(p)
+        image, lo, hi = _normalise(p, values, invert=False)
+        lat, view = _text_laterality_view(Path(p).stem)
+        m = Mammogram(image=image, spacing_mm=spacing, laterality=lat, view=view, source=p,
+                      source_shape=tuple(image.shape), flipped=False, spacing_source="argument",
+                      meta={"format": reader.__name__[6:], "dtype": str(values.dtype), "value_range": (lo, hi)})
+    return _canonicalise(m, canonical)
+
+
+def _canonicalise(m: Mammogram, canonical: bool) -> Mammogram:
+    row_dir = m.meta.get("patient_orientation_row", "")
+    if row_dir in ("A", "P"):
+        left = row_dir == "A"
+        m.meta["orientation_from"] = "PatientOrientation"
+    else:
+        left = _chest_wall_on_left(m.image)
+        m.meta["orientation_from"] = "image"
+    if not m.laterality:
+        m.laterality = "L" if left else "R"
+        m.meta["laterality_from"] = "image"
+    if canonical and not left:
+        m.image = np.ascontiguousarray(m.image[:, ::-1])
+        m.flipped = True
+    return m
+
+
+def _read_npy(p: str) -> np.ndarray:
+    try:
+        a = np.load(p, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+        raise MammogramReadError(p, f"not a readable NPY file ({type(exc).__name__}: {exc})") from None
+    return _grey_array(p, a)
+
+
+def _grey_array(p: str, a: np.ndarray) -> np.ndarray:
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        _check_size(p, a.shape)
+        rgb = np.asarray(a[..., :3])
+        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
+            a = rgb[..., 0]
+        else:
+            a = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    elif a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2:
+        raise MammogramReadError(p, f"expected a 2-D grayscale image, got shape {tuple(a.shape)}")
+    _check_size(p, a.shape)
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8)
+    if a.dtype.kind not in "uif":
+        raise MammogramReadError(p, f"unsupported pixel type {a.dtype}")
+    a = np.asarray(a)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))[0].tolist()
+        raise MammogramReadError(p, f"pixel values hold NaN or inf (first at {bad})")
+    return a
+
+
+def _read_png(p: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+            _check_size(p, (h, w))
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "1"):
+                a = np.array(im)
+            else:
+                a = np.array(im.convert("RGB"))
+    except MammogramReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds on a bad file
+        raise MammogramReadError(p, f"not a readable PNG ({type(exc).__name__}: {exc})") from None
+    return _grey_array(p, a)
+
+
+def _read_tiff(p: str) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tf:
+            if not tf.pages:
+                raise MammogramReadError(p, "TIFF holds no image")
+            page = tf.pages[0]
+            _check_size(p, page.shape[-3:-1] if page.samplesperpixel > 1 and page.shape[-1] == page.samplesperpixel
+                        else page.shape[-2:])
+            a = page.asarray()
+    except MammogramReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds on a bad file
+        raise MammogramReadError(p, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
+    return _grey_array(p, a)
+
+
+def _dicom_spacing(ds) -> tuple[float | None, str, dict]:
+    from pydicom.multival import MultiValue
+
+    info: dict = {}
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        raw = ds.get(keyword)
+        if raw is None:
+            continue
+        try:
+            vals = [float(v) for v in (raw if isinstance(raw, (list, tuple, MultiValue)) else [raw])]
+        except (TypeError, ValueError):
+            continue
+        vals = [v for v in vals if np.isfinite(v)]
+        if not vals or not all(_SPACING_RANGE_MM[0] <= v <= _SPACING_RANGE_MM[1] for v in vals):
+            info[f"{keyword}_rejected"] = str(raw)
+            continue
+        if len(vals) >= 2 and abs(vals[0] - vals[1]) > 0.01 * max(vals[:2]):
+            warnings.warn(f"{keyword} {vals[:2]} is not square; using the mean", stacklevel=3)
+        s = float(np.mean(vals[:2]))
+        if keyword == "ImagerPixelSpacing":
+            try:
+                emf = float(ds.get("EstimatedRadiographicMagnificationFactor", 1.0) or 1.0)
+            except (TypeError, ValueError):
+                emf = 1.0
+            if np.isfinite(emf) and 1.0 <= emf <= 4.0:
+                info["magnification"] = emf
+                s /= emf
+        return s, keyword, info
+    return None, "default", info
+
+
+def _dicom_text(ds, keyword: str) -> str:
+    try:
+        v = ds.get(keyword, "")
+        return "" if v is None else str(v)
+    except Exception:  # noqa: BLE001 - a damaged element reads as absent
+        return ""
+
+
+def _dicom_view(ds) -> str:
+    vp = _dicom_text(ds, "ViewPosition").strip().upper()
+    if vp in _VIEWS:
+        return vp
+    try:
+        seq = ds.get("ViewCodeSequence")
+        meaning = str(seq[0].CodeMeaning).strip().lower() if seq else ""
+    except Exception:  # noqa: BLE001
+        meaning = ""
+    if meaning in _VIEW_MEANINGS:
+        return _VIEW_MEANINGS[meaning]
+    po = _dicom_text(ds, "PatientOrientation").strip().upper()
+    if po in _VIEWS:
+        return po
+    return ""
+
+
+def _read_dicom(p: str, spacing: float | None, voi: bool) -> Mammogram:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+
+    try:
+        ds = pydicom.dcmread(p, force=True)
+        ds.get("PixelData")  # parses lazily read elements up to the pixel data
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on a damaged file
+        raise MammogramReadError(p, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+    try:
+        return _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, get_decoder)
+    except MammogramReadError:
+        raise
+    except MemoryError:
+        raise MammogramReadError(p, "pixel data too large for memory") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged header can fail anywhere in decoding
+        raise MammogramReadError(p, f"damaged DICOM ({type(exc).__name__}: {exc})") from None
+
+
+def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, get_decoder) -> Mammogram:
+    import pydicom.dataset
+
+    sop_class = _dicom_text(ds, "SOPClassUID")
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise MammogramReadError(p, "float pixel data is not a mammogram")
+        what = f"SOP class {sop_class}" if sop_class else "no SOP class"
+        raise MammogramReadError(p, f"no PixelData element: not an image ({what})")
+    for kw in ("Rows", "Columns", "BitsAllocated"):
+        if ds.get(kw) is None:
+            raise MammogramReadError(p, f"missing {kw} (0028) element")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    _check_size(p, (rows, cols))
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if spp != 1:
+        raise MammogramReadError(p, f"{spp} samples per pixel: a mammogram is grayscale")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise MammogramReadError(p, f"{frames} frames: expected a single 2-D mammogram (not tomosynthesis)")
+    photometric = _dicom_text(ds, "PhotometricInterpretation").strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise MammogramReadError(p, f"photometric interpretation {photometric or '(missing)'} is not MONOCHROME1/2")
+    meta_group = getattr(ds, "file_meta", None)
+    tsyntax = getattr(meta_group, "TransferSyntaxUID", None) if meta_group is not None else None
+    if tsyntax is None:
+        tsyntax = pydicom_default_syntax(ds)
+        ds.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = tsyntax
+    if tsyntax.is_compressed:
+        try:
+            decoder = get_decoder(tsyntax)
+        except NotImplementedError:
+            raise MammogramReadError(p, f"transfer syntax {tsyntax.name} ({tsyntax}) has no pixel data decoder") from None
+        if not decoder.is_available:
+            missing = "; ".join(f"{k}: {', '.join(v)}" for k, v in decoder.missing_dependencies.items()) if hasattr(decoder, "missing_dependencies") else ""
+            raise MammogramReadError(p, f"transfer syntax {tsyntax.name} needs a decoder that is not installed "
+                                        f"(install pylibjpeg plugins or python-gdcm){': ' + missing if missing else ''}")
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001
+        raise MammogramReadError(p, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
+    if stored.shape != (rows, cols):
+        raise MammogramReadError(p, f"decoded pixel array has shape {stored.shape}, header says {(rows, cols)}")
+    bits_stored = int(ds.get("BitsStored", ds.BitsAllocated))
+    if stored.dtype.kind == "u" and bits_stored < stored.dtype.itemsize * 8:
+        stored = stored & np.asarray((1 << bits_stored) - 1, stored.dtype)
+    values = apply_modality_lut(stored, ds)
+    if voi:
+        values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+    image, lo, hi = _normalise(p, values, invert=photometric == "MONOCHROME1")
+
+    s, s_source, s_info = _dicom_spacing(ds)
+    if spacing is not None:
+        s, s_source = spacing, "argument"
+    elif s is None:
+        warnings.warn(f"{os.path.basename(p)}: no pixel spacing in the DICOM; assuming {DEFAULT_FILM_SPACING_MM} mm "
+                      f"(scanned film); pass spacing= to override", stacklevel=3)
+        s = DEFAULT_FILM_SPACING_MM
+
+    lat = ""
+    for kw in ("ImageLaterality", "Laterality"):
+        v = _dicom_text(ds, kw).strip().upper()
+        if v in ("L", "R"):
+            lat = v
+            break
+    view = _dicom_view(ds)
+    t_lat, t_view = _text_laterality_view(*(_dicom_text(ds, k) for k in
+                                            ("SeriesDescription", "ProtocolName", "PatientName", "PatientID",
+                                             "StudyDescription")), Path(p).stem)
+    lat_from = "tags" if lat else ("text" if t_lat else "")
+    lat, view = lat or t_lat, view or t_view
+    po = _dicom_text(ds, "PatientOrientation").replace("'", "").strip().upper()
+    po_parts = [x.strip() for x in re.split(r"[\\,\[\] ]+", po) if x.strip()]
+    row_dir = po_parts[0][0] if len(po_parts) == 2 and po_parts[0][:1] in ("A", "P") else ""
+
+    frame_uid = _dicom_text(ds, "FrameOfReferenceUID") or None
+    ref = DicomRef(path=p, sop_class_uid=sop_class, sop_instance_uid=_dicom_text(ds, "SOPInstanceUID"),
+                   study_instance_uid=_dicom_text(ds, "StudyInstanceUID"),
+                   series_instance_uid=_dicom_text(ds, "SeriesInstanceUID"), frame_of_reference_uid=frame_uid)
+    meta = {
+        "format": "dicom", "transfer_syntax": str(tsyntax), "photometric": photometric,
+        "bits_stored": bits_stored, "rescale": (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)),
+        "voi_applied": bool(voi), "value_range": (lo, hi), "manufacturer": _dicom_text(ds, "Manufacturer"),
+        "patient_orientation_row": row_dir, "laterality_from": lat_from, **s_info,
+    }
+    return Mammogram(image=image, spacing_mm=float(s), laterality=lat, view=view, source=p,
+                     source_shape=(rows, cols), flipped=False, spacing_source=s_source, dicom=ref, meta=meta)
+
+
+def pydicom_default_syntax(ds):
+    """Transfer syntax of a file without file meta: what pydicom parsed it as."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian
+
+    if getattr(ds, "is_implicit_VR", True):
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if getattr(ds, "is_little_endian", True) else ExplicitVRBigEndian

@@ -1,0 +1,291 @@
+"""Clinical outputs, all on the ORIGINAL grid and orientation of the input file.
+
+``<stem>.mask.png`` (uint8 0/255), ``<stem>.prob.npy`` (float32), optional ``<stem>.uncertainty.npy``,
+``<stem>.overlay.png`` (the mammogram downsized for viewing with detections outlined and clusters
+circled, plus a zoomed crop of each cluster), ``<stem>.json`` (source, spacing, detections and
+clusters in source pixels and mm) and, for DICOM input, ``<stem>.seg.dcm`` (a binary DICOM
+Segmentation referencing the source image). Every file is written to a temporary name in
+``out_dir`` and renamed into place, so a reader never sees a half-written file.
+"""
+from __future__ import annotations
+
+import io as _io
+import json
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from mcgr import MODEL_SPACING_MM, __version__
+from mcgr.io.reader import Mammogram
+from mcgr.io.resample import ModelTransform, output_length
+
+OVERLAY_MAX_SIDE = 1600
+CROP_MM = 12.0
+CROP_PX = 256
+MAX_CROPS = 12
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _png_bytes(img) -> bytes:
+    buf = _io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = _io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _transform_for(m: Mammogram, shape: tuple[int, int], model_mm: float) -> ModelTransform:
+    """The transform from the canonical grid ``shape`` (the image grid or the ``model_mm`` grid) to the source."""
+    if tuple(shape) == tuple(m.image.shape):
+        return ModelTransform(tuple(m.source_shape), tuple(shape), float(m.spacing_mm), float(m.spacing_mm), bool(m.flipped))
+    h, w = m.source_shape
+    expected = (output_length(h, m.spacing_mm, model_mm), output_length(w, m.spacing_mm, model_mm))
+    if tuple(shape) != expected:
+        raise ValueError(f"prob_canonical has shape {tuple(shape)}: neither the image grid {m.image.shape} "
+                         f"nor the {model_mm} mm model grid {expected}")
+    return ModelTransform(tuple(m.source_shape), expected, float(m.spacing_mm), float(model_mm), bool(m.flipped))
+
+
+def _as_numpy(x, name: str) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be [H, W], got shape {a.shape}")
+    return a
+
+
+def _check_detections(detections, clusters) -> tuple[list[dict], list[dict]]:
+    dets = list(detections or [])
+    for i, d in enumerate(dets):
+        missing = {"id", "y", "x", "area_px", "peak_prob", "cluster"} - set(d)
+        if missing:
+            raise ValueError(f"detections[{i}] lacks {sorted(missing)}")
+    cls = list(clusters or [])
+    for i, c in enumerate(cls):
+        missing = {"id", "members", "y", "x"} - set(c)
+        if missing:
+            raise ValueError(f"clusters[{i}] lacks {sorted(missing)}")
+    return dets, cls
+
+
+def _num(v):
+    if v is None:
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask_canonical, detections, clusters,
+                  *, uncertainty=None, model_mm: float = MODEL_SPACING_MM) -> dict:
+    """Write the results for one mammogram into ``out_dir``; return ``{kind: path}``.
+
+    ``prob_canonical`` (float [h, w] in [0, 1]) and ``mask_canonical`` (bool [h, w]) are on the
+    canonical model grid (``model_mm``) or on the grid of ``mammogram.image``; ``uncertainty`` the same
+    shape (optional). ``detections``: dicts ``{"id", "y", "x", "area_px", "peak_prob", "cluster"[,
+    "confidence"]}`` with y, x in canonical model-grid pixels and area in model-grid pixels;
+    ``clusters``: dicts ``{"id", "members", "y", "x"}``. Keys of the result: mask, prob, overlay,
+    json, uncertainty (if given), seg (DICOM input only).
+    """
+    if not isinstance(mammogram, Mammogram):
+        raise TypeError(f"mammogram must be a Mammogram, got {type(mammogram).__name__}")
+    if not isinstance(stem, str) or not stem or os.sep in stem or stem.startswith("."):
+        raise ValueError(f"stem must be a plain file name stem, got {stem!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prob = _as_numpy(prob_canonical, "prob_canonical").astype(np.float32, copy=False)
+    mask = _as_numpy(mask_canonical, "mask_canonical")
+    if mask.shape != prob.shape:
+        raise ValueError(f"mask_canonical {mask.shape} must match prob_canonical {prob.shape}")
+    if not np.isfinite(prob).all():
+        raise ValueError("prob_canonical holds NaN or inf")
+    unc = None
+    if uncertainty is not None:
+        unc = _as_numpy(uncertainty, "uncertainty").astype(np.float32, copy=False)
+        if unc.shape != prob.shape:
+            raise ValueError(f"uncertainty {unc.shape} must match prob_canonical {prob.shape}")
+    dets, cls = _check_detections(detections, clusters)
+    t = _transform_for(mammogram, prob.shape, float(model_mm))
+
+    mask_src = t.to_source(mask.astype(bool, copy=False), kind="mask")
+    prob_src = np.clip(t.to_source(prob, kind="map"), 0.0, 1.0).astype(np.float32)
+    paths: dict[str, str] = {}
+    from PIL import Image
+
+    p = out / f"{stem}.mask.png"
+    _atomic_write(p, _png_bytes(Image.fromarray((mask_src.astype(np.uint8) * 255))))
+    paths["mask"] = str(p)
+    p = out / f"{stem}.prob.npy"
+    _atomic_write(p, _npy_bytes(prob_src))
+    paths["prob"] = str(p)
+    if unc is not None:
+        p = out / f"{stem}.uncertainty.npy"
+        _atomic_write(p, _npy_bytes(t.to_source(unc, kind="map").astype(np.float32)))
+        paths["uncertainty"] = str(p)
+
+    det_rows, cl_rows = _records(t, dets, cls)
+    p = out / f"{stem}.overlay.png"
+    _atomic_write(p, _png_bytes(_overlay(mammogram, mask_src, det_rows, cl_rows)))
+    paths["overlay"] = str(p)
+
+    if mammogram.dicom is not None:
+        p = out / f"{stem}.seg.dcm"
+        _write_seg(p, mammogram, mask_src)
+        paths["seg"] = str(p)
+
+    p = out / f"{stem}.json"
+    doc = {
+        "source": mammogram.source, "source_shape": list(mammogram.source_shape),
+        "spacing_mm": float(mammogram.spacing_mm), "spacing_source": mammogram.spacing_source,
+        "laterality": mammogram.laterality, "view": mammogram.view, "flipped": bool(mammogram.flipped),
+        "model_spacing_mm": float(t.model_mm), "coordinates": "row/col: source pixel indices (pixel centres) of the "
+        "input file as stored; y_mm/x_mm: row/col * spacing_mm; y/x: canonical model-grid pixels",
+        "mcgr_version": __version__, "n_detections": len(det_rows), "n_clusters": len(cl_rows),
+        "detections": det_rows, "clusters": cl_rows,
+        "files": {k: os.path.basename(v) for k, v in paths.items()},
+    }
+    _atomic_write(p, json.dumps(doc, indent=1).encode())
+    paths["json"] = str(p)
+    return paths
+
+
+def _records(t: ModelTransform, dets: list[dict], cls: list[dict]) -> tuple[list[dict], list[dict]]:
+    src_mm = t.source_mm
+    model_area_mm2 = t.model_mm ** 2
+    rows = []
+    for d in dets:
+        r, c = t.model_to_source_px(float(d["y"]), float(d["x"]))
+        rec = {
+            "id": _num(d["id"]), "cluster": _num(d["cluster"]) if d["cluster"] is not None else None,
+            "row": float(r), "col": float(c), "y_mm": float(r) * src_mm, "x_mm": float(c) * src_mm,
+            "y": float(d["y"]), "x": float(d["x"]),
+            "area_px": _num(d["area_px"]), "area_mm2": float(d["area_px"]) * model_area_mm2,
+            "area_source_px": float(d["area_px"]) * model_area_mm2 / src_mm ** 2,
+            "peak_prob": _num(d["peak_prob"]),
+        }
+        if "confidence" in d:
+            rec["confidence"] = _num(d["confidence"])
+        rows.append(rec)
+    crow = []
+    for c in cls:
+        r, cc = t.model_to_source_px(float(c["y"]), float(c["x"]))
+        crow.append({"id": _num(c["id"]), "members": [_num(v) for v in c["members"]], "n": len(c["members"]),
+                     "row": float(r), "col": float(cc), "y_mm": float(r) * src_mm, "x_mm": float(cc) * src_mm,
+                     "y": float(c["y"]), "x": float(c["x"])})
+    return rows, crow
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def _overlay(m: Mammogram, mask_src: np.ndarray, dets: list[dict], cls: list[dict]):
+    """Overview (source orientation, downsized) with outlines and circled clusters, then the crops."""
+    from PIL import Image, ImageDraw
+
+    from mcgr.io.resample import resample, resample_mask
+
+    img_src = m.image[:, ::-1] if m.flipped else m.image
+    h, w = img_src.shape
+    f = max(1.0, max(h, w) / OVERLAY_MAX_SIDE)
+    view_mm = m.spacing_mm * f
+    small = resample(np.ascontiguousarray(img_src), m.spacing_mm, view_mm, "area") if f > 1 else img_src
+    small_mask = resample_mask(mask_src, m.spacing_mm, view_mm) if f > 1 else mask_src
+    grey = (np.clip(small, 0, 1) * 255).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    rgb[_outline(small_mask)] = (255, 40, 40)
+    overview = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(overview)
+    radius = max(6.0, 5.0 / view_mm)  # 5 mm circles around clusters
+    for c in cls:
+        y, x = c["row"] / f, c["col"] / f
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=(255, 220, 0), width=2)
+        draw.text((x + radius + 2, y - radius), f"C{c['id']}", fill=(255, 220, 0))
+    for d in dets:
+        if d["cluster"] is None or d["cluster"] < 0:
+            y, x = d["row"] / f, d["col"] / f
+            draw.rectangle([x - 4, y - 4, x + 4, y + 4], outline=(0, 200, 255))
+
+    crops = []
+    half = CROP_MM / m.spacing_mm / 2
+    for c in cls[:MAX_CROPS]:
+        r0 = int(round(min(max(c["row"] - half, 0), max(h - 2 * half, 0))))
+        c0 = int(round(min(max(c["col"] - half, 0), max(w - 2 * half, 0))))
+        r1, c1 = min(h, r0 + int(2 * half)), min(w, c0 + int(2 * half))
+        patch = img_src[r0:r1, c0:c1]
+        lo, hi = float(patch.min()), float(patch.max())
+        g = ((patch - lo) / (hi - lo if hi > lo else 1.0) * 255).astype(np.uint8)
+        prgb = np.repeat(g[..., None], 3, axis=2)
+        prgb[_outline(mask_src[r0:r1, c0:c1])] = (255, 40, 40)
+        crop = Image.fromarray(prgb).resize((CROP_PX, CROP_PX), Image.NEAREST)
+        ImageDraw.Draw(crop).text((4, 4), f"C{c['id']} ({c['n']} MCs, {CROP_MM:.0f} mm)", fill=(255, 220, 0))
+        crops.append(crop)
+    if not crops:
+        return overview
+    per_col = max(1, overview.height // CROP_PX)
+    ncols = -(-len(crops) // per_col)
+    canvas = Image.new("RGB", (overview.width + ncols * CROP_PX, max(overview.height, min(len(crops), per_col) * CROP_PX)))
+    canvas.paste(overview, (0, 0))
+    for i, crop in enumerate(crops):
+        canvas.paste(crop, (overview.width + (i // per_col) * CROP_PX, (i % per_col) * CROP_PX))
+    return canvas
+
+
+def _write_seg(path: Path, m: Mammogram, mask_src: np.ndarray) -> None:
+    import highdicom as hd
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    src = pydicom.dcmread(m.dicom.path, stop_before_pixels=True, force=True)
+    if src.get("SOPInstanceUID") != m.dicom.sop_instance_uid:
+        raise ValueError(f"{m.dicom.path} changed since it was read (SOPInstanceUID differs)")
+    desc = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="microcalcification",
+        segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+        segmented_property_type=hd.sr.CodedConcept("129748009", "SCT", "Calcification"),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="mcgr MC-GenRef", version=__version__,
+            family=hd.sr.CodedConcept("123109", "DCM", "Artificial Intelligence")),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # source names like "Mass-Test_P_00173" are not PN-shaped
+        seg = hd.seg.Segmentation(
+            source_images=[src], pixel_array=mask_src.astype(bool), segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[desc], series_instance_uid=generate_uid(), series_number=900,
+            sop_instance_uid=generate_uid(), instance_number=1, manufacturer="mcgr",
+            manufacturer_model_name="MC-GenRef", software_versions=__version__, device_serial_number="0",
+            omit_empty_frames=False, series_description="mcgr microcalcifications",
+        )
+    buf = _io.BytesIO()
+    seg.save_as(buf)
+    _atomic_write(path, buf.getvalue())
