@@ -1,0 +1,217 @@
+"""On-the-fly synthetic image/mask pairs for training (DESIGN.md 2).
+
+Batch ``k`` of a dataset is a pure function of ``(seed, k)`` and the options: its generator is seeded
+from a SplitMix64 hash of both, and DataLoader workers take interleaved ``k`` (worker ``w`` of ``n``
+makes ``w, w + n, ...``), so the stream is identical whatever the number of workers.
+
+Image formation parameters (contrast, PSF, gamma, mu, noise, local_sigma) are drawn once per batch
+from ``inject_ranges`` so that one batched :func:`mcgr.ops.inject` call serves the whole batch; the
+variation within a batch comes from per-calcification thickness (``thickness_jitter`` of the
+sampler), size (0.1 mm calcifications are faint after the PSF), and the local density of the
+background (dense tissue hides calcifications). Across batches, faint and strong regimes alternate.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from mcgr._interop import as_tensor
+from mcgr._validate import check_float_image, check_range
+from mcgr.ops.inject import InjectParams, inject
+from mcgr.synth.backgrounds import procedural_backgrounds
+from mcgr.synth.patterns import sample_calcifications
+
+DEFAULT_INJECT_RANGES = {
+    "contrast": (0.5, 1.0),  # c: overall MC visibility
+    "psf_sigma": (0.4, 0.8),  # px, DESIGN.md 2
+    "gamma": (0.5, 1.5),  # how much dense tissue hides MCs
+    # 1/mm: effective attenuation as seen in processed (for-presentation) images, whose contrast
+    # enhancement makes MCs stand out far more than raw hydroxyapatite attenuation (~1.2/mm) would
+    "mu": (2.0, 8.0),
+    "noise": (0.0, 0.02),  # signal-dependent noise factor
+    "local_sigma": (6.0, 12.0),  # px, scale of the local density that modulates contrast
+}
+_TRAIN_SALT = 0x6D636772  # "mcgr"
+_VALIDATION_SALT = 0x76616C69  # "vali": the held-out stream never meets a training stream
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def batch_seed(seed: int, k: int, salt: int = _TRAIN_SALT) -> int:
+    """The 63-bit generator seed of batch ``k`` of stream ``seed``."""
+    return _splitmix64(_splitmix64((seed & _M64) ^ salt) + k) >> 1
+
+
+def _check_ranges(ranges) -> dict:
+    out = dict(DEFAULT_INJECT_RANGES)
+    if ranges is None:
+        return out
+    if not isinstance(ranges, dict):
+        raise TypeError(f"inject_ranges must be a dict of name -> (min, max), got {type(ranges).__name__}")
+    for name, r in ranges.items():
+        if name not in DEFAULT_INJECT_RANGES:
+            raise ValueError(f"inject_ranges: unknown parameter {name!r}; expected some of {sorted(DEFAULT_INJECT_RANGES)}")
+        try:
+            lo, hi = (float(v) for v in r)
+        except (TypeError, ValueError):
+            raise TypeError(f"inject_ranges[{name!r}] must be a pair (min, max), got {r!r}") from None
+        if hi < lo:
+            raise ValueError(f"inject_ranges[{name!r}] must satisfy min <= max, got {r!r}")
+        for v in (lo, hi):
+            try:
+                InjectParams(**{name: v}).validated()
+            except ValueError as exc:
+                raise ValueError(f"inject_ranges[{name!r}] = {r!r}: {exc}") from None
+        out[name] = (lo, hi)
+    return out
+
+
+class SynthPairs(IterableDataset):
+    """Synthetic image/mask batches, generated on the fly. Use ``DataLoader(ds, batch_size=None)``.
+
+    patch_size: side of the square patches (px). batch_size: patches per batch.
+    spacing_mm: pixel size (mm) the calcification sizes are converted with.
+    seed: the stream; batch ``k`` depends only on ``(seed, k)`` and the options.
+    backgrounds: None for procedural texture, or a float32 tensor/array [M, H', W'] in [0, 1] of real
+        MC-free patches (H', W' >= patch_size): random crops, randomly flipped, are used.
+    inject_ranges: dict name -> (min, max) overriding :data:`DEFAULT_INJECT_RANGES` (per-batch draws).
+    mc_free_fraction: probability that a patch gets no calcification (empty mask, no centres).
+    backend: inject backend ("auto", "reference", "cpu", "triton", "cuda").
+    num_batches: batches per epoch (None = endless).
+    device: where inject runs (sampling is on the CPU, so the stream does not depend on it).
+    pattern_options, background_options: extra keyword arguments of
+        :func:`~mcgr.synth.patterns.sample_calcifications` and
+        :func:`~mcgr.synth.backgrounds.procedural_backgrounds`.
+
+    Each batch is a dict: ``image`` [B, 1, H, W] float32 in [0, 1]; ``mask`` [B, 1, H, W] float32 in
+    {0, 1}; ``background`` [B, 1, H, W] (the MC-free input); ``centres`` list of B float32 tensors
+    [K_b, 2] (cy, cx in px, one per calcification); ``index`` [B] int64 global sample ids ``k B + b``.
+    """
+
+    def __init__(
+        self,
+        patch_size: int = 256,
+        batch_size: int = 16,
+        spacing_mm: float = 0.07,
+        seed: int = 0,
+        backgrounds=None,
+        inject_ranges: dict | None = None,
+        mc_free_fraction: float = 0.1,
+        backend: str = "auto",
+        num_batches: int | None = None,
+        *,
+        device="cpu",
+        pattern_options: dict | None = None,
+        background_options: dict | None = None,
+        _salt: int = _TRAIN_SALT,
+    ):
+        super().__init__()
+        for name, v, lo in (("patch_size", patch_size, 8), ("batch_size", batch_size, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an integer, got {seed!r}")
+        if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 0):
+            raise ValueError(f"num_batches must be None or a non-negative integer, got {num_batches!r}")
+        self.patch_size = patch_size
+        self.batch_size = batch_size
+        self.spacing_mm = check_range("spacing_mm", spacing_mm, 0.0, 10.0, lo_open=True)
+        self.seed = seed
+        self.inject_ranges = _check_ranges(inject_ranges)
+        self.mc_free_fraction = check_range("mc_free_fraction", mc_free_fraction, 0.0, 1.0)
+        self.backend = backend
+        self.num_batches = num_batches
+        self.device = torch.device(device)
+        self.pattern_options = dict(pattern_options or {})
+        self.background_options = dict(background_options or {})
+        self._salt = _salt
+        self.backgrounds = None
+        if backgrounds is not None:
+            bg, _ = as_tensor(backgrounds, "backgrounds")
+            check_float_image(bg, "backgrounds", ndims=(3,))
+            if bg.shape[0] == 0 or bg.shape[1] < patch_size or bg.shape[2] < patch_size:
+                raise ValueError(
+                    f"backgrounds must be [M, H', W'] with M >= 1 and H', W' >= patch_size = {patch_size}, got {tuple(bg.shape)}"
+                )
+            if float(bg.min()) < 0.0 or float(bg.max()) > 1.0:
+                raise ValueError(f"backgrounds must lie in [0, 1], got range [{float(bg.min())}, {float(bg.max())}]")
+            self.backgrounds = bg.cpu()
+        # fail now, not in a worker: one tiny draw with these options
+        sample_calcifications(1, patch_size, patch_size, self.spacing_mm, torch.Generator().manual_seed(0), **self.pattern_options)
+        if self.backgrounds is None:
+            procedural_backgrounds(1, patch_size, patch_size, torch.Generator().manual_seed(0),
+                                   spacing_mm=self.spacing_mm, **self.background_options)
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("an endless SynthPairs (num_batches=None) has no length")
+        return self.num_batches
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (0, 1) if info is None else (info.id, info.num_workers)
+        k = wid
+        while self.num_batches is None or k < self.num_batches:
+            yield self.batch(k)
+            k += nw
+
+    def _crop_backgrounds(self, g: torch.Generator, B: int) -> torch.Tensor:
+        src = self.backgrounds
+        M, Hs, Ws = src.shape
+        P = self.patch_size
+        idx = torch.randint(0, M, (B,), generator=g)
+        oy = torch.randint(0, Hs - P + 1, (B,), generator=g)
+        ox = torch.randint(0, Ws - P + 1, (B,), generator=g)
+        flip = torch.rand(B, 2, generator=g) < 0.5
+        ar = torch.arange(P)
+        rows = oy[:, None] + torch.where(flip[:, 0:1], P - 1 - ar, ar)
+        cols = ox[:, None] + torch.where(flip[:, 1:2], P - 1 - ar, ar)
+        return src[idx[:, None, None], rows[:, :, None], cols[:, None, :]].contiguous()
+
+    def draw_params(self, g: torch.Generator) -> InjectParams:
+        """One :class:`InjectParams` drawn uniformly within ``inject_ranges``."""
+        u = torch.rand(len(self.inject_ranges), generator=g, dtype=torch.float64).tolist()
+        vals = {name: lo + (hi - lo) * ui for (name, (lo, hi)), ui in zip(sorted(self.inject_ranges.items()), u)}
+        noise_seed = int(torch.randint(0, 2**32, (1,), generator=g, dtype=torch.int64))
+        return InjectParams(seed=noise_seed, **vals)
+
+    def batch(self, k: int) -> dict:
+        """Batch ``k`` of this stream (see the class docstring for its keys)."""
+        g = torch.Generator().manual_seed(batch_seed(self.seed, k, self._salt))
+        B, P = self.batch_size, self.patch_size
+        calcs = sample_calcifications(B, P, P, self.spacing_mm, g, **self.pattern_options)
+        mc_free = torch.rand(B, generator=g) < self.mc_free_fraction
+        calcs = calcs.select(~mc_free)
+        if self.backgrounds is None:
+            bg = procedural_backgrounds(B, P, P, g, spacing_mm=self.spacing_mm, **self.background_options)
+        else:
+            bg = self._crop_backgrounds(g, B)
+        params = self.draw_params(g)
+        bg = bg.to(self.device)
+        image, mask = inject(bg, calcs.prims.to(self.device), params, backend=self.backend)
+        return {
+            "image": image.unsqueeze(1),
+            "mask": mask.unsqueeze(1).to(torch.float32),
+            "background": bg.unsqueeze(1),
+            "centres": calcs.centres_per_patch(),
+            "index": k * B + torch.arange(B, dtype=torch.int64),
+        }
+
+
+def validation_set(n: int, patch_size: int = 256, seed: int = 12345, **options) -> dict:
+    """The fixed held-out batch of ``n`` patches (same keys as a :class:`SynthPairs` batch).
+
+    Drawn from a stream salted apart from every training stream, so it never repeats a training
+    batch even when ``seed`` equals a training seed. ``options``: the other SynthPairs arguments.
+    """
+    for bad in ("batch_size", "num_batches", "_salt"):
+        if bad in options:
+            raise TypeError(f"validation_set() does not take {bad!r}")
+    ds = SynthPairs(patch_size=patch_size, batch_size=n, seed=seed, num_batches=1, _salt=_VALIDATION_SALT, **options)
+    return ds.batch(0)
