@@ -38,6 +38,10 @@ from mcgr.io.errors import MammogramReadError
 DEFAULT_FILM_SPACING_MM = 0.05
 MAX_SIDE_PX = 20000
 _SPACING_RANGE_MM = (0.005, 2.0)
+# A damaged Rows/Columns must not make a decoder allocate gigabytes: past 64 MiB decoded, a
+# compression ratio over 1000:1 is taken as a damaged header (real mammograms compress < 20:1).
+_MAX_BLIND_DECODE = 64 << 20
+_MAX_RATIO = 1000
 
 _VIEWS = ("XCCL", "XCCM", "MLO", "LMO", "CC", "ML", "LM", "FB", "SIO", "AT")
 _VIEW_MEANINGS = {
@@ -407,6 +411,11 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
             missing = "; ".join(f"{k}: {', '.join(v)}" for k, v in decoder.missing_dependencies.items()) if hasattr(decoder, "missing_dependencies") else ""
             raise MammogramReadError(p, f"transfer syntax {tsyntax.name} needs a decoder that is not installed "
                                         f"(install pylibjpeg plugins or python-gdcm){': ' + missing if missing else ''}")
+    if tsyntax.is_compressed:
+        decoded = rows * cols * int(ds.BitsAllocated) // 8
+        stored_len = len(ds.PixelData or b"")
+        if decoded > _MAX_BLIND_DECODE and decoded > _MAX_RATIO * stored_len:
+            raise MammogramReadError(p, f"{rows} x {cols} px from {stored_len} bytes of compressed data: damaged header")
     try:
         stored = ds.pixel_array
     except Exception as exc:  # noqa: BLE001
