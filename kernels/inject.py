@@ -13,6 +13,8 @@ Three steps, none of which materialises T, A or A_b over the image:
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -60,7 +62,7 @@ def _hash32(x):
 
 
 @triton.jit
-def _inject_disc_kernel(geom_ptr, win_ptr, sub_ptr, disc_ptr, N, QMAX,
+def _inject_disc_kernel(geom_ptr, win_ptr, sub_ptr, disc_ptr, N,
                         S: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr):
     # disc_p = sum over the pixels q of p's window of mean_k chord_p(sample k of q), with
     # chord = t sqrt(1 - rho^2) where rho^2 < 1: inject_ref's `chord.sum(dim=(1, 2))`.
@@ -83,7 +85,7 @@ def _inject_disc_kernel(geom_ptr, win_ptr, sub_ptr, disc_ptr, N, QMAX,
     nw = tl.maximum(j1 - j0, 1)
     area = (i1 - i0) * (j1 - j0)
     disc = tl.zeros([BP], dtype=tl.float32)
-    for q0 in range(0, QMAX, BQ):
+    for q0 in range(0, tl.max(area, axis=0), BQ):
         q = q0 + tl.arange(0, BQ)
         valid = pm[:, None] & (q[None, :] < area[:, None])
         yr = (i0[:, None] + q[None, :] // nw[:, None]).to(tl.float32)
@@ -105,7 +107,7 @@ def _inject_kernel(bg_ptr, out_ptr, mask_ptr, geom_ptr, win_ptr, sub_ptr, psf_pt
                    tile_start_ptr, tile_prim_ptr,
                    H, W, NTX, NTILES, TO, RP, RL, NLC,
                    mu, contrast, gamma, noise, key,
-                   S: tl.constexpr, BLOCK: tl.constexpr, NOISE: tl.constexpr):
+                   S: tl.constexpr, BLOCK: tl.constexpr, KB: tl.constexpr, NOISE: tl.constexpr):
     # One output tile (TO x TO pixels at (oy, ox)) of patch b, held as a BLOCK x BLOCK block whose
     # element (r, c) is pixel (oy - RP + r, ox - RP + c), i.e. the tile plus its PSF halo RP.
     # Equals inject_ref:
@@ -114,12 +116,15 @@ def _inject_kernel(bg_ptr, out_ptr, mask_ptr, geom_ptr, win_ptr, sub_ptr, psf_pt
     #   L     = (G_l B G_l^T) / (den_y den_x), B zero outside the image (normalised convolution)
     #   I     = clamp(B + c (1 - L)^gamma (1 - B)(1 - exp(-A_b)) + noise sqrt(I) n(b H W + i W + j), 0, 1)
     #   mask  = [#samples inside the union of primitives >= S^2 / 2] | [x is some primitive's centre]
+    # A is evaluated per KB x KB sub-block, only from the primitives whose window meets it, and
+    # enters A_b as sum_{sr, sc} G[:, sr] (A[sr, sc] G[sc, :]): no product operand exceeds BLOCK x KB.
     pid = tl.program_id(0)
     b = pid // NTILES
     t = pid % NTILES
     oy = (t // NTX) * TO
     ox = (t % NTX) * TO
     r = tl.arange(0, BLOCK)
+    k = tl.arange(0, KB)
     rows = oy - RP + r
     cols = ox - RP + r
     out_r = (r >= RP) & (r < RP + TO) & (rows < H)
@@ -129,77 +134,101 @@ def _inject_kernel(bg_ptr, out_ptr, mask_ptr, geom_ptr, win_ptr, sub_ptr, psf_pt
     offs = rows[:, None] * W + cols[None, :]
     bgv = tl.load(bg_ptr + plane + offs, mask=out2, other=0.0)
     img = bgv
-    mval = tl.zeros([BLOCK, BLOCK], dtype=tl.int1)
     e0 = tl.load(tile_start_ptr + pid)
     e1 = tl.load(tile_start_ptr + pid + 1)
     if e1 > e0:
-        yr = rows.to(tl.float32)[:, None]
-        xr = cols.to(tl.float32)[None, :]
-        acc = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
-        cen = tl.zeros([BLOCK, BLOCK], dtype=tl.int1)
-        if S * S > 32:
-            bits = tl.zeros([BLOCK, BLOCK], dtype=tl.int64)
-        else:
-            bits = tl.zeros([BLOCK, BLOCK], dtype=tl.int32)
-        for e in range(e0, e1):
-            p = tl.load(tile_prim_ptr + e).to(tl.int64)
-            g = geom_ptr + p * 10
-            cy = tl.load(g + 0)
-            cx = tl.load(g + 1)
-            ry = tl.load(g + 2)
-            rx = tl.load(g + 3)
-            ca = tl.load(g + 4)
-            sa = tl.load(g + 5)
-            th = tl.load(g + 6)
-            cap = tl.load(g + 7) != 0.0
-            scale = tl.load(g + 8)
-            dep = tl.load(g + 9)
-            w = win_ptr + p * 6
-            i0 = tl.load(w + 0)
-            i1 = tl.load(w + 1)
-            j0 = tl.load(w + 2)
-            j1 = tl.load(w + 3)
-            ci = tl.load(w + 4)
-            cj = tl.load(w + 5)
-            inwin = ((rows >= i0) & (rows < i1))[:, None] & ((cols >= j0) & (cols < j1))[None, :]
-            csum = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
-            for ky in tl.static_range(S):
-                y = yr + tl.load(sub_ptr + ky)
-                for kx in tl.static_range(S):
-                    x = xr + tl.load(sub_ptr + kx)
-                    r2 = _rho2(y, x, cy, cx, ry, rx, ca, sa, cap)
-                    inside = r2 < 1.0
-                    csum += tl.where(inside, th * tl.sqrt(tl.maximum(1.0 - r2, 0.0)), 0.0)
-                    bits = bits | ((inside & inwin).to(bits.dtype) << (ky * S + kx))
-            acc += tl.where(inwin, (mu * (csum / (S * S))) * scale, 0.0)
-            centre = (rows == ci)[:, None] & (cols == cj)[None, :]
-            acc += tl.where(centre, dep, 0.0)
-            cen = cen | centre
-        # PSF blur: A_b = G A G (G symmetric); rows/cols of G outside the taps are zero
-        d = r[None, :] - r[:, None] + RP
-        gp = tl.load(psf_ptr + d, mask=(d >= 0) & (d <= 2 * RP), other=0.0)
-        ab = tl.dot(gp, tl.dot(acc, gp, input_precision="ieee"), input_precision="ieee")
-        # local mean over source chunks of BLOCK rows/cols starting RL before the block
+        ab = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
+        for sr in range(0, BLOCK // KB):
+            r_lo = oy - RP + sr * KB
+            rs = r_lo + k
+            yr = rs.to(tl.float32)[:, None]
+            trow = tl.zeros([KB, BLOCK], dtype=tl.float32)
+            for sc in range(0, BLOCK // KB):
+                c_lo = ox - RP + sc * KB
+                cs = c_lo + k
+                xr = cs.to(tl.float32)[None, :]
+                acc = tl.zeros([KB, KB], dtype=tl.float32)
+                cen = tl.zeros([KB, KB], dtype=tl.int1)
+                if S * S > 32:
+                    bits = tl.zeros([KB, KB], dtype=tl.int64)
+                else:
+                    bits = tl.zeros([KB, KB], dtype=tl.int32)
+                for e in range(e0, e1):
+                    p = tl.load(tile_prim_ptr + e).to(tl.int64)
+                    w = win_ptr + p * 6
+                    i0 = tl.load(w + 0)
+                    i1 = tl.load(w + 1)
+                    j0 = tl.load(w + 2)
+                    j1 = tl.load(w + 3)
+                    if (i0 < r_lo + KB) & (i1 > r_lo) & (j0 < c_lo + KB) & (j1 > c_lo):
+                        ci = tl.load(w + 4)
+                        cj = tl.load(w + 5)
+                        g = geom_ptr + p * 10
+                        cy = tl.load(g + 0)
+                        cx = tl.load(g + 1)
+                        ry = tl.load(g + 2)
+                        rx = tl.load(g + 3)
+                        ca = tl.load(g + 4)
+                        sa = tl.load(g + 5)
+                        th = tl.load(g + 6)
+                        cap = tl.load(g + 7) != 0.0
+                        scale = tl.load(g + 8)
+                        dep = tl.load(g + 9)
+                        inwin = ((rs >= i0) & (rs < i1))[:, None] & ((cs >= j0) & (cs < j1))[None, :]
+                        csum = tl.zeros([KB, KB], dtype=tl.float32)
+                        for ky in tl.static_range(S):
+                            y = yr + tl.load(sub_ptr + ky)
+                            for kx in tl.static_range(S):
+                                x = xr + tl.load(sub_ptr + kx)
+                                r2 = _rho2(y, x, cy, cx, ry, rx, ca, sa, cap)
+                                inside = r2 < 1.0
+                                csum += tl.where(inside, th * tl.sqrt(tl.maximum(1.0 - r2, 0.0)), 0.0)
+                                bits = bits | ((inside & inwin).to(bits.dtype) << (ky * S + kx))
+                        acc += tl.where(inwin, (mu * (csum / (S * S))) * scale, 0.0)
+                        centre = (rs == ci)[:, None] & (cs == cj)[None, :]
+                        acc += tl.where(centre, dep, 0.0)
+                        cen = cen | centre
+                cnt = tl.zeros([KB, KB], dtype=tl.int32)
+                for kb in tl.static_range(S * S):
+                    cnt += ((bits >> kb) & 1).to(tl.int32)
+                mval = (cnt * 2 >= S * S) | cen
+                bo_r = sr * KB + k
+                bo_c = sc * KB + k
+                so = ((bo_r >= RP) & (bo_r < RP + TO) & (rs < H))[:, None] & \
+                    ((bo_c >= RP) & (bo_c < RP + TO) & (cs < W))[None, :]
+                tl.store(mask_ptr + plane + rs[:, None] * W + cs[None, :], mval.to(tl.uint8), mask=so)
+                dx = r[None, :] - bo_c[:, None] + RP
+                gx = tl.load(psf_ptr + dx, mask=(dx >= 0) & (dx <= 2 * RP), other=0.0)
+                trow += tl.dot(acc, gx, input_precision="ieee")
+            dy = bo_r[None, :] - r[:, None] + RP
+            gy = tl.load(psf_ptr + dy, mask=(dy >= 0) & (dy <= 2 * RP), other=0.0)
+            ab += tl.dot(gy, trow, input_precision="ieee")
+        # local mean over KB-wide source chunks starting RL before the block
         num = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
         deny = tl.zeros([BLOCK], dtype=tl.float32)
         denx = tl.zeros([BLOCK], dtype=tl.float32)
-        for cc in range(0, NLC):
-            scol = ox - RP - RL + cc * BLOCK + r
+        for lr in range(0, NLC):
+            srow = oy - RP - RL + lr * KB + k
+            ly = lr * KB + k[None, :] - r[:, None]
+            gy = tl.load(loc_ptr + ly, mask=(ly >= 0) & (ly <= 2 * RL), other=0.0)
+            deny += tl.sum(tl.where(((srow >= 0) & (srow < H))[None, :], gy, 0.0), axis=1)
+        for lc in range(0, NLC):
+            scol = ox - RP - RL + lc * KB + k
             cin = (scol >= 0) & (scol < W)
-            dx = cc * BLOCK + r[:, None] - r[None, :]
-            gx = tl.load(loc_ptr + dx, mask=(dx >= 0) & (dx <= 2 * RL), other=0.0)
+            lx = lc * KB + k[:, None] - r[None, :]
+            gx = tl.load(loc_ptr + lx, mask=(lx >= 0) & (lx <= 2 * RL), other=0.0)
             denx += tl.sum(tl.where(cin[:, None], gx, 0.0), axis=0)
-            part = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
-            for cr in range(0, NLC):
-                srow = oy - RP - RL + cr * BLOCK + r
-                rin = (srow >= 0) & (srow < H)
-                dy = cr * BLOCK + r[None, :] - r[:, None]
-                gy = tl.load(loc_ptr + dy, mask=(dy >= 0) & (dy <= 2 * RL), other=0.0)
-                if cc == 0:
-                    deny += tl.sum(tl.where(rin[None, :], gy, 0.0), axis=1)
-                src = tl.load(bg_ptr + plane + srow[:, None] * W + scol[None, :],
-                              mask=rin[:, None] & cin[None, :], other=0.0)
-                part += tl.dot(gy, src, input_precision="ieee")
+            part = tl.zeros([BLOCK, KB], dtype=tl.float32)
+            if (ox - RP - RL + lc * KB < W) & (ox - RP - RL + lc * KB + KB > 0):
+                for lr in range(0, NLC):
+                    srow = oy - RP - RL + lr * KB + k
+                    rin = (srow >= 0) & (srow < H)
+                    ly = lr * KB + k[None, :] - r[:, None]
+                    gy = tl.load(loc_ptr + ly, mask=(ly >= 0) & (ly <= 2 * RL), other=0.0)
+                    if (oy - RP - RL + lr * KB < H) & (oy - RP - RL + lr * KB + KB > 0):
+                        src = tl.load(bg_ptr + plane + srow[:, None] * W + scol[None, :],
+                                      mask=rin[:, None] & cin[None, :], other=0.0)
+                        part += tl.dot(gy, src, input_precision="ieee")
             num += tl.dot(part, gx, input_precision="ieee")
         den = deny[:, None] * denx[None, :]
         lm = num / tl.where(den > 0.0, den, 1.0)  # den is 0 only on block cells past the image
@@ -209,10 +238,8 @@ def _inject_kernel(bg_ptr, out_ptr, mask_ptr, geom_ptr, win_ptr, sub_ptr, psf_pt
         pw = tl.where(gamma == 0.0, 1.0, pw)
         m = contrast * pw
         img = bgv + m * (1.0 - bgv) * (1.0 - tl.exp(-ab))
-        cnt = tl.zeros([BLOCK, BLOCK], dtype=tl.int32)
-        for k in tl.static_range(S * S):
-            cnt += ((bits >> k) & 1).to(tl.int32)
-        mval = (cnt * 2 >= S * S) | cen
+    else:
+        tl.store(mask_ptr + plane + offs, tl.zeros([BLOCK, BLOCK], dtype=tl.uint8), mask=out2)
     if NOISE:
         c = ((plane + offs.to(tl.int64)) & 0xFFFFFFFF).to(tl.uint32)
         kk = key.to(tl.uint32, bitcast=True)
@@ -224,7 +251,10 @@ def _inject_kernel(bg_ptr, out_ptr, mask_ptr, geom_ptr, win_ptr, sub_ptr, psf_pt
         img = img + noise * tl.sqrt(tl.maximum(img, 0.0)) * n
     img = tl.minimum(tl.maximum(img, 0.0), 1.0)
     tl.store(out_ptr + plane + offs, img, mask=out2)
-    tl.store(mask_ptr + plane + offs, mval.to(tl.uint8), mask=out2)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _block_for(radius_psf: int, H: int, W: int) -> int:
@@ -261,27 +291,22 @@ def _bin_primitives(bidx, i0, i1, j0, j1, Bn, nty, ntx, TO, RP):
     return start, prim[order].to(torch.int32)
 
 
-def inject_triton(background: torch.Tensor, calcs: torch.Tensor, params: InjectParams, *,
-                  block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused Triton image formation; equals ``inject_ref``.
-
-    background: [B, H, W] float32 in [0, 1] (CUDA, or CPU under TRITON_INTERPRET=1);
-    calcs: [N, 8] float32 primitives on the same device (validated by ``mcgr.ops.inject``).
-    block: tile + PSF halo block side (32, 64 or 128; default chosen from the PSF radius and image
-    size); each program writes a (block - 2 psf_radius)^2 tile.
-    Returns (image [B, H, W] float32, mask [B, H, W] bool).
-    """
-    params = params.validated()
+def _prepare(background: torch.Tensor, calcs: torch.Tensor, params: InjectParams, block: int | None,
+             sub_block: int | None = None):
+    """Per-primitive tables (prepass kernel included), per-tile CSR lists and launch geometry."""
     Bn, H, W = background.shape
     if H * W >= 2**31:
         raise ValueError(f"background patches must hold fewer than 2**31 pixels, got {H}x{W}")
     dev = background.device
-    bg = background.contiguous()
     S = params.supersample
     RP, RL = params.psf_radius, params.local_radius
     BLOCK = block or _block_for(RP, H, W)
     if BLOCK not in (32, 64, 128):
         raise ValueError(f"block must be 32, 64 or 128, got {block!r}")
+    # culling pays on a GPU; the interpreter pays per operation, so it takes the whole block at once
+    kb = min(sub_block or (BLOCK if _interpreting() else 16), BLOCK)
+    if kb not in (16, 32, 64, 128):
+        raise ValueError(f"sub_block must be 16, 32, 64 or 128, got {sub_block!r}")
     TO = BLOCK - 2 * RP
     if TO < 1:
         raise ValueError(f"block={BLOCK} leaves no tile inside a PSF halo of {RP} px; use a larger block")
@@ -303,8 +328,7 @@ def inject_triton(background: torch.Tensor, calcs: torch.Tensor, params: InjectP
         geom[:, _G_CAP] = (c[:, 7] == SHAPE_CAPSULE).to(torch.float32)
         disc = torch.empty(N, dtype=torch.float32, device=dev)
         BP, BQ = 16, 128
-        qmax = int((nh * nw).max())
-        _inject_disc_kernel[(triton.cdiv(N, BP),)](geom, win, sub, disc, N, qmax, S=S, BP=BP, BQ=BQ, num_warps=4)
+        _inject_disc_kernel[(triton.cdiv(N, BP),)](geom, win, sub, disc, N, S=S, BP=BP, BQ=BQ, num_warps=4)
         hit = disc > 0
         geom[:, _G_SCALE] = torch.where(hit, vol / torch.where(hit, disc, torch.ones_like(disc)), torch.zeros_like(disc))
         geom[:, _G_DEP] = torch.where(hit, torch.zeros_like(vol), params.mu * vol)
@@ -319,12 +343,35 @@ def inject_triton(background: torch.Tensor, calcs: torch.Tensor, params: InjectP
     loc = gaussian_taps(params.local_sigma, RL, dev)
     key = int(hash32(torch.tensor((params.seed & 0xFFFFFFFF) ^ 0x9E3779B9, dtype=torch.int64)))
     key = key - 2**32 if key >= 2**31 else key
+    return dict(geom=geom, win=win, sub=sub, psf=psf, loc=loc, tile_start=tile_start, tile_prim=tile_prim,
+                H=H, W=W, ntx=ntx, ntiles=nty * ntx, TO=TO, RP=RP, RL=RL,
+                nlc=triton.cdiv(BLOCK + 2 * RL, kb), key=key, S=S, BLOCK=BLOCK, KB=kb, grid=(Bn * nty * ntx,))
+
+
+def _launch(bg: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, params: InjectParams, a: dict) -> None:
+    _inject_kernel[a["grid"]](bg, image, mask, a["geom"], a["win"], a["sub"], a["psf"], a["loc"],
+                              a["tile_start"], a["tile_prim"],
+                              a["H"], a["W"], a["ntx"], a["ntiles"], a["TO"], a["RP"], a["RL"], a["nlc"],
+                              float(params.mu), float(params.contrast), float(params.gamma), float(params.noise),
+                              a["key"], S=a["S"], BLOCK=a["BLOCK"], KB=a["KB"], NOISE=params.noise > 0,
+                              num_warps=4 if a["BLOCK"] <= 64 else 8)
+
+
+def inject_triton(background: torch.Tensor, calcs: torch.Tensor, params: InjectParams, *,
+                  block: int | None = None, sub_block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused Triton image formation; equals ``inject_ref``.
+
+    background: [B, H, W] float32 in [0, 1] (CUDA, or CPU under TRITON_INTERPRET=1);
+    calcs: [N, 8] float32 primitives on the same device (validated by ``mcgr.ops.inject``).
+    block: tile + PSF halo block side (32, 64 or 128; default chosen from the PSF radius and image
+    size); each program writes a (block - 2 psf_radius)^2 tile. sub_block: side of the sub-blocks
+    over which primitives are culled and evaluated (16 default, at most block).
+    Returns (image [B, H, W] float32, mask [B, H, W] bool).
+    """
+    params = params.validated()
+    bg = background.contiguous()
+    a = _prepare(bg, calcs, params, block, sub_block)
     image = torch.empty_like(bg)
-    mask = torch.empty(bg.shape, dtype=torch.uint8, device=dev)
-    nlc = triton.cdiv(BLOCK + 2 * RL, BLOCK)
-    grid = (Bn * nty * ntx,)
-    _inject_kernel[grid](bg, image, mask, geom, win, sub, psf, loc, tile_start, tile_prim,
-                         H, W, ntx, nty * ntx, TO, RP, RL, nlc,
-                         float(params.mu), float(params.contrast), float(params.gamma), float(params.noise), key,
-                         S=S, BLOCK=BLOCK, NOISE=params.noise > 0, num_warps=BLOCK // 8)
+    mask = torch.empty(bg.shape, dtype=torch.uint8, device=bg.device)
+    _launch(bg, image, mask, params, a)
     return image, mask.view(torch.bool)
