@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "common.h"
+#include "stitch/stitch.h"
 #include "inject/inject.h"
 #include "rf_step/rf_step.h"
 
@@ -67,5 +68,23 @@ PYBIND11_MODULE(_C, m) {
   m.def("rf_step_cuda", &mcgr::rf_step_cuda, py::arg("out"), py::arg("x"), py::arg("v"), py::arg("w"), py::arg("n"),
         py::arg("params"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
         "rf_step on CUDA (device pointers, stream as an integer handle)");
+#endif
+  // stitch: tiles to canvas (weighted sum and normalisation in one pass) and its inverse gather
+  py::class_<mcgr::StitchParams>(m, "StitchParams")
+      .def(py::init<>())
+      .def_readwrite("batch", &mcgr::StitchParams::batch)
+      .def_readwrite("num_tiles", &mcgr::StitchParams::num_tiles)
+      .def_readwrite("tile", &mcgr::StitchParams::tile)
+      .def_readwrite("height", &mcgr::StitchParams::height)
+      .def_readwrite("width", &mcgr::StitchParams::width);
+  m.def("stitch_cpu", &mcgr::stitch_cpu, py::call_guard<py::gil_scoped_release>(),
+        "stitch(tiles, origins, weights, out, params): canvas = sum w t / sum w over covering tiles");
+  m.def("gather_tiles_cpu", &mcgr::gather_tiles_cpu, py::call_guard<py::gil_scoped_release>(),
+        "gather_tiles(canvas, origins, tiles, params): tiles cut from the canvas, 0 outside");
+#ifdef MCGR_WITH_CUDA
+  m.def("stitch_cuda", &mcgr::stitch_cuda, py::call_guard<py::gil_scoped_release>(),
+        "stitch on CUDA: (tiles, origins, weights, out, params, stream)");
+  m.def("gather_tiles_cuda", &mcgr::gather_tiles_cuda, py::call_guard<py::gil_scoped_release>(),
+        "gather_tiles on CUDA: (canvas, origins, tiles, params, stream)");
 #endif
 }

@@ -42,6 +42,7 @@ _SPACING_RANGE_MM = (0.005, 2.0)
 # compression ratio over 1000:1 is taken as a damaged header (real mammograms compress < 20:1).
 _MAX_BLIND_DECODE = 64 << 20
 _MAX_RATIO = 1000
+_PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit, MammogramReadError)
 
 _VIEWS = ("XCCL", "XCCM", "MLO", "LMO", "CC", "ML", "LM", "FB", "SIO", "AT")
 _VIEW_MEANINGS = {
@@ -369,7 +370,9 @@ def _read_dicom(p: str, spacing: float | None, voi: bool) -> Mammogram:
         raise
     except MemoryError:
         raise MammogramReadError(p, "pixel data too large for memory") from None
-    except Exception as exc:  # noqa: BLE001 - a damaged header can fail anywhere in decoding
+    except _PASS_THROUGH:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - decoders written in Rust (pyo3) panic with a BaseException
         raise MammogramReadError(p, f"damaged DICOM ({type(exc).__name__}: {exc})") from None
 
 
@@ -402,13 +405,15 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
         tsyntax = pydicom_default_syntax(ds)
         ds.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = tsyntax
+    if not tsyntax.is_transfer_syntax:
+        raise MammogramReadError(p, f"unknown transfer syntax {tsyntax}: no pixel data decoder for it")
     if tsyntax.is_compressed:
         try:
             decoder = get_decoder(tsyntax)
         except NotImplementedError:
             raise MammogramReadError(p, f"transfer syntax {tsyntax.name} ({tsyntax}) has no pixel data decoder") from None
         if not decoder.is_available:
-            missing = "; ".join(f"{k}: {', '.join(v)}" for k, v in decoder.missing_dependencies.items()) if hasattr(decoder, "missing_dependencies") else ""
+            missing = "; ".join(str(v) for v in getattr(decoder, "missing_dependencies", []) or [])
             raise MammogramReadError(p, f"transfer syntax {tsyntax.name} needs a decoder that is not installed "
                                         f"(install pylibjpeg plugins or python-gdcm){': ' + missing if missing else ''}")
     if tsyntax.is_compressed:
@@ -418,7 +423,9 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
             raise MammogramReadError(p, f"{rows} x {cols} px from {stored_len} bytes of compressed data: damaged header")
     try:
         stored = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001
+    except _PASS_THROUGH:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - pylibjpeg-rle panics (pyo3 PanicException) on bad data
         raise MammogramReadError(p, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
     if stored.shape != (rows, cols):
         raise MammogramReadError(p, f"decoded pixel array has shape {stored.shape}, header says {(rows, cols)}")
