@@ -1,0 +1,1 @@
+"""Full-field inference (DESIGN.md 5): tiling of the breast, batched segmentation, stitching, TT-GPR."""
