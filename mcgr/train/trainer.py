@@ -201,8 +201,17 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, device
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
+    threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, out, resume, device, stop_after, progress)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, device: torch.device, stop_after: int | None,
+           progress: bool | None) -> dict:
     ckpt = out / "ckpt"
     metrics_path = out / "metrics.jsonl"
     cfg_dict = cfg.to_dict()
