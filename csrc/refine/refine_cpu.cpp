@@ -27,7 +27,12 @@
 #include "common.h"
 
 // The loops are plain float arithmetic that GCC vectorises; clones for AVX-512 and AVX2 are picked
-// at load time (ifunc), so the build stays portable without -march flags.
+// at load time (ifunc), so the build stays portable without -march flags. No code here reads the
+// floating-point exception flags, so compares need not be kept as trapping branches (with them GCC
+// cannot if-convert the clamps in exp_approx and leaves the loops scalar below AVX-512).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define MCGR_VEC_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
@@ -39,24 +44,32 @@ namespace {
 
 constexpr int kStepsPerPass = 8;
 
-// exp(x) to ~2 ulp (Cephes expf), branch-free so that it vectorises; NaN propagates. The range is
-// clamped to [-87, 88], where 2^n stays a normal float: below it the callers' results (edge
+// exp(x) to ~2 ulp (Cephes expf polynomial), branch-free so that it vectorises; NaN propagates.
+// n = round(x / ln 2) by the 1.5 * 2^23 trick (no floor call, no float-to-int conversion). The range
+// is clamped to [-87, 88], where 2^n stays a normal float: below it the callers' results (edge
 // weights, sigmoid) differ from exact by less than 1e-37.
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
 inline float exp_approx(float x) {
-  x = x > 88.0f ? 88.0f : x;
+  x = x > 88.0f ? 88.0f : x;  // NaN passes both clamps
   x = x < -87.0f ? -87.0f : x;
-  float fx = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
+  const float t = x * 1.44269504088896341f + magic;
+  const float fx = t - magic;
+  int32_t tb;
+  std::memcpy(&tb, &t, sizeof(tb));
   float r = x - fx * 0.693359375f;
   r = r - fx * -2.12194440e-4f;
   const float r2 = r * r;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3333452e-3f;
+  p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r2 + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;
+  const int32_t bits = (tb - 0x4B400000 + 127) << 23;  // 0x4B400000: the bits of `magic`
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
