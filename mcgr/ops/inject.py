@@ -319,9 +319,16 @@ def inject(background, calcs, params: InjectParams | None = None, backend: str =
     bg, kind = as_tensor(background, "background")
     cl, _ = as_tensor(calcs, "calcs")
     params = (params or InjectParams()).validated()
-    check_float_image(bg, "background")
-    if bg.numel() and (float(bg.min()) < 0.0 or float(bg.max()) > 1.0):
-        raise ValueError(f"background must lie in [0, 1], got range [{float(bg.min())}, {float(bg.max())}]")
+    # one aminmax pass checks finiteness and range together (NaN propagates, inf is out of range):
+    # a separate isfinite pass costs more than the fused kernel on a training batch
+    check_float_image(bg, "background", finite=False)
+    if bg.numel():
+        lo, hi = (float(v) for v in torch.aminmax(bg))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = (~torch.isfinite(bg)).nonzero()[0].tolist()
+            raise ValueError(f"background holds NaN or inf (first at index {bad})")
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"background must lie in [0, 1], got range [{lo}, {hi}]")
     squeeze = bg.dim() == 2
     b3 = bg.unsqueeze(0) if squeeze else bg
     if b3.shape[1] == 0 or b3.shape[2] == 0 or b3.shape[0] == 0:
