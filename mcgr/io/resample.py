@@ -124,8 +124,8 @@ def resample_mask(mask, from_mm: float, to_mm: float, *, out_shape: tuple[int, i
     Upsampling (``to_mm <= from_mm``): each output pixel takes the input pixel that holds its centre,
     so every input pixel is covered by at least one output pixel and a pixel mapped down and back
     returns to where it came from. Downsampling: an output pixel is set where the input covers at
-    least half of it (area kept on average); an object too small to cover half of any output pixel
-    still sets the output pixel it covers most, so no object disappears. Returns bool in the
+    least half of it (area kept on average); an object (8-connected) none of whose pixels falls in a
+    set output pixel still sets the output pixel it covers most, so no object disappears. Returns bool in the
     caller's array kind (NumPy or CPU torch).
     """
     from_mm, to_mm = _check_spacings(from_mm, to_mm)
@@ -145,14 +145,19 @@ def resample_mask(mask, from_mm: float, to_mm: float, *, out_shape: tuple[int, i
     else:
         cov = _resample_tensor(torch.from_numpy(m.astype(np.float32)), from_mm, to_mm, "area", (oh, ow)).numpy()
         out = cov >= 0.5 - 1e-6
-        labels, n = ndimage.label(cov > 0)
+        labels, n = ndimage.label(m, structure=np.ones((3, 3), bool))
         if n:
-            peak = ndimage.maximum(cov, labels, np.arange(1, n + 1))
-            lost = np.nonzero(peak < 0.5 - 1e-6)[0] + 1
+            # Each input pixel looks at the output pixel holding its centre; an object none of whose
+            # pixels sees a set output pixel sets the one it covers most.
+            r = to_mm / from_mm
+            iy = np.minimum(((np.arange(h) + 0.5) / r).astype(np.int64), oh - 1)
+            ix = np.minimum(((np.arange(w) + 0.5) / r).astype(np.int64), ow - 1)
+            seen = ndimage.maximum(out[iy[:, None], ix[None, :]], labels, np.arange(1, n + 1))
+            lost = np.nonzero(~np.asarray(seen, bool))[0] + 1
             if lost.size:
-                pos = ndimage.maximum_position(cov, labels, lost)
+                pos = ndimage.maximum_position(cov[iy[:, None], ix[None, :]], labels, lost)
                 rr, cc = np.asarray(pos, dtype=np.int64).reshape(-1, 2).T
-                out[rr, cc] = True
+                out[iy[rr], ix[cc]] = True
     return _interop.to_kind(torch.from_numpy(np.ascontiguousarray(out)), kind)
 
 
