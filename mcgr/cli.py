@@ -154,6 +154,22 @@ def _demo(args) -> int:
 
 
 @subcommand
+def _add_train(sub) -> None:
+    from mcgr.train.cli import add_arguments
+
+    p = sub.add_parser("train", help="train the segmentor (seg) or the RF generator (rf) on synthetic pairs",
+                       description="Train on on-the-fly synthetic pairs; --resume continues a stopped run exactly.")
+    add_arguments(p)
+    p.set_defaults(handler=_train)
+
+
+def _train(args) -> int:
+    from mcgr.train.cli import run
+
+    return run(args)
+
+
+@subcommand
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="op x backend availability and the build (same as python -m mcgr.info)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
