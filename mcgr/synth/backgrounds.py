@@ -166,7 +166,8 @@ def procedural_backgrounds(
         spec = torch.view_as_complex(zk)
         if lines is not None:
             # fibres are added before the a_tex scaling below, so they are divided by it here
-            lc, sigma = _splat_fibres(g, 2 * kp, H, W, spacing, f_rng, fw, fs, dev, 1.0 / a_tex.clamp(min=1e-6), lines[:kp])
+            a_tex = a_tex.clamp(min=1e-3)  # so that the division is undone exactly (a texture of 1e-3 logit at least)
+            lc, sigma = _splat_fibres(g, 2 * kp, H, W, spacing, f_rng, fw, fs, dev, 1.0 / a_tex, lines[:kp])
             c = -2 * math.pi**2 * sigma[0::2, None] ** 2
             blur = torch.exp(c * fy)[:, :, None] * torch.exp(c * fx)[:, None, :]  # separable Gaussian MTF
             fl = torch.fft.fft2(torch.view_as_complex(lc.view(kp, H, W, 2)))
