@@ -103,7 +103,9 @@ def breast_mask(image, spacing_mm: float) -> np.ndarray:
         fg[:, ws - right:] = False
 
     r = max(1, int(round(OPEN_MM / (spacing_mm * f))))
-    opened = ndimage.binary_opening(fg, structure=_disk(r))
+    # Padding by replication: the breast continues past the chest-wall edge, so the opening must
+    # not erode it there (a zero border would round off where the skin meets the film edge).
+    opened = ndimage.binary_opening(np.pad(fg, r + 1, mode="edge"), structure=_disk(r))[r + 1:-r - 1, r + 1:-r - 1]
     labels, n = ndimage.label(opened)
     if n == 0:
         return np.zeros((h, w), dtype=bool)
