@@ -1,11 +1,13 @@
 // mcgr._C: the C++/OpenMP and CUDA kernels, torch-free. Pointers travel as integers (data_ptr()),
 // sizes as int64, parameters as structs, the CUDA stream as an integer handle.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "common.h"
 #include "stitch/stitch.h"
 #include "inject/inject.h"
 #include "rf_step/rf_step.h"
+#include "refine/refine.h"
 
 namespace py = pybind11;
 
@@ -86,5 +88,23 @@ PYBIND11_MODULE(_C, m) {
         "stitch on CUDA: (tiles, origins, weights, out, params, stream)");
   m.def("gather_tiles_cuda", &mcgr::gather_tiles_cuda, py::call_guard<py::gil_scoped_release>(),
         "gather_tiles on CUDA: (canvas, origins, tiles, params, stream)");
+#endif
+  // refine: gradient steps of TT-GPR's logit energy (data, anchor, edge-aware smoothness, overlap)
+  py::class_<mcgr::RefineParams>(m, "RefineParams")
+      .def(py::init<>())
+      .def_readwrite("eta", &mcgr::RefineParams::eta)
+      .def_readwrite("lambda_a", &mcgr::RefineParams::lambda_a)
+      .def_readwrite("lambda_e", &mcgr::RefineParams::lambda_e)
+      .def_readwrite("lambda_o", &mcgr::RefineParams::lambda_o)
+      .def_readwrite("inv_two_sigma2", &mcgr::RefineParams::inv_two_sigma2);
+  m.def("refine_cpu", &mcgr::refine_cpu, py::arg("z"), py::arg("q"), py::arg("z0"), py::arg("y"), py::arg("zbar"),
+        py::arg("out"), py::arg("strides"), py::arg("n"), py::arg("h"), py::arg("w"), py::arg("params"),
+        py::arg("steps"), py::call_guard<py::gil_scoped_release>(),
+        "refine on CPU: `steps` fused gradient steps; returns the bits of the inputs holding NaN or inf");
+#ifdef MCGR_WITH_CUDA
+  m.def("refine_cuda", &mcgr::refine_cuda, py::arg("z"), py::arg("q"), py::arg("z0"), py::arg("y"), py::arg("zbar"),
+        py::arg("out"), py::arg("scratch"), py::arg("flags"), py::arg("strides"), py::arg("n"), py::arg("h"),
+        py::arg("w"), py::arg("params"), py::arg("steps"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+        "refine on CUDA (device pointers, stream as an integer handle); non-finite input bits OR-ed into *flags");
 #endif
 }
