@@ -26,6 +26,7 @@ import torch
 
 from mcgr import _backends
 from mcgr._interop import as_tensor, to_kind
+from mcgr.infer.tiling import TileGrid
 
 __all__ = ["stitch", "stitch_ref", "gather_tiles", "gather_tiles_ref"]
 
@@ -47,7 +48,7 @@ def stitch_ref(tiles: torch.Tensor, origins, weights: torch.Tensor, out_shape) -
     weights: [T, T] float32 > 0; out_shape: (H, W). Returns [H, W] or [B, H, W] float32, 0 where
     no tile covers. Materialises the weight-sum canvas: written for clarity, the kernels never do.
     """
-    origins = getattr(origins, "origins", origins).to(tiles.device)
+    origins = (origins.origins if isinstance(origins, TileGrid) else origins).to(tiles.device)
     squeeze = tiles.dim() == 3
     t = tiles.unsqueeze(0) if squeeze else tiles
     B, P, T = t.shape[0], t.shape[1], t.shape[-1]
@@ -67,7 +68,7 @@ def stitch_ref(tiles: torch.Tensor, origins, weights: torch.Tensor, out_shape) -
 def gather_tiles_ref(canvas: torch.Tensor, origins, tile: int) -> torch.Tensor:
     """Reference gather: tiles [P, T, T] (or [B, P, T, T] from [B, H, W]) cut from the canvas at the
     origins, 0 where a tile hangs past the border."""
-    origins = getattr(origins, "origins", origins).to(canvas.device)
+    origins = (origins.origins if isinstance(origins, TileGrid) else origins).to(canvas.device)
     squeeze = canvas.dim() == 2
     c = canvas.unsqueeze(0) if squeeze else canvas
     B, H, W = c.shape
@@ -80,9 +81,14 @@ def gather_tiles_ref(canvas: torch.Tensor, origins, tile: int) -> torch.Tensor:
 
 # --- validation (once, at the public functions) ---------------------------------------------
 
+def _grid_attr(grid, name: str):
+    """``grid.<name>`` for a TileGrid, None for a bare origins array."""
+    return getattr(grid, name) if isinstance(grid, TileGrid) else None
+
+
 def _origins_from(grid, device: torch.device, num_tiles: int | None, H: int, W: int) -> torch.Tensor:
     """origins as a contiguous int64 [P, 2] on ``device``, checked to lie in the H x W canvas."""
-    o = getattr(grid, "origins", grid)
+    o = grid.origins if isinstance(grid, TileGrid) else grid
     if not isinstance(o, torch.Tensor):
         o, _ = as_tensor(o, "origins")
     if o.dim() != 2 or o.shape[1] != 2:
@@ -104,7 +110,7 @@ def _origins_from(grid, device: torch.device, num_tiles: int | None, H: int, W: 
 
 def _out_shape(out_shape, grid) -> tuple[int, int]:
     if out_shape is None:
-        if not hasattr(grid, "image_shape"):
+        if not isinstance(grid, TileGrid):
             raise ValueError("out_shape (H, W) is required when grid is an origins tensor")
         out_shape = grid.image_shape
     try:
@@ -113,7 +119,7 @@ def _out_shape(out_shape, grid) -> tuple[int, int]:
         raise ValueError(f"out_shape must be (H, W), got {out_shape!r}") from None
     if H < 1 or W < 1:
         raise ValueError(f"out_shape must be two positive integers (H, W), got {tuple(out_shape)!r}")
-    gshape = getattr(grid, "image_shape", None)
+    gshape = _grid_attr(grid, "image_shape")
     if gshape is not None and tuple(gshape) != (H, W):
         raise ValueError(f"out_shape {(H, W)} differs from grid.image_shape {tuple(gshape)}")
     return H, W
@@ -176,7 +182,7 @@ def stitch(tiles, grid, weights, out_shape=None, *, out=None, backend: str = "au
     _check_tiles(t, "tiles")
     H, W = _out_shape(out_shape, grid)
     T = int(t.shape[-1])
-    gtile = getattr(grid, "tile", None)
+    gtile = _grid_attr(grid, "tile")
     if gtile is not None and gtile != T:
         raise ValueError(f"tiles are {T} px but grid.tile is {gtile}")
     w, _ = as_tensor(weights, "weights")
@@ -215,16 +221,16 @@ def gather_tiles(canvas, grid, tile: int | None = None, *, out=None, backend: st
     if c.numel() == 0:
         raise ValueError(f"canvas must be non-empty, got shape {tuple(c.shape)}")
     if tile is None:
-        tile = getattr(grid, "tile", None)
+        tile = _grid_attr(grid, "tile")
         if tile is None:
             raise ValueError("tile (T in px) is required when grid is an origins tensor")
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
         raise ValueError(f"tile must be a positive integer (px), got {tile!r}")
-    gtile = getattr(grid, "tile", None)
+    gtile = _grid_attr(grid, "tile")
     if gtile is not None and gtile != tile:
         raise ValueError(f"tile {tile} differs from grid.tile {gtile}")
     H, W = int(c.shape[-2]), int(c.shape[-1])
-    gshape = getattr(grid, "image_shape", None)
+    gshape = _grid_attr(grid, "image_shape")
     if gshape is not None and tuple(gshape) != (H, W):
         raise ValueError(f"canvas is {(H, W)} but grid.image_shape is {tuple(gshape)}")
     o = _origins_from(grid, c.device, None, H, W)
