@@ -96,7 +96,7 @@ void rasterise(PrimWork& w, int S, float mu, float* chord_store, uint64_t* bits_
   for (int k = 0; k < S; ++k) sub[k] = inject_sub(k, S);
   for (int q = 0; q < nwS; ++q) xs[q] = (static_cast<float>(p.j0 + q / S) + sub[q % S]) - p.cx;
   const float ca = p.ca, sa = p.sa, rx = p.rx, ry = p.ry, ry2 = p.ry * p.ry, t = p.t;
-  const float inv_n = static_cast<float>(S * S);
+  const float n_samples = static_cast<float>(S * S);
   double disc = 0.0;
   for (int ii = 0; ii < p.nh; ++ii) {
     const int i = p.i0 + ii;
@@ -138,7 +138,7 @@ void rasterise(PrimWork& w, int S, float mu, float* chord_store, uint64_t* bits_
       }
     }
     for (int jj = 0; jj < p.nw; ++jj) {
-      rowc[jj] /= inv_n;
+      rowc[jj] /= n_samples;
       disc += rowc[jj];
     }
     if (i >= w.si0 && i < w.si0 + w.sh) {
