@@ -80,3 +80,20 @@ def test_load_never_unpickles(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "load", boom)
     load_model(tmp_path / "m")
+
+
+def test_load_pretrained_reads_weights_dir(tmp_path, monkeypatch):
+    import mcgr.models as models
+
+    monkeypatch.setattr(models, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"seg[/\\]model\.safetensors: no shipped seg weights"):
+        models.load_pretrained("seg")
+    m = _model(3)
+    save_model(m, tmp_path / "seg", "seg")
+    got = models.load_pretrained("seg")
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), got.state_dict().values()))
+    with pytest.raises(CheckpointError, match="kind is 'seg', expected 'rf'"):
+        save_model(m, tmp_path / "rf", "seg")
+        models.load_pretrained("rf")
+    with pytest.raises(ValueError, match="kind must be 'seg' or 'rf'"):
+        models.load_pretrained("gan")
