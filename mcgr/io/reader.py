@@ -133,16 +133,18 @@ def _check_size(path: str, shape) -> None:
 
 def _normalise(path: str, values: np.ndarray, invert: bool) -> tuple[np.ndarray, float, float]:
     """Linear map of ``values`` onto [0, 1] by their min and max (float32); ``invert`` for MONOCHROME1."""
-    a = values.astype(np.float32, copy=False) if values.dtype != np.float64 else values
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise MammogramReadError(path, "pixel values hold NaN or inf")
-    lo, hi = float(a.min()), float(a.max())
+    lo, hi = float(values.min()), float(values.max())
     scale = 1.0 / (hi - lo) if hi > lo else 0.0
+    # Two passes into one float32 buffer: a full-field image is 50 MB and every temporary costs.
+    out = np.empty(values.shape, np.float32)
     if invert:
-        out = (hi - a) * scale
+        np.subtract(np.float64(hi) if values.dtype == np.float64 else np.float32(hi), values, out=out, casting="unsafe")
     else:
-        out = (a - lo) * scale
-    return out.astype(np.float32, copy=False), lo, hi
+        np.subtract(values, np.float64(lo) if values.dtype == np.float64 else np.float32(lo), out=out, casting="unsafe")
+    np.multiply(out, np.float32(scale), out=out)
+    return out, lo, hi
 
 
 def _text_laterality_view(*texts: str) -> tuple[str, str]:
