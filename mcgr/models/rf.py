@@ -50,21 +50,4 @@ def rf_loss(model: UNet, x1: torch.Tensor, seed_map: torch.Tensor, t: torch.Tens
     return F.mse_loss(v.float(), (x1 - x0).float())
 
 
-def euler_sample(model: UNet, y: torch.Tensor, seed_map: torch.Tensor, t0: float, steps: int,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Plain-PyTorch Euler integration from ``x_t0 = t0 y + (1 - t0) eps`` to t = 1 (y standardised).
-
-    Used where the fused sampler :func:`sample` is not available; same mathematics."""
-    eps = torch.randn(y.shape, generator=generator, dtype=y.dtype, device="cpu").to(y.device)
-    x = t0 * y + (1 - t0) * eps
-    dt = (1.0 - t0) / steps
-    for k in range(steps):
-        t = t0 + k * dt
-        x = x + dt * velocity(model, x, t, seed_map)
-    return x
-
-
-try:  # the fused sampler (rf_step op) lives in mcgr.models.sampling, written beside this module
-    from mcgr.models.sampling import sample  # noqa: F401
-except ImportError:
-    sample = None
+from mcgr.models.sampling import sample  # noqa: E402,F401  (the fused rf_step sampler, re-exported here)

@@ -78,13 +78,10 @@ def _label(a: np.ndarray) -> np.ndarray:
 
 def _project(gen: UNet, y: torch.Tensor, smap: torch.Tensor, t0: float, steps: int, seed: int) -> torch.Tensor:
     """x_m: the RF projection of standardised ``y`` onto seed-consistent images (Euler, t0 -> 1)."""
-    from mcgr.models import rf as rfmod
+    from mcgr.models.rf import sample, velocity
 
-    if rfmod.sample is not None:
-        vel = lambda x, t, s: rfmod.velocity(gen, x, t, s)  # noqa: E731
-        return rfmod.sample(vel, y, smap, t0=t0, steps=steps, method="euler", seed=seed, offset=0)
-    g = torch.Generator().manual_seed(seed)
-    return rfmod.euler_sample(gen, y, smap, t0, steps, generator=g)
+    return sample(lambda x, t, s: velocity(gen, x, t, s), y, smap, t0=t0, steps=steps, method="euler",
+                  seed=seed, offset=0)
 
 
 def _at(p: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
