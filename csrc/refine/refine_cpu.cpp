@@ -45,14 +45,14 @@ namespace {
 constexpr int kStepsPerPass = 8;
 
 // exp(x) to ~2 ulp (Cephes expf polynomial), branch-free so that it vectorises; NaN propagates.
-// n = round(x / ln 2) by the 1.5 * 2^23 trick (no floor call, no float-to-int conversion). The range
-// is clamped to [-87, 88], where 2^n stays a normal float: below it the callers' results (edge
-// weights, sigmoid) differ from exact by less than 1e-37.
+// n = round(x / ln 2) by the 1.5 * 2^23 trick (no floor call, no float-to-int conversion). Outside
+// [-87, 88] the result is 0 or inf, as float32 exp rounds there (near enough: exp(-87) = 1.6e-38),
+// so the kernel never makes denormals and the limits of the sigmoid are exact.
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
-inline float exp_approx(float x) {
-  x = x > 88.0f ? 88.0f : x;  // NaN passes both clamps
+inline float exp_approx(float x0) {
+  float x = x0 > 88.0f ? 88.0f : x0;  // NaN passes both clamps
   x = x < -87.0f ? -87.0f : x;
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
   const float t = x * 1.44269504088896341f + magic;
@@ -72,7 +72,8 @@ inline float exp_approx(float x) {
   const int32_t bits = (tb - 0x4B400000 + 127) << 23;  // 0x4B400000: the bits of `magic`
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  const float e = p * scale;
+  return x0 < -87.0f ? 0.0f : (x0 > 88.0f ? __builtin_inff() : e);
 }
 
 // Vertical weights between rows a and b (wv) and horizontal weights within row a (wh, w - 1 pairs).
@@ -257,11 +258,14 @@ int run_pass(const Pass& ps, int64_t planes, const RefineParams& p) {
     for (int64_t r = 0; r < H; r += rows) blocks.push_back({i, r, std::min(H, r + rows)});
   const int64_t nb = static_cast<int64_t>(blocks.size());
 
+  // below ~0.3 ms of single-core work, waking the thread team costs more than it saves (and on a
+  // busy machine a descheduled team member stalls the barrier for a whole time slice)
+  const bool parallel = threads > 1 && planes * H * W * K >= (int64_t(1) << 17);
   std::vector<float> halo;
   const int64_t halo_rows = 2 * K;
   if (ps.aliased) {
     halo.resize(size_t(nb) * size_t(halo_rows) * size_t(W));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel)
     for (int64_t j = 0; j < nb; ++j) {
       const Block& b = blocks[j];
       float* h = halo.data() + j * halo_rows * W;
@@ -273,7 +277,7 @@ int run_pass(const Pass& ps, int64_t planes, const RefineParams& p) {
     }
   }
   int flags = 0;
-#pragma omp parallel for schedule(dynamic, 1) reduction(| : flags)
+#pragma omp parallel for schedule(dynamic, 1) reduction(| : flags) if (parallel)
   for (int64_t j = 0; j < nb; ++j) {
     const float* h = ps.aliased ? halo.data() + j * halo_rows * W : nullptr;
     flags |= ps.zb.p != nullptr ? run_block<true>(ps, blocks[j], p, h) : run_block<false>(ps, blocks[j], p, h);
