@@ -124,7 +124,8 @@ void rf_step_cpu(std::uintptr_t out_p, std::uintptr_t x_p, std::uintptr_t v_p, s
   const float* w = reinterpret_cast<const float*>(w_p);
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   const uint32_t key = hash32(p.seed ^ 0x9E3779B9u);
-#pragma omp parallel for schedule(static)
+  // One chunk runs on the calling thread: waking the pool costs more than the work.
+#pragma omp parallel for schedule(static) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t i0 = c * kChunk;
     const int64_t i1 = std::min(n, i0 + kChunk);

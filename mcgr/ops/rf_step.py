@@ -249,7 +249,7 @@ def _check_out(out, ref: torch.Tensor, inputs: dict) -> torch.Tensor | None:
         raise ValueError("out must not be an expanded view (some elements would be written twice)")
     lo, hi = _byte_span(out)
     for name, t in inputs.items():
-        if t is None or t.numel() == 0:
+        if t is None or t is out or t.numel() == 0:
             continue
         same = t.data_ptr() == out.data_ptr() and t.stride() == out.stride()
         tlo, thi = _byte_span(t)
@@ -260,6 +260,8 @@ def _check_out(out, ref: torch.Tensor, inputs: dict) -> torch.Tensor | None:
 
 def _byte_span(t: torch.Tensor) -> tuple[int, int]:
     """[first, last + 1) byte addresses a strided tensor can touch."""
+    if t.is_contiguous():
+        return t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
     extent = sum((sz - 1) * st for sz, st in zip(t.shape, t.stride()))
     return t.data_ptr(), t.data_ptr() + (extent + 1) * t.element_size()
 

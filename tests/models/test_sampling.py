@@ -13,7 +13,7 @@ from conftest import backend_or_skip
 from helpers import assert_close
 from tolerances import TOLERANCES
 
-BACKENDS = ("reference", "cpu", "triton")
+BACKENDS = ("reference", "cpu", "triton", "cuda")
 SHAPE = (3, 1, 17, 23)
 
 
@@ -37,11 +37,12 @@ def _sine_exact(x0: torch.Tensor, t0: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_euler_linear_field_reaches_the_discrete_closed_form(backend):
-    backend_or_skip("rf_step", backend, "cpu")
+def test_euler_linear_field_reaches_the_discrete_closed_form(backend, device):
+    backend_or_skip("rf_step", backend, device)
     a, b, t0, n, seed = -0.7, 0.3, 0.3, 5, 17
     y = _y()
-    got = sample(_linear(a, b), y, None, t0=t0, steps=n, seed=seed, offset=11, backend=backend)
+    got = sample(_linear(a, b), y.to(device), None, t0=t0, steps=n, seed=seed, offset=11, backend=backend)
+    assert got.device == device
     x0 = rf_start_ref(y, t0, seed, 11).double()
     h = (1 - t0) / n
     # x_{k+1} = (1 + a h) x_k + b h  =>  x_n = (1 + a h)^n (x_0 + b / a) - b / a
@@ -63,17 +64,17 @@ def test_euler_converges_to_the_linear_ode_solution_first_order():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_heun_is_second_order_and_euler_first_on_a_nonlinear_field(backend):
-    backend_or_skip("rf_step", backend, "cpu")
+def test_heun_is_second_order_and_euler_first_on_a_nonlinear_field(backend, device):
+    backend_or_skip("rf_step", backend, device)
     t0, seed = 0.1, 5
     y = _y(seed=2)
     exact = _sine_exact(rf_start_ref(y, t0, seed).double(), t0)
 
     def err(method, n):
-        x = sample(_sine, y, None, t0=t0, steps=n, method=method, seed=seed, backend=backend)
+        x = sample(_sine, y.to(device), None, t0=t0, steps=n, method=method, seed=seed, backend=backend)
         # the max over elements: the leading error term changes sign across elements, so a mean
         # would mix cancellations into the ratios
-        return float((x.double() - exact).abs().max())
+        return float((x.cpu().double() - exact).abs().max())
 
     heun = [err("heun", n) for n in (4, 8, 16)]
     euler = [err("euler", n) for n in (4, 8, 16)]

@@ -109,6 +109,20 @@ def test_non_contiguous_inputs_and_out(backend, device):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_misaligned_contiguous_buffers(backend, device):
+    """Contiguous views starting 4 bytes into a buffer (the kernels' vector loads must not assume 16)."""
+    backend_or_skip("rf_step", backend, device)
+    shape = (2, 1, 13, 29)
+    n = math.prod(shape)
+    g = _gen(6)
+    x, v, w, out = (_randn((n + 4,), g, device)[k + 1 : k + 1 + n].view(shape) for k in range(4))
+    assert_close(rf_step(x, v, 0.3, method="heun", v_prev=w, out=out, backend=backend),
+                 rf_step_ref(x, v, 0.3, "heun", w), *STEP_TOL, name="misaligned heun")
+    assert_close(rf_start(x, 0.6, 21, 5, out=out, backend=backend), rf_start_ref(x, 0.6, 21, 5), *START_TOL,
+                 name="misaligned start")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_in_place_updates(backend, device):
     backend_or_skip("rf_step", backend, device)
     g = _gen(4)
