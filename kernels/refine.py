@@ -8,6 +8,7 @@ Triton's block model does not express without recomputing every step's halo from
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -97,12 +98,13 @@ def refine_triton(z, q, z0, y, zbar, params, steps: int = 1, out=None):
     zb = zbar if zbar is not None else z
     inv = 1.0 / (2.0 * params.sigma_e * params.sigma_e)
     src = z
-    for i, dst in enumerate(targets):
-        _refine_kernel[grid](
-            src, q, z0, y, zb, dst, flags, *src.stride(), *q.stride(), *z0.stride(), *y.stride(), *zb.stride(),
-            *dst.stride(), H, W, float(params.eta), float(params.lambda_a), float(params.lambda_e),
-            float(params.lambda_o), inv, HAS_ZBAR=zbar is not None, CHECK=i == 0, BH=BH, BW=BW, num_warps=warps)
-        src = dst
+    with torch.cuda.device(z.device) if z.device.type == "cuda" else contextlib.nullcontext():
+        for i, dst in enumerate(targets):
+            _refine_kernel[grid](
+                src, q, z0, y, zb, dst, flags, *src.stride(), *q.stride(), *z0.stride(), *y.stride(), *zb.stride(),
+                *dst.stride(), H, W, float(params.eta), float(params.lambda_a), float(params.lambda_e),
+                float(params.lambda_o), inv, HAS_ZBAR=zbar is not None, CHECK=i == 0, BH=BH, BW=BW, num_warps=warps)
+            src = dst
     if copy_back:
         final.copy_(scratch)
     f = int(flags.item())

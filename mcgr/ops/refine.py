@@ -279,11 +279,12 @@ def _refine_cuda(z, q, z0, y, zbar, params, steps, out):
     # the buffer it writes: other blocks still need the previous step's halo)
     scratch = torch.empty_strided(dst.shape, dst.stride(), dtype=dst.dtype, device=dst.device) if launches > 1 or aliased else None
     flags = torch.zeros(1, dtype=torch.int32, device=z.device)
-    stream = torch.cuda.current_stream(z.device).cuda_stream
-    _backends.native().refine_cuda(
-        z.data_ptr(), q.data_ptr(), z0.data_ptr(), y.data_ptr(), 0 if zbar is None else zbar.data_ptr(),
-        dst.data_ptr(), 0 if scratch is None else scratch.data_ptr(), flags.data_ptr(),
-        _strides(z, q, z0, y, zbar, dst), N, H, W, _native_params(params), steps, stream)
+    with torch.cuda.device(z.device):  # the kernels launch on the current device
+        stream = torch.cuda.current_stream(z.device).cuda_stream
+        _backends.native().refine_cuda(
+            z.data_ptr(), q.data_ptr(), z0.data_ptr(), y.data_ptr(), 0 if zbar is None else zbar.data_ptr(),
+            dst.data_ptr(), 0 if scratch is None else scratch.data_ptr(), flags.data_ptr(),
+            _strides(z, q, z0, y, zbar, dst), N, H, W, _native_params(params), steps, stream)
     f = int(flags.item())
     if f:
         raise _nonfinite_error(f)
