@@ -13,6 +13,11 @@
 #include <numeric>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <emmintrin.h>
+#define MCGR_HAVE_STREAM 1
+#endif
+
 
 #include "common.h"
 
@@ -91,6 +96,7 @@ void plan_row(RowPlan& plan, int64_t lo, int64_t hi, const std::vector<int64_t>&
 }
 
 constexpr int64_t kPrefetchRows = 2;
+constexpr int64_t kStreamBytes = int64_t(16) << 20;  // canvases larger than this bypass the caches
 constexpr int kChunk = 32;  // pixels whose numerator and denominator stay in registers
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -156,6 +162,20 @@ void blend_segment(float* __restrict dst, const float* const* tp, const float* c
   }
 }
 
+// Copies a finished row to a canvas larger than the caches with non-temporal stores: the canvas is
+// not read back before it would be evicted, and streaming skips each line's read-for-ownership
+// (a third of the memory traffic otherwise).
+void stream_row(float* __restrict dst, const float* __restrict src, int64_t n) {
+#ifdef MCGR_HAVE_STREAM
+  int64_t j = 0;
+  for (; j < n && (reinterpret_cast<std::uintptr_t>(dst + j) & 15u) != 0; ++j) dst[j] = src[j];
+  for (; j + 4 <= n; j += 4) _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
+  for (; j < n; ++j) dst[j] = src[j];
+#else
+  std::memcpy(dst, src, sizeof(float) * n);
+#endif
+}
+
 }  // namespace
 
 void stitch_cpu(std::uintptr_t tiles_ptr, std::uintptr_t origins_ptr, std::uintptr_t weights_ptr, std::uintptr_t out_ptr,
@@ -170,20 +190,22 @@ void stitch_cpu(std::uintptr_t tiles_ptr, std::uintptr_t origins_ptr, std::uintp
   const int64_t B = p.batch, P = p.num_tiles, T = p.tile, H = p.height, W = p.width;
   std::vector<int64_t> order, ys;
   sort_by_row(org, P, order, ys);
+  const bool stream = B * H * W * int64_t(sizeof(float)) > kStreamBytes;
 
 #pragma omp parallel
   {
     RowPlan plan;  // per thread: consecutive rows of a static schedule mostly share one plan
-    std::vector<const float*> tp, wp;
-#pragma omp for schedule(static)
+    std::vector<const float*> tp(P), wp(P);
+    std::vector<float> row_buf(stream ? W : 0);
+#pragma omp for schedule(dynamic, 8)
     for (int64_t r = 0; r < B * H; ++r) {
       const int64_t b = r / H, y = r % H;
-      float* dst = out + r * W;
+      float* dst = stream ? row_buf.data() : out + r * W;
       // tiles covering row y: y - T < y0 <= y
       const int64_t lo = std::lower_bound(ys.begin(), ys.end(), y - T + 1) - ys.begin();
       const int64_t hi = std::upper_bound(ys.begin(), ys.end(), y) - ys.begin();
       if (lo == hi) {
-        std::memset(dst, 0, sizeof(float) * W);
+        std::memset(out + r * W, 0, sizeof(float) * W);
         continue;
       }
       if (lo != plan.lo || hi != plan.hi) plan_row(plan, lo, hi, order, org, T, W);
@@ -193,8 +215,6 @@ void stitch_cpu(std::uintptr_t tiles_ptr, std::uintptr_t origins_ptr, std::uintp
           std::memset(dst + a, 0, sizeof(float) * len);
           continue;
         }
-        tp.resize(m);
-        wp.resize(m);
         for (int64_t k = 0; k < m; ++k) {
           const int64_t t = order[plan.seg_tiles[plan.first[s] + k]];
           const int64_t i = y - org[2 * t], j = a - org[2 * t + 1];
@@ -208,7 +228,11 @@ void stitch_cpu(std::uintptr_t tiles_ptr, std::uintptr_t origins_ptr, std::uintp
         }
         blend_segment(dst + a, tp.data(), wp.data(), m, len);
       }
+      if (stream) stream_row(out + r * W, dst, W);
     }
+#ifdef MCGR_HAVE_STREAM
+    if (stream) _mm_sfence();  // streamed stores are weakly ordered: publish them before returning
+#endif
   }
 }
 

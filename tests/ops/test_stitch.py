@@ -104,6 +104,20 @@ def test_backend_equals_ref(backend, name, device):
                  name=f"gather_tiles {backend} {name}")
 
 
+@pytest.mark.parametrize("backend", ("cpu", "cuda"))
+def test_canvas_larger_than_the_caches(backend, device):
+    # the cpu kernel streams canvases over 16 MiB past the caches: a sparse grid over a big canvas
+    backend_or_skip("stitch", backend, device)
+    gen = torch.Generator().manual_seed(7)
+    H, W, T = 2111, 2105, 64
+    o = torch.cat([random_origins(gen, 40, H, W), torch.tensor([[H - 1, W - 1], [0, W - 33], [H - 10, 0]])])
+    tiles = torch.randn(o.shape[0], T, T, generator=gen).to(device)
+    w = (torch.rand(T, T, generator=gen) + 0.01).to(device)
+    out = torch.full((H, W), float("nan"), device=device)
+    stitch(tiles, o, w, (H, W), out=out, backend=backend)
+    assert_close(out, stitch_ref(tiles, o, w, (H, W)), atol=ATOL, rtol=RTOL, name=f"stitch {backend} large canvas")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_views_and_out(backend, device):
     backend_or_skip("stitch", backend, device)
