@@ -23,19 +23,19 @@ cd /tmp
 python3 -m mcgr.info --json > "$OUT/info.json"; python3 -m mcgr.info | head -20
 
 step "backend equality on the GPU"
-timeout 240 python3 -m pytest "$REPO/tests/ops" -q -x -p no:cacheprovider -o addopts="" -k "cuda or triton" \
+timeout ${MCGR_GPU_TEST_S:-240} python3 -m pytest "$REPO/tests/ops" -q -x -p no:cacheprovider -o addopts="" -k "cuda or triton" \
   2>&1 | tee "$OUT/tests.log" | tail -25
 
 step "op benchmarks"
 for op in inject stitch rf_step refine; do
   [ -f "$REPO/benchmarks/bench_$op.py" ] || continue
-  timeout 120 python3 -m benchmarks.bench_$op --device cuda --providers ref,triton,cuda --reps 20 \
+  timeout ${MCGR_GPU_BENCH_S:-120} python3 -m benchmarks.bench_$op --device cuda --providers ref,triton,cuda --reps 20 \
     --json "$OUT/bench_ops.json" 2>&1 | tee -a "$OUT/bench.log" | grep -E "^\|" || true
 done
 
 step "pipeline"
 if [ -f "$REPO/benchmarks/bench_pipeline.py" ]; then
-  timeout 150 python3 -m benchmarks.bench_pipeline --device cuda --json "$OUT/bench_pipeline.json" 2>&1 \
+  timeout ${MCGR_GPU_PIPE_S:-150} python3 -m benchmarks.bench_pipeline --device cuda --json "$OUT/bench_pipeline.json" 2>&1 \
     | tee "$OUT/pipeline.log" | tail -30
 fi
 step "done"

@@ -1,0 +1,165 @@
+"""The full-field pipeline (DESIGN.md 5) and its Python API, :class:`Pipeline`.
+
+read -> canonicalise -> resample to 0.07 mm -> breast mask -> tiles over the breast -> batched
+segmentor -> stitch -> TT-GPR on gated tiles -> probability -> mask, calcifications, clusters ->
+mapped back to the input grid.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mcgr import MODEL_SPACING_MM
+from mcgr.infer.detect import clusters_from_detections, detections_from_prob
+from mcgr.infer.tiling import tile_grid
+from mcgr.infer.ttgpr import TTGPRConfig, run_field
+
+
+@dataclass
+class Result:
+    """One mammogram's results.
+
+    prob, mask, uncertainty: [H, W] on the grid the caller gave (a tensor input: its own grid; a file:
+        the canonical image at its source spacing, see ``mammogram.to_source`` for the file's grid).
+    base_prob: the synthetic-only segmentor's probability (before TT-GPR), same grid.
+    detections / clusters: calcifications (centroids in px of ``prob``'s grid and in mm) and clusters.
+    timings: seconds per stage. refined_fraction: share of breast tiles that TT-GPR refined.
+    """
+
+    prob: torch.Tensor
+    mask: torch.Tensor
+    uncertainty: torch.Tensor | None
+    base_prob: torch.Tensor
+    detections: list
+    clusters: list
+    spacing_mm: float
+    breast_mask: torch.Tensor
+    timings: dict = field(default_factory=dict)
+    refined_fraction: float = 0.0
+    seeds: int = 0
+    mammogram: object = None
+
+
+def _resample(x: torch.Tensor, shape: tuple[int, int], mode: str) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(shape):
+        return x
+    y = x[None, None].float()
+    if mode == "area":
+        out = torch.nn.functional.interpolate(y, size=shape, mode="area")
+    else:
+        out = torch.nn.functional.interpolate(y, size=shape, mode="bilinear", align_corners=False)
+    return out[0, 0]
+
+
+class Pipeline:
+    """Segment microcalcifications in full-field mammograms.
+
+    >>> pipe = Pipeline.from_pretrained(device="cpu")
+    >>> res = pipe(image, spacing=0.07)          # image [H, W] float32 in [0, 1], canonical
+    >>> res = pipe("case.dcm")                    # or a path (DICOM / PNG / TIFF / NPY with spacing=)
+    """
+
+    def __init__(self, segmentor, generator=None, config: TTGPRConfig | None = None, device="cpu",
+                 backend: str = "auto", tile: int = 256, overlap: float = 0.25, autocast: bool | None = None):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
+        self.seg = segmentor.to(self.device).eval()
+        self.gen = generator.to(self.device).eval() if generator is not None else None
+        if self.device.type == "cuda":
+            self.seg = self.seg.to(memory_format=torch.channels_last)
+            if self.gen is not None:
+                self.gen = self.gen.to(memory_format=torch.channels_last)
+        self.config = (config or TTGPRConfig()).validated()
+        self.backend = backend
+        self.tile = int(tile)
+        self.overlap = float(overlap)
+        self.autocast = (self.device.type == "cuda") if autocast is None else bool(autocast)
+
+    @classmethod
+    def from_pretrained(cls, device="cpu", backend: str = "auto", config: TTGPRConfig | None = None, **kw) -> "Pipeline":
+        """The pipeline with the weights shipped in the package (trained on synthetic data only)."""
+        from mcgr.models import load_pretrained
+
+        seg = load_pretrained("seg", device=device)
+        gen = load_pretrained("rf", device=device)
+        return cls(seg, gen, config=config, device=device, backend=backend, **kw)
+
+    def __call__(self, image, spacing: float | None = None, refine: bool = True, breast_mask=None,
+                 progress=None) -> Result:
+        """Run on a canonical image tensor/array [H, W] in [0, 1] (``spacing`` in mm, default 0.07),
+        or on a path to a mammogram file (DICOM, PNG, TIFF, NPY; see :func:`mcgr.io.read_mammogram`)."""
+        timings: dict = {}
+        t = time.perf_counter()
+        mammo = None
+        if isinstance(image, (str, Path)):
+            from mcgr.io import read_mammogram
+
+            mammo = read_mammogram(image, spacing=spacing)
+            img = torch.from_numpy(np.ascontiguousarray(mammo.image, dtype=np.float32)) if isinstance(mammo.image, np.ndarray) else mammo.image
+            spacing = mammo.spacing_mm
+        else:
+            from mcgr._interop import as_tensor
+
+            img, _ = as_tensor(image, "image")
+            if img.dim() != 2:
+                raise ValueError(f"image must be [H, W], got shape {tuple(img.shape)}")
+            img = img.float()
+            if not bool(torch.isfinite(img).all()):
+                raise ValueError("image holds NaN or inf")
+            if img.numel() and (float(img.min()) < 0 or float(img.max()) > 1):
+                raise ValueError(f"image must lie in [0, 1] (canonical domain), got [{float(img.min())}, {float(img.max())}]")
+            spacing = MODEL_SPACING_MM if spacing is None else float(spacing)
+        if not spacing > 0:
+            raise ValueError(f"spacing must be > 0 mm, got {spacing}")
+        timings["read"] = time.perf_counter() - t
+        t = time.perf_counter()
+        src_shape = tuple(img.shape)
+        img = img.to(self.device)
+        scale = spacing / MODEL_SPACING_MM
+        model_shape = (max(1, round(src_shape[0] * scale)), max(1, round(src_shape[1] * scale)))
+        x = _resample(img, model_shape, "area" if scale < 1 else "linear").contiguous()
+        timings["resample"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if breast_mask is None:
+            from mcgr.io import breast_mask as compute_breast_mask
+
+            bm = compute_breast_mask(x.cpu().numpy() if x.is_cuda else x.numpy(), MODEL_SPACING_MM)
+            bm = torch.as_tensor(np.asarray(bm), dtype=torch.bool)
+        else:
+            from mcgr._interop import as_tensor
+
+            bm, _ = as_tensor(breast_mask, "breast_mask")
+            bm = bm.to("cpu").bool()
+            if tuple(bm.shape) != src_shape:
+                raise ValueError(f"breast_mask must match the image shape {src_shape}, got {tuple(bm.shape)}")
+            bm = _resample(bm.float(), model_shape, "linear") >= 0.5
+        timings["mask"] = time.perf_counter() - t
+        t = time.perf_counter()
+        grid = tile_grid(model_shape, tile=self.tile, overlap=self.overlap, breast_mask=bm)
+        timings["grid"] = time.perf_counter() - t
+        fr = run_field(x, grid, self.seg, self.gen, self.config, refine_on=refine, backend=self.backend,
+                       autocast=self.autocast, progress=progress)
+        for k, v in fr.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+        t = time.perf_counter()
+        bm_dev = bm.to(self.device)
+        prob_m = torch.sigmoid(fr.logits) * bm_dev
+        base_m = torch.sigmoid(fr.base_logits) * bm_dev
+        unc_m = fr.uncertainty * bm_dev if fr.uncertainty is not None else None
+        mode = "linear"
+        prob = _resample(prob_m, src_shape, mode).clamp(0, 1).cpu()
+        base = _resample(base_m, src_shape, mode).clamp(0, 1).cpu()
+        unc = _resample(unc_m, src_shape, mode).clamp(min=0).cpu() if unc_m is not None else None
+        bm_src = (_resample(bm.float(), src_shape, "linear") >= 0.5) if tuple(bm.shape) != src_shape else bm
+        mask = prob >= self.config.threshold
+        dets = detections_from_prob(prob, spacing, self.config.threshold, uncertainty=unc)
+        clusters = clusters_from_detections(dets, spacing)
+        timings["detect"] = time.perf_counter() - t
+        return Result(prob=prob, mask=mask, uncertainty=unc, base_prob=base, detections=dets, clusters=clusters,
+                      spacing_mm=spacing, breast_mask=bm_src.cpu(), timings=timings,
+                      refined_fraction=fr.refined_fraction, seeds=fr.seeds, mammogram=mammo)

@@ -1,0 +1,229 @@
+"""TT-GPR: test-time generative posterior refinement across a whole mammogram (DESIGN.md 4, 5).
+
+For every tile y of the breast with base logits z0 = f(y), repeat for k = 1..K:
+
+1. seeds: local maxima of sigmoid(z) over a (2r+1)^2 window with probability >= ``tau_seed``, at
+   most ``max_seeds`` per tile; a tile without seeds is not refined (gating);
+2. M RF projections of y consistent with the seeds: from ``x_t0 = t0 y + (1 - t0) eps`` integrate
+   dx/dt = v(x, t, s) to t = 1 in N steps (the fused ``rf_start`` / ``rf_step`` ops);
+3. surrogate target q = mean_m sigmoid(f(x_m)) through the frozen segmentor; the spread over m is
+   the per-pixel uncertainty;
+4. a few steps of the fused ``refine`` op on the regularised energy, with zbar the stitched
+   overlap-weighted average of every tile's current logits (the fused ``stitch`` op), so that
+   overlapping tiles agree.
+
+All tiles refine together: zbar is recomputed from the whole canvas before each outer iteration.
+Memory is bounded by ``batch`` tiles (times M projections) in flight plus the per-tile logit maps.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+
+from mcgr.infer.tiling import TileGrid, gaussian_weights
+from mcgr.models import make_seed_map, standardise, unstandardise
+from mcgr.models.rf import velocity
+from mcgr.models.segmentor import segment_logits
+from mcgr.ops import RefineParams, gather_tiles, refine, stitch
+
+
+@dataclass
+class TTGPRConfig:
+    """Every knob of TT-GPR, with what it trades.
+
+    iterations (K): outer seed -> project -> refine rounds; more recovers more faint calcifications
+        found by the previous round, at K times the RF cost.
+    t0: start of the ODE. Near 1 keeps the tile's own evidence (a faint calcification survives the
+        noise); lower lets the prior reshape more (more recall, more hallucination risk).
+    steps (N): ODE steps from t0 to 1; cost is linear in N.
+    projections (M): RF samples per tile; q is their mean, the uncertainty their spread. Cost linear.
+    method: "euler" (one network call per step) or "heun" (two, second order).
+    tau_seed: lowest probability that can seed; lower = more tiles refined (recall) but slower.
+    seed_radius (r): local-maximum window half size in px.
+    max_seeds: cap per tile (the strongest are kept).
+    seed_sigma: seed dot sigma in px (as in training).
+    refine_steps: gradient steps on the energy per outer iteration.
+    refine: the energy's weights (eta, lambda_a, lambda_e, lambda_o, sigma_e), see RefineParams.
+    batch: tiles per network call (memory vs. throughput).
+    threshold: probability above which a pixel is a calcification in the final mask.
+    seed: noise stream of the projections (results are reproducible from it).
+    """
+
+    iterations: int = 2
+    t0: float = 0.7
+    steps: int = 4
+    projections: int = 4
+    method: str = "euler"
+    tau_seed: float = 0.15
+    seed_radius: int = 3
+    max_seeds: int = 32
+    seed_sigma: float = 1.5
+    refine_steps: int = 5
+    refine: RefineParams = field(default_factory=RefineParams)
+    batch: int = 16
+    threshold: float = 0.5
+    seed: int = 0
+
+    def validated(self) -> "TTGPRConfig":
+        def need(ok, msg):
+            if not ok:
+                raise ValueError(f"TTGPRConfig: {msg}")
+
+        need(isinstance(self.iterations, int) and self.iterations >= 0, f"iterations must be an integer >= 0, got {self.iterations!r}")
+        need(0.0 <= float(self.t0) <= 1.0, f"t0 must be in [0, 1], got {self.t0!r}")
+        need(isinstance(self.steps, int) and self.steps >= 1, f"steps must be an integer >= 1, got {self.steps!r}")
+        need(isinstance(self.projections, int) and self.projections >= 1, f"projections must be >= 1, got {self.projections!r}")
+        need(self.method in ("euler", "heun"), f"method must be 'euler' or 'heun', got {self.method!r}")
+        need(0.0 < float(self.tau_seed) < 1.0, f"tau_seed must be in (0, 1), got {self.tau_seed!r}")
+        need(isinstance(self.seed_radius, int) and self.seed_radius >= 1, f"seed_radius must be >= 1, got {self.seed_radius!r}")
+        need(isinstance(self.max_seeds, int) and self.max_seeds >= 1, f"max_seeds must be >= 1, got {self.max_seeds!r}")
+        need(float(self.seed_sigma) > 0, f"seed_sigma must be > 0, got {self.seed_sigma!r}")
+        need(isinstance(self.refine_steps, int) and self.refine_steps >= 1, f"refine_steps must be >= 1, got {self.refine_steps!r}")
+        need(isinstance(self.batch, int) and self.batch >= 1, f"batch must be >= 1, got {self.batch!r}")
+        need(0.0 < float(self.threshold) < 1.0, f"threshold must be in (0, 1), got {self.threshold!r}")
+        self.refine.validated()
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TTGPRConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"TTGPRConfig: unknown keys {unknown}; known keys are {sorted(known)}")
+        d = dict(d)
+        if isinstance(d.get("refine"), dict):
+            d["refine"] = RefineParams(**d["refine"])
+        return cls(**d).validated()
+
+
+def seed_points(prob: torch.Tensor, tau: float, radius: int, max_seeds: int) -> list[torch.Tensor]:
+    """Seeds per tile: local maxima of ``prob`` [P, T, T] in a (2r+1)^2 window with prob >= tau.
+
+    Returns P float32 tensors [K_p, 2] of (cy, cx) px, strongest first, K_p <= max_seeds.
+    """
+    pooled = F.max_pool2d(prob.unsqueeze(1), kernel_size=2 * radius + 1, stride=1, padding=radius).squeeze(1)
+    peak = (prob >= pooled) & (prob >= tau)
+    p_idx, yy, xx = peak.nonzero(as_tuple=True)
+    vals = prob[p_idx, yy, xx]
+    out: list[torch.Tensor] = [torch.zeros(0, 2, device=prob.device) for _ in range(prob.shape[0])]
+    if p_idx.numel() == 0:
+        return out
+    # strongest first within each tile: sort by (tile, -prob)
+    order = torch.argsort(p_idx.to(torch.float64) * 2.0 - vals.to(torch.float64), stable=True)
+    p_idx, yy, xx = p_idx[order], yy[order], xx[order]
+    counts = torch.bincount(p_idx, minlength=prob.shape[0]).tolist()
+    pts = torch.stack([yy, xx], dim=1).to(torch.float32)
+    start = 0
+    for p, c in enumerate(counts):
+        if c:
+            out[p] = pts[start : start + min(c, max_seeds)]
+        start += c
+    return out
+
+
+@dataclass
+class FieldResult:
+    """Outputs on the model-spacing canvas [H, W]."""
+
+    base_logits: torch.Tensor
+    logits: torch.Tensor
+    uncertainty: torch.Tensor | None
+    grid: TileGrid
+    refined_fraction: float
+    seeds: int
+    timings: dict
+
+
+def _timed(timings: dict, key: str, device: torch.device, t0: float) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    timings[key] = timings.get(key, 0.0) + (t - t0)
+    return t
+
+
+@torch.inference_mode()
+def segment_tiles(seg, tiles: torch.Tensor, batch: int, autocast: bool = False) -> torch.Tensor:
+    """Base logits [P, T, T] of image tiles [P, T, T] in [0, 1], ``batch`` tiles per call."""
+    out = torch.empty_like(tiles)
+    for s in range(0, tiles.shape[0], batch):
+        x = tiles[s : s + batch].unsqueeze(1)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast and x.is_cuda):
+            out[s : s + batch] = segment_logits(seg, x).float().squeeze(1)
+    return out
+
+
+@torch.inference_mode()
+def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConfig | None = None,
+              refine_on: bool = True, backend: str = "auto", autocast: bool = False,
+              progress=None) -> FieldResult:
+    """Base segmentation and (``refine_on``) TT-GPR of one canvas ``image`` [H, W] in [0, 1]."""
+    from mcgr.models.sampling import sample
+
+    cfg = (cfg or TTGPRConfig()).validated()
+    dev = image.device
+    H, W = image.shape
+    T = grid.tile
+    timings: dict = {}
+    t = time.perf_counter()
+    gdev = grid.to(dev)  # origins stay on the device for the repeated stitch/gather calls
+    weights = gaussian_weights(T, device=dev)
+    Y = gather_tiles(image, gdev, backend=backend)  # [P, T, T]
+    t = _timed(timings, "tiles", dev, t)
+    Z0 = segment_tiles(seg, Y, cfg.batch, autocast)
+    t = _timed(timings, "base", dev, t)
+    base = stitch(Z0, gdev, weights, backend=backend)
+    t = _timed(timings, "stitch", dev, t)
+    P = Y.shape[0]
+    if not refine_on or gen is None or cfg.iterations == 0 or P == 0:
+        return FieldResult(base, base, None, grid, 0.0, 0, timings)
+    Z = Z0.clone()
+    U = torch.zeros_like(Z0)
+    refined = torch.zeros(P, dtype=torch.bool, device=dev)
+    canvas = base
+    offset = 0
+    n_seeds = 0
+    M = cfg.projections
+    vel = lambda x, tt, s: velocity(gen, x, tt, s)  # noqa: E731
+    for k in range(cfg.iterations):
+        Zbar = gather_tiles(canvas, gdev, backend=backend)
+        t = _timed(timings, "stitch", dev, t)
+        seeds = seed_points(torch.sigmoid(Z), cfg.tau_seed, cfg.seed_radius, cfg.max_seeds)
+        gated = [p for p in range(P) if seeds[p].shape[0] > 0]
+        n_seeds += sum(seeds[p].shape[0] for p in gated)
+        t = _timed(timings, "seeds", dev, t)
+        if not gated:
+            break
+        for s in range(0, len(gated), cfg.batch):
+            idx = gated[s : s + cfg.batch]
+            it = torch.tensor(idx, device=dev)
+            nb = len(idx)
+            smap = make_seed_map([seeds[p] for p in idx], (T, T), cfg.seed_sigma, device=dev)
+            y = standardise(Y[it]).unsqueeze(1)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast and y.is_cuda):
+                x1 = sample(vel, y.repeat(M, 1, 1, 1), smap.repeat(M, 1, 1, 1), t0=cfg.t0, steps=cfg.steps,
+                            method=cfg.method, seed=cfg.seed, offset=offset, backend=backend)
+                offset += x1.numel()
+                t = _timed(timings, "rf", dev, t)
+                probs = torch.sigmoid(segment_logits(seg, unstandardise(x1.float()).clamp(0, 1)).float())
+            probs = probs.view(M, nb, T, T)
+            q = probs.mean(0)
+            U[it] = probs.std(0, unbiased=False) if M > 1 else torch.zeros_like(q)
+            t = _timed(timings, "surrogate", dev, t)
+            Z[it] = refine(Z[it], q, Z0[it], Y[it], Zbar[it], cfg.refine, steps=cfg.refine_steps, backend=backend)
+            refined[it] = True
+            t = _timed(timings, "refine", dev, t)
+            if progress is not None:
+                progress(nb)
+        canvas = stitch(Z, gdev, weights, backend=backend)
+        t = _timed(timings, "stitch", dev, t)
+    unc = stitch(U, gdev, weights, backend=backend)
+    t = _timed(timings, "stitch", dev, t)
+    return FieldResult(base, canvas, unc, grid, float(refined.float().mean()) if P else 0.0, n_seeds, timings)
