@@ -45,8 +45,7 @@ from mcgr._interop import as_tensor, to_kind
 from mcgr._validate import check_range, check_same_device
 
 INPUT_NAMES = ("z", "q", "z0", "y", "zbar")
-# Steps one CPU pass (temporal blocking in cache) or one CUDA launch (shared-memory halo) fuses.
-CPU_STEPS_PER_PASS = 8
+# Steps one CUDA launch fuses (its shared-memory halo width; kMaxSteps in csrc/refine/refine_cuda.cu).
 CUDA_STEPS_PER_LAUNCH = 4
 
 
