@@ -48,6 +48,12 @@ class TileGrid:
         o = self.origins
         if not isinstance(o, torch.Tensor) or o.dtype != torch.int64 or o.dim() != 2 or o.shape[1] != 2:
             raise ValueError(f"TileGrid.origins must be an int64 tensor [P, 2] of (y0, x0), got {_describe(o)}")
+        if o.shape[0]:
+            bad = (o[:, 0] < 0) | (o[:, 0] >= H) | (o[:, 1] < 0) | (o[:, 1] >= W)
+            if bool(bad.any()):
+                k = int(bad.nonzero()[0])
+                raise ValueError(f"TileGrid.origins[{k}] = {tuple(o[k].tolist())} lies outside the image: "
+                                 f"need 0 <= y0 < {H} and 0 <= x0 < {W}")
 
     @property
     def num_tiles(self) -> int:

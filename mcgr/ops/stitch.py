@@ -22,6 +22,8 @@ Triton) which must equal it. Conventions (every backend):
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from mcgr import _backends
@@ -99,7 +101,7 @@ def _origins_from(grid, device: torch.device, num_tiles: int | None, H: int, W: 
         raise ValueError(f"origins has {o.shape[0]} rows but tiles holds {num_tiles} tiles (tiles [.., P, T, T])")
     if o.device.type != "cpu" and o.device != device:
         raise ValueError(f"origins is on {o.device} but the data is on {device}; mcgr never moves data silently")
-    if o.shape[0]:
+    if o.shape[0] and not isinstance(grid, TileGrid):  # a TileGrid checked its origins when it was made
         bad = (o[:, 0] < 0) | (o[:, 0] >= H) | (o[:, 1] < 0) | (o[:, 1] >= W)
         if bool(bad.any()):
             k = int(bad.nonzero()[0])
@@ -141,11 +143,23 @@ def _check_weights(w: torch.Tensor, T: int, device: torch.device) -> torch.Tenso
         raise TypeError(f"weights must be float32, got {w.dtype}")
     if w.device != device:
         raise ValueError(f"weights is on {w.device} but tiles is on {device}; mcgr never moves data silently")
-    ok = torch.isfinite(w) & (w > 0)
-    if not bool(ok.all()):
-        k = tuple((~ok).nonzero()[0].tolist())
-        raise ValueError(f"weights must be finite and > 0 everywhere, got {float(w[k])} at {k}")
+    if not _weights_checked(w):
+        ok = torch.isfinite(w) & (w > 0)
+        if not bool(ok.all()):
+            k = tuple((~ok).nonzero()[0].tolist())
+            raise ValueError(f"weights must be finite and > 0 everywhere, got {float(w[k])} at {k}")
+        _LAST_WEIGHTS[:] = [weakref.ref(w), w._version]
     return w.contiguous()
+
+
+# The weights last found valid (the tensor and its version counter): TT-GPR stitches with the same
+# weights at every iteration, and the check would cost a device synchronisation each time.
+_LAST_WEIGHTS: list = [None, -1]
+
+
+def _weights_checked(w: torch.Tensor) -> bool:
+    ref, version = _LAST_WEIGHTS
+    return ref is not None and ref() is w and w._version == version
 
 
 def _check_out(out, shape: tuple, device: torch.device, name: str = "out"):

@@ -97,3 +97,7 @@ def test_bad_arguments():
         gaussian_weights(8, sigma_scale=0)
     with pytest.raises(ValueError, match="TileGrid.origins"):
         TileGrid(8, 4, torch.zeros(3, 2), (10, 10))
+    with pytest.raises(ValueError, match=r"TileGrid.origins\[1\] = \(0, 10\) lies outside"):
+        TileGrid(8, 4, torch.tensor([[0, 0], [0, 10]]), (10, 10))
+    with pytest.raises(ValueError, match=r"TileGrid.origins\[0\].*outside"):
+        TileGrid(8, 4, torch.tensor([[-1, 0]]), (10, 10))

@@ -230,6 +230,11 @@ def test_bad_arguments_name_the_argument():
         w2[3, 4] = v
         with pytest.raises(ValueError, match="weights must be finite and > 0"):
             stitch(t, g, w2)
+    w3 = w.clone()
+    stitch(t, g, w3)
+    w3[5, 5] = -1.0  # changed in place after a call that found it valid: checked again
+    with pytest.raises(ValueError, match="weights must be finite and > 0"):
+        stitch(t, g, w3)
     with pytest.raises(ValueError, match="out_shape"):
         stitch(t, g, w, (41, 50))
     with pytest.raises(ValueError, match="out_shape .* is required"):
