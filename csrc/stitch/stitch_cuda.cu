@@ -99,14 +99,17 @@ __global__ void __launch_bounds__(kThreads) _stitch_kernel(const float* __restri
 }
 
 // tiles[b, p, i, j] = canvas[b, y0_p + i, x0_p + j], 0 outside the canvas (gather_tiles_ref).
+// A block copies whole tile rows (coalesced along x); the row's indices are decoded once per row.
 __global__ void _gather_tiles_kernel(const float* __restrict__ canvas, const int64_t* __restrict__ origins,
                                      float* __restrict__ tiles, int64_t B, int64_t P, int64_t T, int64_t H,
                                      int64_t W) {
-  const int64_t total = B * P * T * T;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t j = e % T, i = (e / T) % T, p = (e / (T * T)) % P, b = e / (T * T * P);
-    const int64_t y = origins[2 * p] + i, x = origins[2 * p + 1] + j;
-    tiles[e] = (y < H && x < W) ? __ldg(canvas + (b * H + y) * W + x) : 0.0f;
+  const int64_t rows = B * P * T;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int64_t i = r % T, p = (r / T) % P, b = r / (T * P);
+    const int64_t y = origins[2 * p] + i, x0 = origins[2 * p + 1];
+    const float* src = canvas + (b * H + y) * W + x0;
+    float* dst = tiles + r * T;
+    for (int64_t j = threadIdx.x; j < T; j += blockDim.x) dst[j] = (y < H && x0 + j < W) ? __ldg(src + j) : 0.0f;
   }
 }
 
@@ -131,9 +134,9 @@ void stitch_cuda(std::uintptr_t tiles, std::uintptr_t origins, std::uintptr_t we
 void gather_tiles_cuda(std::uintptr_t canvas, std::uintptr_t origins, std::uintptr_t tiles, const StitchParams& p,
                        std::uintptr_t stream) {
   stitch_check(p, canvas, origins, tiles);
-  const int64_t total = p.batch * p.num_tiles * p.tile * p.tile;
-  const int threads = 256;
-  const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, int64_t(1) << 20);
+  const int64_t rows = p.batch * p.num_tiles * p.tile;
+  const int threads = int(std::min<int64_t>(256, (p.tile + 31) / 32 * 32));
+  const int64_t blocks = std::min<int64_t>(rows, int64_t(1) << 20);
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   _gather_tiles_kernel<<<unsigned(blocks), threads, 0, s>>>(reinterpret_cast<const float*>(canvas),
                                                             reinterpret_cast<const int64_t*>(origins),
