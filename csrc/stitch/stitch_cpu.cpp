@@ -6,6 +6,8 @@
 // denominator of a few pixels live in registers while the covering tiles' rows stream past, and
 // each pixel is written once. Tiles are read once, the canvas written once, nothing canvas-sized
 // is allocated. Tiles are summed in the order of their y0 (stable), as every backend may.
+// Speed (memory-bound): the next rows of the tiles are prefetched in software, and a canvas larger
+// than the caches is written with streaming stores.
 #include "stitch/stitch.h"
 
 #include <algorithm>
@@ -17,7 +19,6 @@
 #include <emmintrin.h>
 #define MCGR_HAVE_STREAM 1
 #endif
-
 
 #include "common.h"
 
@@ -51,10 +52,6 @@ void check_origins(const int64_t* org, const StitchParams& p) {
                " x ", p.width, " canvas");
   }
 }
-
-}  // namespace
-
-namespace {
 
 // Column segments of the rows whose covering tiles are order[lo, hi): [x_begin, x_end) with the
 // covering tiles' positions in order[] listed in seg_tiles[first, first + count).
@@ -194,7 +191,7 @@ void stitch_cpu(std::uintptr_t tiles_ptr, std::uintptr_t origins_ptr, std::uintp
 
 #pragma omp parallel
   {
-    RowPlan plan;  // per thread: consecutive rows of a static schedule mostly share one plan
+    RowPlan plan;  // per thread: the consecutive rows of a chunk mostly share one plan
     std::vector<const float*> tp(P), wp(P);
     std::vector<float> row_buf(stream ? W : 0);
 #pragma omp for schedule(dynamic, 8)
