@@ -10,6 +10,11 @@ FROC: the map is thresholded at each probability threshold, components re-extrac
 sensitivity (pooled over images) is plotted against mean false positives per image. Sensitivities at
 0.25, 0.5, 1, 2 and 4 FP/image are read off the curve by linear interpolation (the last point where
 the curve stops short of a rate) and averaged.
+
+Clusters (:func:`match_clusters`): calcifications are grouped on each side (truth and prediction)
+by the clinical rule of :mod:`mcgr.infer.detect` (at least 3 within 1 cm^2, linked within 5 mm);
+a true cluster is found when a predicted cluster's centroid lies within 5 mm of its centroid or the
+two share at least 2 matched calcifications, again one-to-one.
 """
 from __future__ import annotations
 
@@ -46,7 +51,8 @@ def match_objects(truth, pred, spacing_mm: float, dist_mm: float = 0.35, iou_min
 
     truth: bool mask of true calcifications (its components), or None when ``truth_points``
     ([K, 2] (y, x) px) are given (points have no extent: only the distance criterion applies).
-    Returns ``{"tp", "fn", "fp", "n_truth", "n_pred", "pairs": [(truth_i, pred_j), ...]}``.
+    Returns ``{"tp", "fn", "fp", "n_truth", "n_pred", "pairs": [(truth_i, pred_j), ...],
+    "truth_centroids": [n_truth, 2], "pred_centroids": [n_pred, 2]}`` (centroids (y, x) in px).
     """
     if not spacing_mm > 0:
         raise ValueError(f"spacing_mm must be > 0, got {spacing_mm}")
@@ -59,8 +65,9 @@ def match_objects(truth, pred, spacing_mm: float, dist_mm: float = 0.35, iou_min
         if t.shape != p_lab.shape:
             raise ValueError(f"truth and pred must have the same shape, got {t.shape} and {p_lab.shape}")
         t_lab, n_t, t_cen, t_area = components(t)
+    cents = {"truth_centroids": t_cen, "pred_centroids": p_cen}
     if n_t == 0 or n_p == 0:
-        return {"tp": 0, "fn": n_t, "fp": n_p, "n_truth": n_t, "n_pred": n_p, "pairs": []}
+        return {"tp": 0, "fn": n_t, "fp": n_p, "n_truth": n_t, "n_pred": n_p, "pairs": [], **cents}
     d2 = ((t_cen[:, None, :] - p_cen[None, :, :]) ** 2).sum(-1) * spacing_mm**2
     ok = d2 <= dist_mm**2
     if t_lab is not None:
@@ -77,7 +84,7 @@ def match_objects(truth, pred, spacing_mm: float, dist_mm: float = 0.35, iou_min
     m = maximum_bipartite_matching(graph, perm_type="column")  # m[i] = matched pred of truth i, or -1
     pairs = [(int(i), int(j)) for i, j in enumerate(m) if j >= 0]
     tp = len(pairs)
-    return {"tp": tp, "fn": n_t - tp, "fp": n_p - tp, "n_truth": n_t, "n_pred": n_p, "pairs": pairs}
+    return {"tp": tp, "fn": n_t - tp, "fp": n_p - tp, "n_truth": n_t, "n_pred": n_p, "pairs": pairs, **cents}
 
 
 def object_metrics(results: list[dict], breast_area_cm2: list[float] | None = None) -> dict:
@@ -99,29 +106,35 @@ def object_metrics(results: list[dict], breast_area_cm2: list[float] | None = No
     return out
 
 
-def froc(probs: list, truths: list, spacing_mm: float | list[float], thresholds=None, dist_mm: float = 0.35,
-         iou_min: float = 0.3, rates=FROC_RATES, truth_points: list | None = None) -> dict:
-    """FROC over probability thresholds for a dataset of probability maps and truth masks.
+DEFAULT_FROC_THRESHOLDS = tuple(float(t) for t in np.round(np.linspace(0.95, 0.05, 19), 4))
 
-    Returns ``{"thresholds", "sensitivity", "fp_per_image", "at_rates": {rate: sens}, "mean_sensitivity"}``.
-    """
-    if len(probs) != len(truths):
-        raise ValueError(f"probs and truths must have the same length, got {len(probs)} and {len(truths)}")
-    if thresholds is None:
-        thresholds = np.round(np.linspace(0.95, 0.05, 19), 4)
-    spacings = spacing_mm if isinstance(spacing_mm, (list, tuple)) else [spacing_mm] * len(probs)
-    sens, fpi = [], []
+
+def froc_counts(prob, truth, spacing_mm: float, thresholds=DEFAULT_FROC_THRESHOLDS, dist_mm: float = 0.35,
+                iou_min: float = 0.3, truth_points=None) -> dict:
+    """One image's FROC counts: ``{"tp": [T], "fp": [T], "n_truth"}`` at each of the T ``thresholds``
+    (``prob`` [H, W]; ``truth`` mask or None with ``truth_points``). Sum them over images and pass
+    the sums to :func:`froc_from_counts`, so that a dataset's maps need not be held together."""
+    p = _np(prob)
+    tp, fp, n_t = [], [], 0
     for thr in thresholds:
-        res = []
-        for k, (p, t) in enumerate(zip(probs, truths)):
-            pts = None if truth_points is None else truth_points[k]
-            res.append(match_objects(t, _np(p) >= thr, spacings[k], dist_mm, iou_min, truth_points=pts))
-        om = object_metrics(res)
-        sens.append(om["sensitivity"])
-        fpi.append(om["fp_per_image"])
-    sens_a, fpi_a = np.asarray(sens, dtype=np.float64), np.asarray(fpi, dtype=np.float64)
+        r = match_objects(truth, p >= thr, spacing_mm, dist_mm, iou_min, truth_points=truth_points)
+        tp.append(r["tp"])
+        fp.append(r["fp"])
+        n_t = r["n_truth"]
+    return {"tp": tp, "fp": fp, "n_truth": n_t}
+
+
+def froc_from_counts(thresholds, tp, fp, n_truth: int, n_images: int, rates=FROC_RATES) -> dict:
+    """The FROC of a dataset from its summed per-threshold counts (see :func:`froc`)."""
+    if n_images < 1:
+        raise ValueError(f"n_images must be >= 1, got {n_images}")
+    tp_a, fp_a = np.asarray(tp, dtype=np.float64), np.asarray(fp, dtype=np.float64)
+    if tp_a.shape != (len(thresholds),) or fp_a.shape != tp_a.shape:
+        raise ValueError(f"tp and fp need one count per threshold ({len(thresholds)}), got {tp_a.shape} and {fp_a.shape}")
+    sens_a = tp_a / n_truth if n_truth else np.full(tp_a.shape, np.nan)
+    fpi_a = fp_a / n_images
     order = np.argsort(fpi_a, kind="stable")
-    xs, ys = fpi_a[order], np.maximum.accumulate(sens_a[order])
+    xs, ys = fpi_a[order], np.maximum.accumulate(sens_a[order]) if n_truth else sens_a
     at = {}
     for r in rates:
         if len(xs) == 0 or np.all(np.isnan(ys)):
@@ -133,8 +146,86 @@ def froc(probs: list, truths: list, spacing_mm: float | list[float], thresholds=
     vals = [v for v in at.values() if not np.isnan(v)]
     return {
         "thresholds": [float(t) for t in thresholds],
-        "sensitivity": [float(s) for s in sens],
-        "fp_per_image": [float(f) for f in fpi],
+        "sensitivity": [float(s) for s in sens_a],
+        "fp_per_image": [float(f) for f in fpi_a],
         "at_rates": {str(k): v for k, v in at.items()},
         "mean_sensitivity": float(np.mean(vals)) if vals else float("nan"),
     }
+
+
+def froc(probs: list, truths: list, spacing_mm: float | list[float], thresholds=None, dist_mm: float = 0.35,
+         iou_min: float = 0.3, rates=FROC_RATES, truth_points: list | None = None) -> dict:
+    """FROC over probability thresholds for a dataset of probability maps and truth masks.
+
+    Returns ``{"thresholds", "sensitivity", "fp_per_image", "at_rates": {rate: sens}, "mean_sensitivity"}``.
+    """
+    if len(probs) != len(truths):
+        raise ValueError(f"probs and truths must have the same length, got {len(probs)} and {len(truths)}")
+    if thresholds is None:
+        thresholds = DEFAULT_FROC_THRESHOLDS
+    spacings = spacing_mm if isinstance(spacing_mm, (list, tuple)) else [spacing_mm] * len(probs)
+    tp = np.zeros(len(thresholds), dtype=np.int64)
+    fp = np.zeros(len(thresholds), dtype=np.int64)
+    n_t = 0
+    for k, (p, t) in enumerate(zip(probs, truths)):
+        pts = None if truth_points is None else truth_points[k]
+        c = froc_counts(p, t, spacings[k], thresholds, dist_mm, iou_min, truth_points=pts)
+        tp += c["tp"]
+        fp += c["fp"]
+        n_t += c["n_truth"]
+    return froc_from_counts(thresholds, tp, fp, n_t, max(1, len(probs)), rates)
+
+
+def clusters_of(centroids, spacing_mm: float, link_mm: float = 5.0, min_members: int = 3,
+                area_cm2: float = 1.0) -> list[dict]:
+    """Clusters among calcifications at ``centroids`` [K, 2] ((y, x) px), by the rule of
+    :func:`mcgr.infer.detect.clusters_from_detections` (linked within ``link_mm``, at least
+    ``min_members``; groups larger than ``area_cm2`` count too, flagged ``compact: false``).
+    ``members`` are row indices into ``centroids``."""
+    from mcgr.infer.detect import clusters_from_detections
+
+    c = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
+    dets = [{"id": i, "y": float(y), "x": float(x)} for i, (y, x) in enumerate(c)]
+    return clusters_from_detections(dets, spacing_mm, link_mm=link_mm, min_members=min_members, area_cm2=area_cm2)
+
+
+def match_clusters(truth_centroids, pred_centroids, spacing_mm: float, pairs=(), *, link_mm: float = 5.0,
+                   min_members: int = 3, area_cm2: float = 1.0, dist_mm: float = 5.0, min_shared: int = 2) -> dict:
+    """Cluster-level matching of predicted to true calcification clusters.
+
+    truth_centroids / pred_centroids: [K, 2] (y, x) px centroids of the true and predicted
+    calcifications (as returned by :func:`match_objects`); pairs: its calcification-level pairs
+    (truth_i, pred_j). Clusters are formed on each side by :func:`clusters_of`. A true and a predicted
+    cluster may match when their centroids lie within ``dist_mm`` or when at least ``min_shared`` of
+    their members are matched calcification pairs; the matching is one-to-one (maximum bipartite).
+    Returns ``{"tp", "fn", "fp", "n_truth", "n_pred", "pairs", "truth_clusters", "pred_clusters"}``.
+    """
+    if not spacing_mm > 0:
+        raise ValueError(f"spacing_mm must be > 0, got {spacing_mm}")
+    if not (isinstance(min_shared, int) and min_shared >= 1):
+        raise ValueError(f"min_shared must be an integer >= 1, got {min_shared!r}")
+    tc = clusters_of(truth_centroids, spacing_mm, link_mm, min_members, area_cm2)
+    pc = clusters_of(pred_centroids, spacing_mm, link_mm, min_members, area_cm2)
+    n_t, n_p = len(tc), len(pc)
+    out = {"n_truth": n_t, "n_pred": n_p, "truth_clusters": tc, "pred_clusters": pc}
+    if n_t == 0 or n_p == 0:
+        return {"tp": 0, "fn": n_t, "fp": n_p, "pairs": [], **out}
+    t_of = np.full(len(np.asarray(truth_centroids).reshape(-1, 2)), -1)
+    p_of = np.full(len(np.asarray(pred_centroids).reshape(-1, 2)), -1)
+    for k, c in enumerate(tc):
+        t_of[c["members"]] = k
+    for k, c in enumerate(pc):
+        p_of[c["members"]] = k
+    shared = np.zeros((n_t, n_p), dtype=np.int64)
+    for i, j in pairs:
+        if t_of[i] >= 0 and p_of[j] >= 0:
+            shared[t_of[i], p_of[j]] += 1
+    tcen = np.array([[c["y"], c["x"]] for c in tc])
+    pcen = np.array([[c["y"], c["x"]] for c in pc])
+    d2 = ((tcen[:, None, :] - pcen[None, :, :]) ** 2).sum(-1) * spacing_mm**2
+    ok = (d2 <= dist_mm**2) | (shared >= min_shared)
+    rows, cols = np.nonzero(ok)
+    graph = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_t, n_p))
+    m = maximum_bipartite_matching(graph, perm_type="column")
+    cp = [(int(i), int(j)) for i, j in enumerate(m) if j >= 0]
+    return {"tp": len(cp), "fn": n_t - len(cp), "fp": n_p - len(cp), "pairs": cp, **out}
