@@ -93,6 +93,9 @@ void plan_row(RowPlan& plan, int64_t lo, int64_t hi, const std::vector<int64_t>&
 }
 
 constexpr int64_t kPrefetchRows = 2;
+// Below this many elements moved, waking a thread team costs more than the work (tens of us, and
+// milliseconds on a loaded machine).
+constexpr int64_t kParallelElements = int64_t(1) << 18;
 constexpr int64_t kStreamBytes = int64_t(16) << 20;  // canvases larger than this bypass the caches
 constexpr int kChunk = 32;  // pixels whose numerator and denominator stay in registers
 
@@ -188,8 +191,9 @@ void stitch_cpu(std::uintptr_t tiles_ptr, std::uintptr_t origins_ptr, std::uintp
   std::vector<int64_t> order, ys;
   sort_by_row(org, P, order, ys);
   const bool stream = B * H * W * int64_t(sizeof(float)) > kStreamBytes;
+  const bool parallel = B * (P * T * T + H * W) > kParallelElements;
 
-#pragma omp parallel
+#pragma omp parallel if (parallel)
   {
     RowPlan plan;  // per thread: the consecutive rows of a chunk mostly share one plan
     std::vector<const float*> tp(P), wp(P);
@@ -242,7 +246,7 @@ void gather_tiles_cpu(std::uintptr_t canvas_ptr, std::uintptr_t origins_ptr, std
   check_origins(org, p);
   const int64_t B = p.batch, P = p.num_tiles, T = p.tile, H = p.height, W = p.width;
   // one task per tile row: its source is one contiguous canvas span (or nothing past the border)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * P * T * T > kParallelElements)
   for (int64_t r = 0; r < B * P * T; ++r) {
     const int64_t i = r % T, t = (r / T) % P, b = r / (T * P);
     const int64_t y = org[2 * t] + i, x0 = org[2 * t + 1];
