@@ -123,6 +123,23 @@ def _synth(args) -> int:
 
 
 @subcommand
+def _add_infer(sub) -> None:
+    from mcgr.infer.cli import add_arguments
+
+    p = sub.add_parser("infer", help="segment microcalcifications in mammograms (files, folders, globs, manifests)",
+                       description="Full-field MC segmentation with TT-GPR; one result folder and one manifest.jsonl "
+                                   "line per input; --resume continues a stopped run; --engine ray runs on a Ray cluster.")
+    add_arguments(p)
+    p.set_defaults(handler=_infer)
+
+
+def _infer(args) -> int:
+    from mcgr.infer.cli import run
+
+    return run(args)
+
+
+@subcommand
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="segment a synthetic full-field mammogram with known calcifications (base vs TT-GPR)",
                        description="Build a synthetic full-field phantom with known calcifications, run the base "
@@ -173,6 +190,24 @@ def _add_train(sub) -> None:
 
 def _train(args) -> int:
     from mcgr.train.cli import run
+
+    return run(args)
+
+
+@subcommand
+def _add_eval(sub) -> None:
+    from mcgr.eval.cli import add_arguments
+
+    p = sub.add_parser("eval", help="evaluate methods (base, TT-GPR, classic baselines) on a dataset or the synthetic benchmark",
+                       description="Run the chosen methods on INbreast, CBIS-DDSM, a folder of images with "
+                       "<stem>.mask.png truths, or N synthetic phantoms, and write report.md, report.json, "
+                       "per_image.csv, froc.png and gallery.png.")
+    add_arguments(p)
+    p.set_defaults(handler=_eval)
+
+
+def _eval(args) -> int:
+    from mcgr.eval.cli import run
 
     return run(args)
 

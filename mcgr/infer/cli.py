@@ -1,0 +1,240 @@
+"""`mcgr infer INPUT... --out DIR`: full-field inference over files, folders, globs or manifest
+files, on this machine (``--engine local``) or on a Ray cluster (``--engine ray``).
+
+Per input: the files of :func:`mcgr.io.write_outputs` in ``DIR/<key>/`` and one line of
+``DIR/manifest.jsonl`` (see :mod:`mcgr.infer.archive` for the layout, the commit protocol and
+``--resume``). A bad input is reported and skipped; the exit status is non-zero only when nothing
+could be done.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+ENGINES = ("local", "ray")
+
+
+def spacing_mm(text: str) -> float:
+    from mcgr.io.reader import _SPACING_RANGE_MM
+
+    lo, hi = _SPACING_RANGE_MM
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel spacing in mm, got {text!r}") from None
+    if not lo <= v <= hi:
+        raise argparse.ArgumentTypeError(f"expected a pixel spacing in mm within [{lo}, {hi}], got {text!r}")
+    return v
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mcgr.cli import positive_int
+
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="mammogram files (DICOM with or without extension, PNG, TIFF, NPY), folders (searched "
+                        "recursively), globs, or manifest files (.csv with a path column and optional spacing/id "
+                        "columns, or .jsonl of paths or {\"path\", \"spacing\", \"id\"} objects)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (results, manifest.jsonl, run.json)")
+    p.add_argument("--spacing", type=spacing_mm, default=None, metavar="MM",
+                   help="pixel spacing in mm of every input (wins over DICOM tags; needed for PNG/TIFF/NPY "
+                        "unless a manifest gives it per row)")
+    p.add_argument("--no-refine", action="store_true", help="the synthetic-only base segmentor, without TT-GPR")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto: cuda when available)")
+    p.add_argument("--backend", default="auto", help="kernel backend: auto, reference, cpu, triton, cuda (default auto)")
+    p.add_argument("--models", metavar="DIR", default=None,
+                   help="use the models in DIR/seg and DIR/rf (model.safetensors + config.json) instead of the shipped weights")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out: skip inputs whose results are complete and verified, redo the rest")
+    p.add_argument("--engine", choices=ENGINES, default="local", help="local (this process) or ray (a Ray cluster)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster address (e.g. auto or ray://head:10001; default: start a local Ray instance)")
+    p.add_argument("--num-gpus-per-worker", type=_nonnegative_float, default=None, metavar="G",
+                   help="GPUs per Ray worker (default: 1 when --device is cuda or auto and the cluster has GPUs, else 0)")
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="Ray workers, each holding the models (default: cluster GPUs / G, or cluster CPUs / --cpus-per-worker)")
+    p.add_argument("--cpus-per-worker", type=positive_int, default=1, metavar="C",
+                   help="CPUs (torch threads) per Ray worker (default 1)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N", help="torch CPU threads of the local engine")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def check_device(text: str) -> str:
+    """The torch device for --device, or a CLIError that says what is wrong."""
+    import torch
+
+    from mcgr.cli import CLIError
+
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"--device must be auto, cpu or cuda[:N], got {text!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device must be auto, cpu or cuda[:N], got {text!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise CLIError(f"--device {text}: torch sees no CUDA device here (torch {torch.__version__}, {build}); "
+                           f"use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return str(dev)
+
+
+def check_backend(text: str) -> str:
+    from mcgr._backends import BACKENDS
+    from mcgr.cli import CLIError
+
+    if text != "auto" and text not in BACKENDS:
+        raise CLIError(f"--backend must be auto or one of {', '.join(BACKENDS)}, got {text!r}")
+    return text
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_models(models_dir: str | None, refine: bool) -> tuple[dict, dict]:
+    """``({kind: UNet on the CPU}, {kind: {"source", "sha256"}})`` for "seg" and, when ``refine``, "rf",
+    from ``models_dir/<kind>`` or the shipped weights; a CLIError says how to get missing ones."""
+    from mcgr.cli import CLIError
+    from mcgr.models import WEIGHTS_DIR, CheckpointError, load_model
+
+    kinds = ("seg", "rf") if refine else ("seg",)
+    if models_dir is None:
+        root = WEIGHTS_DIR
+        missing = [k for k in kinds if not (root / k / "model.safetensors").is_file()]
+        if missing:
+            need = " and ".join(f"`mcgr train {k} --config default --out runs/{k}` + "
+                                f"`python -m mcgr.train.ship {k} runs/{k}`" for k in missing)
+            raise CLIError(f"no shipped {'/'.join(missing)} weights in {root}: train and install them with {need}, "
+                           f"or pass --models DIR holding seg/ and rf/ model folders"
+                           + (" (--no-refine needs seg/ only)" if refine else ""))
+    else:
+        root = Path(models_dir)
+        if not root.is_dir():
+            raise CLIError(f"--models {models_dir}: no such folder")
+        for k in kinds:
+            if not (root / k / "model.safetensors").is_file() or not (root / k / "config.json").is_file():
+                raise CLIError(f"--models {models_dir}: no {k} model in {root / k} (model.safetensors + config.json, "
+                               f"as written by `mcgr train {k}` in <run>/model)"
+                               + (" (--no-refine needs seg/ only)" if k == "rf" else ""))
+    models, info = {}, {}
+    for k in kinds:
+        d = root / k
+        try:
+            models[k] = load_model(d, device="cpu", kind=k)
+        except CheckpointError as e:
+            raise CLIError(str(e)) from None
+        info[k] = {"source": str(d.resolve()), "sha256": _sha256(d / "model.safetensors")}
+    return models, info
+
+
+def _raise_interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C: Ray workers are stopped and what
+    was committed stays; the input in progress is redone by --resume."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def run(args) -> int:
+    from mcgr.cli import CLIError
+    from mcgr.infer import archive
+    from mcgr.infer.ttgpr import TTGPRConfig
+
+    refine = not args.no_refine
+    backend = check_backend(args.backend)
+    if args.engine == "local":
+        if args.address or args.num_gpus_per_worker is not None or args.workers is not None:
+            raise CLIError("--address, --num-gpus-per-worker and --workers need --engine ray")
+        device = check_device(args.device)
+    else:
+        if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
+            raise CLIError(f"--device must be auto, cpu or cuda, got {args.device!r}")
+        device = args.device
+    models, model_info = load_models(args.models, refine)
+    cfg = TTGPRConfig()
+    tile, overlap = 256, 0.25
+    settings = {"refine": refine, "spacing": args.spacing, "device": device, "backend": backend,
+                "engine": args.engine, "threads": args.threads if args.engine == "local" else args.cpus_per_worker,
+                "models": model_info, "ttgpr": cfg.to_dict(), "tile": tile, "overlap": overlap}
+    out = Path(args.out)
+    for spec in args.inputs:
+        if os.path.isfile(spec) and Path(spec).resolve() == (out / archive.MANIFEST).resolve():
+            raise CLIError(f"{spec} is the manifest this run writes; to redo a run's inputs, write into another --out")
+
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="mcgr infer", unit="img", disable=args.quiet, dynamic_ncols=True, file=sys.stderr)
+    except ImportError:
+        bar = None
+    tally = archive.Tally(bar=bar, quiet=args.quiet)
+    old_term = _sigterm_as_interrupt()
+    try:
+        with archive.RunFolder(out, settings, resume=args.resume) as runf:
+            items = archive.iter_inputs(args.inputs, exclude=[out])
+            if args.engine == "local":
+                import torch
+
+                from mcgr.infer.pipeline import Pipeline
+
+                if args.threads:
+                    torch.set_num_threads(args.threads)
+                pipe = Pipeline(models["seg"], models.get("rf"), config=cfg, device=device, backend=backend,
+                                tile=tile, overlap=overlap)
+                archive.run_local(items, pipe, runf, tally)
+            else:
+                from mcgr.infer.ray_engine import run_ray
+
+                run_ray(items, models, runf, tally, address=args.address, device=device,
+                        gpus_per_worker=args.num_gpus_per_worker, workers=args.workers,
+                        cpus_per_worker=args.cpus_per_worker, tile=tile, overlap=overlap, config=cfg)
+    except archive.ArchiveError as e:
+        raise CLIError(str(e)) from None
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        if bar is not None:
+            bar.close()
+    manifest = out / archive.MANIFEST
+    parts = [f"{tally.ok} done", f"{tally.error} failed"]
+    if tally.skipped:
+        parts.append(f"{tally.skipped} skipped (given twice)")
+    if args.resume:
+        parts.append(f"{tally.complete} already complete")
+    if tally.total == 0:
+        print("mcgr infer: error: no mammogram found in the inputs "
+              "(files: DICOM, PNG, TIFF, NPY; folders are searched recursively)", file=sys.stderr)
+        return 1
+    print(f"mcgr infer: {', '.join(parts)}; manifest: {manifest}")
+    if tally.ok + tally.skipped + tally.complete == 0:
+        print("mcgr infer: error: nothing could be done: every input failed (reasons above and in the manifest)",
+              file=sys.stderr)
+        return 1
+    return 0

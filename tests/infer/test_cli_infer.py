@@ -1,0 +1,156 @@
+"""`mcgr infer` on the local engine: every good file of a folder gives the same outputs as the Python
+API, a corrupted file is one reported failure, manifests and globs are read, and user errors give
+one clear line, never a traceback."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from archive_factory import SPACING, assert_same_result, expected_outputs, leftovers, make_folder, make_models, manifest
+
+from mcgr.cli import main
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("archive")
+    models = make_models(root / "models")
+    inputs = make_folder(root / "in")
+    want = expected_outputs(models, inputs["good"], root / "want")
+    return {"root": root, "models": models, "inputs": inputs, "want": want}
+
+
+def _infer(archive, *args):
+    return main(["infer", *map(str, args), "--models", str(archive["models"]), "--device", "cpu", "--no-refine",
+                 "--threads", "1", "--quiet"])
+
+
+def test_folder_with_a_corrupted_file(archive, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _infer(archive, archive["root"] / "in", "--out", out, "--spacing", SPACING) == 0
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.err
+    assert "bad.dcm" in cap.err and "1 failed" in cap.out and "4 done" in cap.out
+    lines = manifest(out)
+    by_key = {r["key"]: r for r in lines}
+    assert len(lines) == 5 and len(by_key) == 5
+    bad = by_key.pop("bad")
+    assert bad["status"] == "error" and bad["input"] == str(archive["inputs"]["bad"]) and "bad.dcm" in bad["error"]
+    assert not (out / "bad").exists()
+    assert sorted(by_key) == sorted(archive["inputs"]["good"])
+    for key, rec in by_key.items():
+        assert rec["status"] == "ok" and rec["error"] is None
+        assert rec["input"] == str(archive["inputs"]["good"][key])
+        assert_same_result(out / key, archive["want"] / key)
+        doc = json.loads((out / key / f"{key.rsplit('/', 1)[-1]}.json").read_text())
+        assert rec["n_detections"] == doc["n_detections"] and rec["n_clusters"] == doc["n_clusters"]
+        assert rec["spacing_mm"] == SPACING and rec["refined_fraction"] == 0.0
+        assert rec["settings"]["refine"] is False and rec["settings"]["device"] == "cpu"
+        assert {"read", "base", "detect", "write", "total"} <= set(rec["timings"])
+        assert all(v >= 0 for v in rec["timings"].values())
+        assert rec["files"] == {p.name: p.stat().st_size for p in (out / key).iterdir() if not p.name.startswith(".")}
+    assert (out / "sub" / "c" / "c.seg.dcm").exists() and not (out / "a" / "a.seg.dcm").exists()
+    assert leftovers(out) == []
+
+
+def test_manifest_files_globs_and_per_row_spacing(archive, tmp_path):
+    good = archive["inputs"]["good"]
+    rel = os.path.relpath(good["sub/b"], tmp_path)
+    (tmp_path / "list.csv").write_text(f"path,spacing,id\n{rel},0.1,case-b\n{good['a']},,\n{good['a']},abc,x\n")
+    (tmp_path / "list.jsonl").write_text(json.dumps({"path": str(good["sub/c"]), "id": "site1/c"}) + "\n"
+                                         + json.dumps(str(archive["root"] / "in" / "nothing.png")) + "\n{not json\n")
+    out = tmp_path / "out"
+    glob = str(archive["root"] / "in" / "sub" / "deep" / "*.dcm")
+    assert _infer(archive, tmp_path / "list.csv", tmp_path / "list.jsonl", glob, "--out", out, "--spacing", SPACING) == 0
+    lines = manifest(out)
+    ok = {r["key"]: r for r in lines if r["status"] == "ok"}
+    assert sorted(ok) == ["a", "case-b", "d", "site1/c"]
+    assert ok["case-b"]["spacing_mm"] == 0.1 and ok["a"]["spacing_mm"] == SPACING
+    assert ok["case-b"]["input"] == str(good["sub/b"])
+    assert_same_result(out / "site1" / "c", archive["want"] / "sub" / "c")
+    assert_same_result(out / "d", archive["want"] / "sub" / "deep" / "d")
+    errors = sorted(r["error"] for r in lines if r["status"] == "error")
+    assert len(errors) == 3
+    assert any("list.csv line 4" in e and "spacing" in e for e in errors)
+    assert any("no such file" in e for e in errors)
+    assert any("list.jsonl line 3" in e and "JSON" in e for e in errors)
+
+
+def test_same_file_twice_and_name_collisions(archive, tmp_path):
+    a = archive["inputs"]["good"]["a"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.npy").write_bytes(a.read_bytes())
+    out = tmp_path / "out"
+    assert _infer(archive, a, a, other / "a.npy", "--out", out, "--spacing", SPACING) == 0
+    st = [(r["status"], r["input"]) for r in manifest(out)]
+    assert st[0] == ("ok", str(a)) and st[1] == ("skipped", str(a))
+    assert st[2] == ("error", str(other / "a.npy"))
+    assert "already holds the result of" in manifest(out)[2]["error"]
+    assert json.loads((out / "a" / ".done").read_text())["input"] == str(a)
+
+
+def test_spacing_is_needed_for_png_and_nothing_done_exits_nonzero(archive, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _infer(archive, archive["inputs"]["good"]["sub/b"], "--out", out) == 1
+    err = capsys.readouterr().err
+    assert "--spacing" in err and "nothing could be done" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message, code", [
+    (["MISSING.dcm"], "no such file or folder", 1),
+    (["--spacing", "0"], "--spacing: expected a pixel spacing in mm", 2),
+    (["--spacing", "-1"], "--spacing: expected a pixel spacing in mm", 2),
+    (["--backend", "fastest"], "--backend must be auto or one of", 1),
+    (["--device", "tpu"], "--device must be auto, cpu or cuda", 1),
+    (["--workers", "2"], "need --engine ray", 1),
+])
+def test_user_errors_are_one_line(archive, tmp_path, capsys, args, message, code):
+    good = str(archive["inputs"]["good"]["a"]) if args[0] != "MISSING.dcm" else str(tmp_path / "MISSING.dcm")
+    argv = ["infer", good, "--out", str(tmp_path / "out"), "--models", str(archive["models"]), "--no-refine", "--quiet",
+            "--spacing", str(SPACING), *args[1:]] if args[0] == "MISSING.dcm" else \
+        ["infer", good, "--out", str(tmp_path / "out"), "--models", str(archive["models"]), "--no-refine", "--quiet", *args]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when CUDA is absent")
+def test_cuda_without_cuda(archive, tmp_path, capsys):
+    assert main(["infer", str(archive["inputs"]["good"]["a"]), "--out", str(tmp_path / "o"), "--device", "cuda",
+                 "--models", str(archive["models"])]) == 1
+    err = capsys.readouterr().err
+    assert "torch sees no CUDA device" in err and "--device cpu" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_models_folder_errors(archive, tmp_path, capsys, monkeypatch):
+    a = str(archive["inputs"]["good"]["a"])
+    assert main(["infer", a, "--out", str(tmp_path / "o"), "--models", str(tmp_path / "nope")]) == 1
+    assert "--models" in capsys.readouterr().err
+    (tmp_path / "m" / "seg").mkdir(parents=True)
+    assert main(["infer", a, "--out", str(tmp_path / "o"), "--models", str(tmp_path / "m"), "--no-refine"]) == 1
+    assert "no seg model" in capsys.readouterr().err
+    import mcgr.models
+
+    monkeypatch.setattr(mcgr.models, "WEIGHTS_DIR", tmp_path / "weights")
+    assert main(["infer", a, "--out", str(tmp_path / "o"), "--spacing", "0.07"]) == 1
+    err = capsys.readouterr().err
+    assert "no shipped seg/rf weights" in err and "mcgr train seg" in err and "--models DIR" in err
+
+
+def test_a_previous_run_needs_resume_and_the_same_settings(archive, tmp_path, capsys):
+    a = archive["inputs"]["good"]["a"]
+    out = tmp_path / "out"
+    assert _infer(archive, a, "--out", out, "--spacing", SPACING) == 0
+    capsys.readouterr()
+    assert _infer(archive, a, "--out", out, "--spacing", SPACING) == 1
+    assert "pass --resume" in capsys.readouterr().err
+    assert _infer(archive, a, "--out", out, "--spacing", "0.1", "--resume") == 1
+    err = capsys.readouterr().err
+    assert "other settings" in err and "spacing" in err
+    assert _infer(archive, a, "--out", out, "--spacing", SPACING, "--resume") == 0
+    assert "1 already complete" in capsys.readouterr().out
+    assert len(manifest(out)) == 1
