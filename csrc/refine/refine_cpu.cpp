@@ -250,8 +250,11 @@ int run_pass(const Pass& ps, int64_t planes, const RefineParams& p) {
 #ifdef MCGR_WITH_OPENMP
   threads = omp_get_max_threads();
 #endif
-  // enough blocks to balance the threads; tall enough that the recomputed halo stays a few percent
-  const int64_t per_plane = std::max<int64_t>(1, std::min<int64_t>((4 * threads + planes - 1) / planes, H / 32));
+  // about 8 blocks per thread, so that a thread the OS preempts on a shared machine holds up the
+  // others for one short block only; at least 16 rows per step, so the recomputed halo (K - 1 rows
+  // per edge on average) stays a few percent
+  const int64_t per_plane =
+      std::max<int64_t>(1, std::min<int64_t>((8 * threads + planes - 1) / planes, H / (16 * K)));
   const int64_t rows = (H + per_plane - 1) / per_plane;
   std::vector<Block> blocks;
   for (int64_t i = 0; i < planes; ++i)
