@@ -18,10 +18,13 @@ two share at least 2 matched calcifications, again one-to-one.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import maximum_bipartite_matching
+from scipy.sparse.csgraph import connected_components, maximum_bipartite_matching
+from scipy.spatial import cKDTree
 
 FROC_RATES = (0.25, 0.5, 1.0, 2.0, 4.0)
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -39,9 +42,14 @@ def components(mask) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     lab, n = ndimage.label(m, structure=_EIGHT)
     if n == 0:
         return lab, 0, np.zeros((0, 2)), np.zeros(0)
-    idx = np.arange(1, n + 1)
-    cen = np.asarray(ndimage.center_of_mass(m, lab, idx), dtype=np.float64).reshape(-1, 2)
-    area = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.float64)
+    # sums over the foreground pixels only: a mask is sparse, and ndimage.center_of_mass walks them all
+    flat = lab.ravel()
+    on = np.flatnonzero(flat)
+    lb = flat[on]
+    area = np.bincount(lb, minlength=n + 1)[1:].astype(np.float64)
+    ys = np.bincount(lb, weights=(on // m.shape[1]).astype(np.float64), minlength=n + 1)[1:]
+    xs = np.bincount(lb, weights=(on % m.shape[1]).astype(np.float64), minlength=n + 1)[1:]
+    cen = np.stack([ys / area, xs / area], axis=1)
     return lab, n, cen, area
 
 
@@ -178,15 +186,40 @@ def froc(probs: list, truths: list, spacing_mm: float | list[float], thresholds=
 
 def clusters_of(centroids, spacing_mm: float, link_mm: float = 5.0, min_members: int = 3,
                 area_cm2: float = 1.0) -> list[dict]:
-    """Clusters among calcifications at ``centroids`` [K, 2] ((y, x) px), by the rule of
-    :func:`mcgr.infer.detect.clusters_from_detections` (linked within ``link_mm``, at least
-    ``min_members``; groups larger than ``area_cm2`` count too, flagged ``compact: false``).
-    ``members`` are row indices into ``centroids``."""
-    from mcgr.infer.detect import clusters_from_detections
-
+    """Clusters among calcifications at ``centroids`` [K, 2] ((y, x) px): the rule and the output of
+    :func:`mcgr.infer.detect.clusters_from_detections` (single linkage within ``link_mm``, groups of
+    at least ``min_members``, ``compact`` when the bounding box fits in ``area_cm2``), computed with a
+    k-d tree so that a poor model's thousands of false positives stay cheap. ``members`` are row
+    indices into ``centroids``, ascending; clusters are ordered by their first member."""
+    if not spacing_mm > 0:
+        raise ValueError(f"spacing_mm must be > 0, got {spacing_mm}")
     c = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
-    dets = [{"id": i, "y": float(y), "x": float(x)} for i, (y, x) in enumerate(c)]
-    return clusters_from_detections(dets, spacing_mm, link_mm=link_mm, min_members=min_members, area_cm2=area_cm2)
+    n = len(c)
+    if n < min_members or n == 0:
+        return []
+    pts = c * spacing_mm
+    pairs = cKDTree(pts).query_pairs(link_mm, output_type="ndarray")
+    graph = csr_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, lab = connected_components(graph, directed=False)
+    _, first, sizes = np.unique(lab, return_index=True, return_counts=True)
+    side_mm = math.sqrt(area_cm2) * 10.0
+    clusters = []
+    for f in np.sort(first[sizes >= min_members]):
+        members = np.nonzero(lab == lab[f])[0]
+        p = pts[members]
+        ext = p.max(axis=0) - p.min(axis=0)
+        cen = p.mean(axis=0)
+        clusters.append({
+            "id": len(clusters),
+            "members": [int(i) for i in members],
+            "y": round(float(cen[0] / spacing_mm), 2),
+            "x": round(float(cen[1] / spacing_mm), 2),
+            "y_mm": round(float(cen[0]), 3),
+            "x_mm": round(float(cen[1]), 3),
+            "extent_mm": [round(float(ext[0]), 3), round(float(ext[1]), 3)],
+            "compact": bool(ext[0] <= side_mm and ext[1] <= side_mm),
+        })
+    return clusters
 
 
 def match_clusters(truth_centroids, pred_centroids, spacing_mm: float, pairs=(), *, link_mm: float = 5.0,
