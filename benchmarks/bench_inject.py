@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # run as a script: find `benchmarks` without shadowing an installed mcgr
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._harness import Case, main  # noqa: E402
 from mcgr.ops.inject import InjectParams, inject, inject_ref  # noqa: E402

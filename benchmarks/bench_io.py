@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script: find `benchmarks` without shadowing an installed mcgr
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
 from benchmarks._harness import append_json, machine_info  # noqa: E402
 
 from mcgr.io import breast_mask, read_mammogram, to_model_spacing  # noqa: E402

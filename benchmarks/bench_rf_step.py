@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # run as a script: find `benchmarks` without shadowing an installed mcgr
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._harness import Case, main  # noqa: E402
 from mcgr.ops.rf_step import rf_start, rf_start_ref, rf_step, rf_step_ref  # noqa: E402

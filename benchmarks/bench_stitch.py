@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # run as a script: find `benchmarks` without shadowing an installed mcgr
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._harness import Case, main  # noqa: E402
 from mcgr.infer.tiling import gaussian_weights, tile_grid  # noqa: E402
