@@ -128,7 +128,9 @@ def dog_hessian_response(image, spacing_mm: float, breast=None, *, diameters_mm=
         d = ndimage.gaussian_filter(img, float(s))
         d -= ndimage.gaussian_filter(img, float(k * s))
         d *= norm
-        dyy, dxx, dyx = _hessian(d)
+        # Hessian at the blob's own scale (D smoothed by sigma, then central differences): at the finest
+        # scales the raw second differences are noise, and a bright line's flat direction would pass
+        dyy, dxx, dyx = _hessian(ndimage.gaussian_filter(d, float(s)))
         half_tr = (dyy + dxx) * np.float32(0.5)
         disc = np.sqrt(((dyy - dxx) * np.float32(0.5)) ** 2 + dyx * dyx)
         l_hi, l_lo = half_tr + disc, half_tr - disc  # l_lo <= l_hi; negative definite <=> l_hi < 0
@@ -148,7 +150,7 @@ def dog_hessian(image, spacing_mm: float, breast=None, *, diameters_mm=(0.1, 0.7
     bool [H, W] (noise is estimated inside it and the map is 0 outside it).
     For each of ``n_scales`` scales sigma (px, geometric over blob diameters ``diameters_mm``) the
     scale-normalised DoG D = (G_sigma - G_{k sigma}) * I / (k - 1) is kept where D > 0, its Hessian
-    (central differences) is negative definite and its eigenvalues' ratio |l_small| / |l_large| is at
+    at that scale (central differences of G_sigma * D) is negative definite and its eigenvalues' ratio |l_small| / |l_large| is at
     least ``min_roundness`` (a line has ratio ~0); D is divided by its robust noise level at that
     scale and the maximum over scales is mapped to [0, 1] by the Hill curve of the module docstring.
     Returns float32 [H, W] in [0, 1].
@@ -173,14 +175,20 @@ def _octagon_opening(img: np.ndarray, radius: int) -> np.ndarray:
 
 
 def line_footprint(length: int, angle: float) -> np.ndarray:
-    """A digital line segment of ``length`` px (odd) through the centre of a square footprint, at
-    ``angle`` radians from the x axis (rows grow downwards)."""
+    """A thin (8-connected) digital segment of Euclidean length ``length`` px (odd) through the centre
+    of a ``length`` x ``length`` footprint, at ``angle`` radians from the x axis (rows grow downwards):
+    one pixel per step along its major axis."""
     r = length // 2
+    c, s = math.cos(angle), -math.sin(angle)  # (dx, dy) per unit length, y pointing down
     fp = np.zeros((2 * r + 1, 2 * r + 1), dtype=bool)
-    t = np.linspace(-r, r, 4 * (2 * r + 1))
-    ys = np.rint(r - t * math.sin(angle)).astype(int)
-    xs = np.rint(r + t * math.cos(angle)).astype(int)
-    fp[ys, xs] = True
+    if abs(c) >= abs(s):
+        n = int(round(r * abs(c)))
+        u = np.arange(-n, n + 1)
+        fp[r + np.rint(u * s / c).astype(int), r + u] = True
+    else:
+        n = int(round(r * abs(s)))
+        u = np.arange(-n, n + 1)
+        fp[r + u, r + np.rint(u * c / s).astype(int)] = True
     return fp
 
 
