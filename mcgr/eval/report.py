@@ -333,7 +333,8 @@ def report_markdown(report: dict) -> str:
         lines += _markdown_group([(m, res[m]["subsets"].get(sub, {"images": 0})) for m in methods], f"Subset: {sub}")
     lines += ["## Figures", "", "![FROC](froc.png)", "", "![Worst misses and false positives](gallery.png)", "",
               "Gallery: per method, the largest missed true calcifications (top row) and the false positives "
-              "of highest peak probability (bottom row); truth outlined in green, prediction in red.", ""]
+              "of highest peak probability (bottom row); truth outlined in green, prediction in red, the object "
+              "of each crop at the crop's centre (yellow ticks).", ""]
     lines += ["## Failures and skips", ""]
     if report["failures"]:
         lines += ["| case | method | error |", "|---|---|---|"]
@@ -367,9 +368,10 @@ def plot_froc(report: dict, path) -> bool:
                 continue
             xs = np.asarray([np.nan if v is None else v for v in fr["fp_per_image"]], dtype=float)
             ys = np.asarray([np.nan if v is None else v for v in fr["sensitivity"]], dtype=float)
-            order = np.argsort(xs, kind="stable")
+            # in threshold order: lowering the threshold can merge components, so the raw curve may
+            # step back; the FROC@rate figures read its running maximum
             mean = fr["mean_sensitivity"]
-            ax.plot(xs[order], ys[order], marker=".", label=f"{_label(m)} (mean {_f(mean)})")
+            ax.plot(xs, ys, marker=".", label=f"{_label(m)} (mean {_f(mean)})")
         ax.set_xscale("symlog", linthresh=0.25)
         ax.set_xlim(0, max(8.0, ax.get_xlim()[1]))
         ax.set_ylim(0, 1.02)
@@ -423,6 +425,11 @@ def _crop_rgb(c: _Crop, zoom: int, mask_outline) -> np.ndarray:
     for mask, colour in ((c.truth, (40, 220, 40)), (c.pred, (255, 40, 40))):
         big = np.kron(mask.astype(np.uint8), np.ones((zoom, zoom), np.uint8)).astype(bool)
         rgb[mask_outline(big)] = colour
+    # ticks on the four borders point at the crop's centre: the object the crop is about
+    h, w = rgb.shape[:2]
+    t = max(3, zoom * 2)
+    rgb[:t, w // 2 - 1: w // 2 + 1] = rgb[-t:, w // 2 - 1: w // 2 + 1] = (255, 200, 0)
+    rgb[h // 2 - 1: h // 2 + 1, :t] = rgb[h // 2 - 1: h // 2 + 1, -t:] = (255, 200, 0)
     return rgb
 
 

@@ -66,3 +66,43 @@ def test_bad_input():
         match_objects(np.zeros((4, 4), bool), np.zeros((4, 5), bool), 0.07)
     with pytest.raises(ValueError, match="spacing_mm"):
         match_objects(np.zeros((4, 4), bool), np.zeros((4, 4), bool), 0.0)
+
+
+def test_clusters_of_equals_the_pipeline_rule():
+    from mcgr.eval.objects import clusters_of
+    from mcgr.infer.detect import clusters_from_detections
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        n = int(rng.integers(0, 40))
+        c = rng.random((n, 2)) * rng.integers(50, 500)
+        link = float(rng.choice([1.0, 2.0, 5.0]))
+        dets = [{"id": i, "y": float(y), "x": float(x)} for i, (y, x) in enumerate(c)]
+        assert clusters_of(c, 0.07, link_mm=link) == clusters_from_detections(dets, 0.07, link_mm=link)
+
+
+def test_cluster_matching_on_a_hand_built_case():
+    from mcgr.eval.objects import match_clusters
+
+    s = 0.1  # mm per px: 10 px = 1 mm
+    # truth: cluster A (4 calcifications within 2 mm at (100, 100)), cluster B (3 at (400, 400)), one isolated
+    truth = np.array([[100, 100], [110, 105], [95, 115], [105, 90], [400, 400], [410, 410], [395, 415], [250, 250]], float)
+    # prediction: 3 hits in A, a 3-calcification false cluster at (100, 400), nothing at B
+    pred = np.array([[101, 100], [110, 104], [96, 114], [100, 400], [108, 405], [95, 410]], float)
+    pairs = [(0, 0), (1, 1), (2, 2)]
+    r = match_clusters(truth, pred, s, pairs)
+    assert (r["n_truth"], r["n_pred"]) == (2, 2)
+    assert (r["tp"], r["fn"], r["fp"]) == (1, 1, 1)
+    assert r["pairs"] == [(0, 0)]
+    # without matched members and with the centroids 6 mm apart, the same clusters do not match
+    far = pred[:3] + np.array([60.0, 0.0])
+    assert match_clusters(truth, far, s, [])["tp"] == 0
+    # ... 4 mm apart they do (centroid criterion), and two predicted clusters near one true one: one match
+    near = np.vstack([pred[:3] + np.array([40.0, 0.0]), pred[:3] - np.array([40.0, 0.0])])
+    r = match_clusters(truth, near, s, [], link_mm=3.0)
+    assert (r["n_pred"], r["tp"], r["fp"]) == (2, 1, 1)
+    # the shared-member criterion alone: centroids 6 mm apart but two matched members
+    r = match_clusters(truth, far, s, [(0, 0), (1, 1)], dist_mm=5.0, min_shared=2)
+    assert r["tp"] == 1
+    with pytest.raises(ValueError, match="min_shared"):
+        match_clusters(truth, pred, s, pairs, min_shared=0)
