@@ -1,8 +1,8 @@
 """Classic microcalcification detectors, implemented here as baselines for ``mcgr eval``.
 
 Both return a probability-like map [H, W] in [0, 1] on the full field, computed with vectorised
-scipy.ndimage filters (a few seconds on a 3328 x 2560 image on one CPU core). Each one turns its
-filter response into a robust signal-to-noise ratio ``r`` (the response divided by a noise level
+scipy.ndimage filters over the breast's bounding box (seconds on a 3328 x 2560 image). Each one turns
+its filter response into a robust signal-to-noise ratio ``r`` (the response divided by a noise level
 estimated inside the breast as 1.4826 x the median absolute deviation, on a subsampled grid) and maps
 it through the same documented monotone function, a Hill curve
 
@@ -122,6 +122,10 @@ def dog_hessian_response(image, spacing_mm: float, breast=None, *, diameters_mm=
     lo, hi = diameters_mm
     if not 0 < lo <= hi:
         raise ValueError(f"dog_hessian: diameters_mm must be (min, max) with 0 < min <= max, got {diameters_mm!r}")
+    full_shape = img.shape
+    box = _breast_box(b, int(math.ceil(4 * k * dog_scales(spacing, diameters_mm, n_scales)[-1])))
+    if box is not None:  # filters run on the breast's bounding box (plus the kernels' reach) only
+        img, b = img[box], b[box]
     best = np.zeros(img.shape, np.float32)
     norm = np.float32(1.0 / (k - 1.0))  # G(s) - G(k s) ~ -(k - 1) s^2 lap G: scale-normalised
     for s in dog_scales(spacing, diameters_mm, n_scales):
@@ -139,7 +143,23 @@ def dog_hessian_response(image, spacing_mm: float, breast=None, *, diameters_mm=
         np.maximum(best, np.where(ok, d, np.float32(0)) / np.float32(noise), out=best)
     if b is not None:
         best[~b] = 0.0
+    if box is not None:
+        out = np.zeros(full_shape, np.float32)
+        out[box] = best
+        best = out
     return best
+
+
+def _breast_box(b: np.ndarray | None, margin: int) -> tuple[slice, slice] | None:
+    """The breast's bounding box grown by ``margin`` px (None: no mask, an empty one, or the whole image)."""
+    if b is None or not b.any():
+        return None
+    ys, xs = np.nonzero(b.any(axis=1))[0], np.nonzero(b.any(axis=0))[0]
+    y0, y1 = max(0, ys[0] - margin), min(b.shape[0], ys[-1] + margin + 1)
+    x0, x1 = max(0, xs[0] - margin), min(b.shape[1], xs[-1] + margin + 1)
+    if (y0, x0, y1, x1) == (0, 0) + b.shape:
+        return None
+    return slice(y0, y1), slice(x0, x1)
 
 
 def dog_hessian(image, spacing_mm: float, breast=None, *, diameters_mm=(0.1, 0.7), n_scales: int = 5, k: float = 1.6,
@@ -216,13 +236,9 @@ def tophat_response(image, spacing_mm: float, breast=None, *, size_mm: float = 1
         raise ValueError(f"tophat: smooth_mm must be >= 0, got {smooth_mm!r}")
     x = ndimage.gaussian_filter(img, smooth_mm / spacing) if smooth_mm > 0 else img
     radius = max(1, int(round(size_mm / spacing / 2)))
-    work = x
-    if b is not None and b.any():
-        # the opening only needs the breast's bounding box plus one structuring element of margin
-        ys, xs = np.nonzero(b.any(axis=1))[0], np.nonzero(b.any(axis=0))[0]
-        y0, y1 = max(0, ys[0] - 2 * radius), min(img.shape[0], ys[-1] + 2 * radius + 1)
-        x0, x1 = max(0, xs[0] - 2 * radius), min(img.shape[1], xs[-1] + 2 * radius + 1)
-        work = x[y0:y1, x0:x1]
+    # the opening only needs the breast's bounding box plus one structuring element of margin
+    box = _breast_box(b, 2 * radius)
+    work = x if box is None else x[box]
     if lines == 0:
         opened = _octagon_opening(work, radius)
     else:
@@ -231,9 +247,9 @@ def tophat_response(image, spacing_mm: float, breast=None, *, size_mm: float = 1
             o = _line_opening(work, 2 * radius + 1, math.pi * i / lines)
             opened = o if opened is None else np.maximum(opened, o, out=opened)
     th = work - opened
-    if work is not x:
+    if box is not None:
         full = np.zeros(img.shape, np.float32)
-        full[y0:y1, x0:x1] = th
+        full[box] = th
         th = full
     # the top-hat is exactly 0 on most pixels (its MAD is 0): the noise is read off the fine-scale
     # residual of the smoothed image instead, which the few calcifications barely move
