@@ -270,8 +270,8 @@ def iter_inputs(specs: Iterable[str], exclude: Iterable[str] = ()) -> Iterator[I
         if os.path.isdir(spec):
             for f in walk_folder(spec, exclude):
                 yield _item(f, _key_from_rel(os.path.relpath(f, spec)), None, spec)
-        elif os.path.isfile(spec):
-            if is_manifest_file(spec):
+        elif os.path.exists(spec):
+            if is_manifest_file(spec):  # a regular file, or a pipe another program writes paths into
                 yield from _from_manifest(spec, exclude)
             else:
                 yield _item(spec, _key_from_rel(os.path.basename(spec)), None, spec)
@@ -411,12 +411,29 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if not isinstance(exc, ValueError) else first or type(exc).__name__
 
 
+_RESULT_SUFFIXES = (".mask.png", ".prob.npy", ".uncertainty.npy", ".overlay.png", ".json", ".seg.dcm")
+
+
+def _is_result_folder(folder: Path) -> bool:
+    """An mcgr result (possibly damaged: its ``.done`` lost), as opposed to a user's own folder: it
+    holds only write_outputs' files for its stem, ``.done`` and hidden temporaries."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    stem = folder.name
+    for e in os.scandir(folder):
+        if e.name.startswith("."):
+            continue
+        if not e.is_file() or not any(e.name == stem + s for s in _RESULT_SUFFIXES):
+            return False
+    return True
+
+
 def _replace_dir(src: Path, dst: Path, trash_root: Path) -> None:
     """Move the staged folder ``src`` onto ``dst`` (replacing an earlier mcgr result there)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     old = None
     if dst.exists() or dst.is_symlink():
-        if not dst.is_dir() or (read_done(dst) is None and any(os.scandir(dst))):
+        if not _is_result_folder(dst):
             raise OSError(f"{dst} exists and is not an mcgr result folder")
         old = trash_root / f"old-{uuid.uuid4().hex}"
         os.rename(dst, old)
@@ -463,6 +480,12 @@ def commit(record: dict, out: Path, manifest: Manifest, run_id: str) -> dict:
         else:
             rec.update(status="error", error=f"output folder {rec['key']!r} already holds the result of "
                        f"{prev.get('input')} (two inputs map to one name: give them as a folder, or in a manifest with an id column)")
+        manifest.append(rec)
+        return rec
+    if (target.exists() or target.is_symlink()) and not _is_result_folder(target):
+        shutil.rmtree(staging, ignore_errors=True)
+        rec = {k: v for k, v in rec.items() if k not in ("files", "result_id")}
+        rec.update(status="error", error=f"{target} exists and is not an mcgr result folder; move it away or choose another --out")
         manifest.append(rec)
         return rec
     manifest.append(rec)
