@@ -205,7 +205,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, device="cpu",
-          stop_after: int | None = None, progress: bool | None = None) -> dict:
+          stop_after: int | None = None, progress: bool | None = None, micro_batches: int | None = None) -> dict:
     """Train ``cfg.kind`` for ``cfg.optim.steps`` steps, writing into ``out``:
 
     * ``ckpt/`` the resumable training state (every ``log.ckpt_every`` steps, at the end, at
@@ -216,25 +216,36 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, device
 
     ``stop_after``: stop (checkpointed) once this many steps are done in total, as if killed there.
     Returns a summary dict (steps done, final validation figures, wall time).
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this; see :mod:`mcgr.train.distributed`.
+    ``micro_batches``: micro-batches per step (default: the number of processes; 1 alone).
     """
+    from mcgr.train.distributed import setup
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
+    dist, device = setup(device)
     threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, out, resume, device, stop_after, progress)
+        return _train(cfg, out, resume, device, stop_after, progress, dist, micro_batches)
     finally:
         torch.set_num_threads(threads_before)
+        dist.close()
 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, device: torch.device, stop_after: int | None,
-           progress: bool | None) -> dict:
+           progress: bool | None, dist=None, micro_batches: int | None = None) -> dict:
+    from mcgr.train.distributed import (Dist, local_micro_batches, micro_batch_stream,
+                                        resolve_micro_batches)
+
+    dist = dist or Dist()
     ckpt = out / "ckpt"
     metrics_path = out / "metrics.jsonl"
     cfg_dict = cfg.to_dict()
-    (out / "train_config.json").write_text(json.dumps(cfg_dict, indent=2) + "\n")
+    if dist.is_main:
+        (out / "train_config.json").write_text(json.dumps(cfg_dict, indent=2) + "\n")
 
     torch.manual_seed(cfg.seed)
     model = UNet(cfg.model).to(device)
@@ -248,10 +259,12 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, device: torch.device, stop
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if o.ema > 0 else None
 
     start = 0
+    saved_micro = None
     if resume:
         if not (ckpt / "state.json").is_file():
             raise FileNotFoundError(f"{ckpt / 'state.json'}: nothing to resume (no checkpoint in {out})")
         meta = load_training_state(ckpt, model, opt, ema)
+        saved_micro = int(meta.get("micro_batches", 1))
         if meta["train"] != cfg_dict:
             diff = sorted(k for k in cfg_dict if meta["train"].get(k) != cfg_dict[k])
             raise ValueError(
@@ -259,18 +272,23 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, device: torch.device, stop
                 f"(sections {diff} differ); resume with the same --config and --steps"
             )
         start = int(meta["step"])
-        _truncate_metrics(metrics_path, start)
+        if dist.is_main:
+            _truncate_metrics(metrics_path, start)
     elif ckpt.exists():
         raise FileExistsError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
-    else:
+    elif dist.is_main:
         metrics_path.write_text("")
+    # ---- distributed hook: micro-batches of this rank, the DDP-wrapped model for the forward
+    n_micro = resolve_micro_batches(micro_batches, saved_micro, dist.world, cfg.data.batch_size)
+    local = local_micro_batches(n_micro, dist.rank, dist.world)
+    train_model = dist.wrap(model, device)
 
     total = o.steps
     end = total if stop_after is None else min(total, stop_after)
     use_amp = o.amp and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
-    val = validation_batch(cfg) if start < end else None
-    show = cfg.log.progress if progress is None else progress
+    val = validation_batch(cfg) if start < end and dist.is_main else None
+    show = (cfg.log.progress if progress is None else progress) and dist.is_main
     try:
         from tqdm import tqdm
         bar = tqdm(total=total, initial=start, disable=not show, desc=f"train {cfg.kind}", dynamic_ncols=True)
@@ -283,26 +301,41 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, device: torch.device, stop
     acc_loss, acc_n = 0.0, 0
     last_val: dict = {}
     step = start
-    with _Stop() as stop, open(metrics_path, "a") as mlog:
+    with _Stop() as stop, open(metrics_path if dist.is_main else os.devnull, "a") as mlog:
         def log(rec):
-            mlog.write(json.dumps(rec) + "\n")
-            mlog.flush()
+            if dist.is_main:
+                mlog.write(json.dumps(rec) + "\n")
+                mlog.flush()
 
         def checkpoint(s):
-            save_training_state(ckpt, model, opt, ema, s, cfg_dict)
+            if dist.is_main:
+                save_training_state(ckpt, model, opt, ema, s, cfg_dict,
+                                    extra={"micro_batches": n_micro} if n_micro != 1 else None)
 
-        stream = batch_stream(cfg, start) if start < end else iter(())
+        if start >= end:
+            stream = iter(())
+        elif n_micro == 1:
+            stream = ([(0, b)] for b in batch_stream(cfg, start))
+        else:
+            stream = micro_batch_stream(cfg, start, n_micro, local)
         while step < end:
             t0 = time.perf_counter()
-            batch = _to(next(stream), device)
+            parts = [(j, _to(b, device)) for j, b in next(stream)]
             t1 = time.perf_counter()
-            g = torch.Generator().manual_seed(step_seed(cfg.seed, step))
             for grp in opt.param_groups:
                 grp["lr"] = lr_at(step, cfg)
-            with autocast():
-                loss = compute_loss(model, batch, cfg, g)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            step_loss = 0.0
+            for i, (j, batch) in enumerate(parts):
+                # micro-batch j draws from stream j of the step's seed: the same draws whatever the world size
+                g = torch.Generator().manual_seed(step_seed(cfg.seed, step, j))
+                with dist.no_sync(train_model, last=i == len(parts) - 1):
+                    with autocast():
+                        loss = compute_loss(train_model, batch, cfg, g)
+                    if len(parts) > 1:
+                        loss = loss / len(parts)
+                    loss.backward()
+                step_loss += loss.item()
             if o.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip, foreach=False)
             opt.step()
@@ -316,33 +349,35 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, device: torch.device, stop
             t2 = time.perf_counter()
             t_data += t1 - t0
             t_comp += t2 - t1
-            acc_loss += loss.item()
+            acc_loss += step_loss
             acc_n += 1
             step += 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{acc_loss / max(acc_n, 1):.4f}")
             if step % cfg.log.log_every == 0 or step == end:
-                bs = cfg.data.batch_size
-                log({"step": step, "loss": acc_loss / acc_n, "lr": lr_at(step - 1, cfg),
+                bs = cfg.data.batch_size // dist.world
+                log({"step": step, "loss": dist.mean(acc_loss / acc_n, device), "lr": lr_at(step - 1, cfg),
                      "elapsed_s": round(time.perf_counter() - t_start, 3),
                      "pairs_generated_per_s": round(acc_n * bs / max(t_data, 1e-9), 2),
                      "pairs_consumed_per_s": round(acc_n * bs / max(t_comp, 1e-9), 2)})
                 acc_loss, acc_n, t_data, t_comp = 0.0, 0, 0.0, 0.0
-            if step % cfg.log.val_every == 0 or step == total:
+            if (step % cfg.log.val_every == 0 or step == total) and dist.is_main:
                 vm = _ema_swap(model, ema, lambda: validate(model, val, cfg, device))
                 last_val = vm
                 log({"step": step, **vm})
-            if step % cfg.log.ckpt_every == 0 or step == end or stop.flag:
+            stopping = dist.any(stop.flag, device)
+            if step % cfg.log.ckpt_every == 0 or step == end or stopping:
                 checkpoint(step)
-            if stop.flag:
+            if stopping:
                 break
     if bar is not None:
         bar.close()
     summary = {"kind": cfg.kind, "steps_done": step, "total_steps": total,
                "wall_s": round(time.perf_counter() - t_start, 2), **last_val}
-    if step >= total:
+    if step >= total and dist.is_main:
         export_model(model, ema, out / "model", cfg, last_val)
+    dist.barrier()  # every rank returns once rank 0's files are written
     return summary
 
 
