@@ -6,7 +6,7 @@ sampler's defaults, fixed seed), with noise off and on; ``--canvas`` adds a full
 and the bool mask). ``torch.compile`` of the reference is left out by default (data-dependent
 shapes in the rasteriser); name it in ``--providers`` to try it.
 
-    python benchmarks/bench_inject.py [--device cuda] [--providers ref,cpu] [--canvas] [--json benchmarks/results/inject.json]
+    python benchmarks/bench_inject.py [--device cuda] [--providers ref,cpu] [--canvas] [--json benchmarks/results/<machine>/inject.json]
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ y, zbar) and 1 write per pixel, times the steps, so a fused multi-step pass can 
 bandwidth. The kernel providers write into a preallocated ``out`` (as the TT-GPR loop does); the
 reference allocates its result.
 
-    python benchmarks/bench_refine.py [--providers ref,compiled,cpu] [--json benchmarks/results/refine.json]
+    python benchmarks/bench_refine.py [--providers ref,compiled,cpu] [--json benchmarks/results/<machine>/refine.json]
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ full-field canvas 2560 x 3328 (``[1, 1, 2560, 3328]``). Bytes counted: start 8 p
 write x), Euler 12 (x, v, write), Heun 16 (x, v, v_prev, write). The backends write into a reused
 ``out`` buffer, as the sampler does; the reference is timed as written (it allocates its result).
 
-    python benchmarks/bench_rf_step.py [--device cuda] [--providers ref,cpu] [--json benchmarks/results/rf_step.json]
+    python benchmarks/bench_rf_step.py [--device cuda] [--providers ref,cpu] [--json benchmarks/results/<machine>/rf_step.json]
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ breast on the chest-wall side, about 60% of them); and a training/TT-GPR-size ba
 backends write into a reused ``out`` canvas, as TT-GPR's zbar does at every iteration (a fresh
 full-field canvas costs page faults); the reference is timed as written (it allocates).
 
-    python benchmarks/bench_stitch.py [--device cuda] [--providers ref,cpu] [--json benchmarks/results/stitch.json]
+    python benchmarks/bench_stitch.py [--device cuda] [--providers ref,cpu] [--json benchmarks/results/<machine>/stitch.json]
 """
 from __future__ import annotations
 

@@ -26,16 +26,15 @@ step "backend equality on the GPU"
 timeout ${MCGR_GPU_TEST_S:-240} python3 -m pytest "$REPO/tests/ops" -q -x -p no:cacheprovider -o addopts="" -k "cuda or triton" \
   2>&1 | tee "$OUT/tests.log" | tail -25
 
-step "op benchmarks"
-for op in inject stitch rf_step refine; do
-  [ -f "$REPO/benchmarks/bench_$op.py" ] || continue
-  timeout ${MCGR_GPU_BENCH_S:-120} python3 -m benchmarks.bench_$op --device cuda --providers ref,triton,cuda --reps 20 \
-    --json "$OUT/bench_ops.json" 2>&1 | tee -a "$OUT/bench.log" | grep -E "^\|" || true
-done
+step "op benchmarks (every provider, one JSON + latest.md + latest.png; run from /tmp so the built mcgr wins)"
+export MCGR_GIT_REV=${MCGR_GIT_REV:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}
+(timeout ${MCGR_GPU_BENCH_S:-180} python3 -m benchmarks.run_all --device cuda \
+  --providers ref,compiled,triton,cuda --reps 20 --compile-budget ${MCGR_GPU_COMPILE_S:-60} --out "$OUT") 2>&1 \
+  | tee -a "$OUT/bench.log" | grep -E "^\||^--|wrote" || true
 
 step "pipeline"
 if [ -f "$REPO/benchmarks/bench_pipeline.py" ]; then
-  timeout ${MCGR_GPU_PIPE_S:-150} python3 -m benchmarks.bench_pipeline --device cuda --json "$OUT/bench_pipeline.json" 2>&1 \
+  timeout ${MCGR_GPU_PIPE_S:-120} python3 -m benchmarks.bench_pipeline --device cuda --variants default --json "$OUT/bench_pipeline.json" 2>&1 \
     | tee "$OUT/pipeline.log" | tail -30
 fi
 step "done"
