@@ -91,7 +91,7 @@ def expected_outputs(models: Path, inputs: dict, out: Path, refine: bool = False
 
 def assert_same_result(got: Path, want: Path) -> None:
     """Every file of ``want`` exists in ``got`` with the same content (DICOM SEG: same pixels)."""
-    names = sorted(p.name for p in want.iterdir())
+    names = sorted(p.name for p in want.iterdir() if not p.name.startswith("."))
     have = sorted(p.name for p in got.iterdir() if not p.name.startswith("."))
     assert have == names, (got, have, names)
     for n in names:
