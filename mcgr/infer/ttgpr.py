@@ -46,6 +46,10 @@ class TTGPRConfig:
     max_seeds: cap per tile (the strongest are kept).
     seed_sigma: seed dot sigma in px (as in training).
     refine_steps: gradient steps on the energy per outer iteration.
+    window: side (px) of the windows around seeds in which the RF projections run (0 = the whole
+        tile). Calcifications are local: a 64 px window holds one with its context, at 1/16 of a
+        256 px tile's network cost; the surrogate target outside the windows is the current
+        probability, so the data term holds z there.
     refine: the energy's weights (eta, lambda_a, lambda_e, lambda_o, sigma_e), see RefineParams.
     batch: tiles per network call (memory vs. throughput).
     threshold: probability above which a pixel is a calcification in the final mask.
@@ -62,6 +66,7 @@ class TTGPRConfig:
     max_seeds: int = 32
     seed_sigma: float = 1.5
     refine_steps: int = 5
+    window: int = 64
     refine: RefineParams = field(default_factory=RefineParams)
     batch: int = 16
     threshold: float = 0.5
@@ -82,6 +87,7 @@ class TTGPRConfig:
         need(isinstance(self.max_seeds, int) and self.max_seeds >= 1, f"max_seeds must be >= 1, got {self.max_seeds!r}")
         need(float(self.seed_sigma) > 0, f"seed_sigma must be > 0, got {self.seed_sigma!r}")
         need(isinstance(self.refine_steps, int) and self.refine_steps >= 1, f"refine_steps must be >= 1, got {self.refine_steps!r}")
+        need(isinstance(self.window, int) and self.window >= 0, f"window must be an integer >= 0 (0 = whole tile), got {self.window!r}")
         need(isinstance(self.batch, int) and self.batch >= 1, f"batch must be >= 1, got {self.batch!r}")
         need(0.0 < float(self.threshold) < 1.0, f"threshold must be in (0, 1), got {self.threshold!r}")
         self.refine.validated()
@@ -125,6 +131,38 @@ def seed_points(prob: torch.Tensor, tau: float, radius: int, max_seeds: int) -> 
         if c:
             out[p] = pts[start : start + min(c, max_seeds)]
         start += c
+    return out
+
+
+def seed_windows(seeds: list[torch.Tensor], tile: int, win: int) -> list[tuple[int, int, int, torch.Tensor]]:
+    """Windows of ``win`` px inside each tile covering its seeds: ``(tile, y0, x0, local seeds [K, 2])``.
+
+    Greedy, strongest seed first: a seed opens a window centred on it (clipped to the tile) unless an
+    open window already holds it at least ``win // 8`` px from its border. Each window is conditioned
+    on every seed inside it. ``win >= tile`` gives one whole-tile window per seeded tile.
+    """
+    out = []
+    margin = max(1, win // 8) if win < tile else 0
+    for p, s in enumerate(seeds):
+        if s.shape[0] == 0:
+            continue
+        if win >= tile:
+            out.append((p, 0, 0, s))
+            continue
+        sc = s.detach().to("cpu")
+        covered = torch.zeros(sc.shape[0], dtype=torch.bool)
+        for i in range(sc.shape[0]):
+            if covered[i]:
+                continue
+            y0 = int(min(max(round(float(sc[i, 0])) - win // 2, 0), tile - win))
+            x0 = int(min(max(round(float(sc[i, 1])) - win // 2, 0), tile - win))
+            ly, lx = sc[:, 0] - y0, sc[:, 1] - x0
+            inside = (ly >= 0) & (ly <= win - 1) & (lx >= 0) & (lx <= win - 1)
+            well_inside = (ly >= margin) & (ly <= win - 1 - margin) & (lx >= margin) & (lx <= win - 1 - margin)
+            well_inside |= (torch.arange(sc.shape[0]) == i)
+            covered |= well_inside & inside
+            local = torch.stack([ly[inside], lx[inside]], dim=1).to(s.device)
+            out.append((p, y0, x0, local))
     return out
 
 
@@ -174,7 +212,8 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
     timings: dict = {}
     t = time.perf_counter()
     gdev = grid.to(dev)  # origins stay on the device for the repeated stitch/gather calls
-    weights = gaussian_weights(T, device=dev)
+    with torch.inference_mode(False):  # a normal tensor: stitch caches its validity check by version
+        weights = gaussian_weights(T, device=dev)
     Y = gather_tiles(image, gdev, backend=backend)  # [P, T, T]
     t = _timed(timings, "tiles", dev, t)
     Z0 = segment_tiles(seg, Y, cfg.batch, autocast)
@@ -191,37 +230,56 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
     offset = 0
     n_seeds = 0
     M = cfg.projections
+    win = T if cfg.window <= 0 or cfg.window >= T else cfg.window
+    per_call = max(1, cfg.batch * (T * T) // (win * win))  # windows per network call: same memory as `batch` tiles
     vel = lambda x, tt, s: velocity(gen, x, tt, s)  # noqa: E731
     for k in range(cfg.iterations):
         Zbar = gather_tiles(canvas, gdev, backend=backend)
         t = _timed(timings, "stitch", dev, t)
         seeds = seed_points(torch.sigmoid(Z), cfg.tau_seed, cfg.seed_radius, cfg.max_seeds)
-        gated = [p for p in range(P) if seeds[p].shape[0] > 0]
-        n_seeds += sum(seeds[p].shape[0] for p in gated)
+        windows = seed_windows(seeds, T, win)
+        gated = sorted({w[0] for w in windows})
+        n_seeds += sum(int(seeds[p].shape[0]) for p in gated)
         t = _timed(timings, "seeds", dev, t)
         if not gated:
             break
-        for s in range(0, len(gated), cfg.batch):
-            idx = gated[s : s + cfg.batch]
-            it = torch.tensor(idx, device=dev)
-            nb = len(idx)
-            smap = make_seed_map([seeds[p] for p in idx], (T, T), cfg.seed_sigma, device=dev)
-            y = standardise(Y[it]).unsqueeze(1)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast and y.is_cuda):
-                x1 = sample(vel, y.repeat(M, 1, 1, 1), smap.repeat(M, 1, 1, 1), t0=cfg.t0, steps=cfg.steps,
-                            method=cfg.method, seed=cfg.seed, offset=offset, backend=backend)
+        gt = torch.tensor(gated, device=dev)
+        slot = {p: i for i, p in enumerate(gated)}
+        Q = torch.sigmoid(Z[gt])  # outside the windows the data term holds z where it is
+        qsum = torch.zeros_like(Q)
+        usum = torch.zeros_like(Q)
+        cnt = torch.zeros_like(Q)
+        for s in range(0, len(windows), per_call):
+            chunk = windows[s : s + per_call]
+            nb = len(chunk)
+            ys = torch.stack([Y[p, y0 : y0 + win, x0 : x0 + win] for p, y0, x0, _ in chunk]).unsqueeze(1)
+            smap = make_seed_map([loc for _, _, _, loc in chunk], (win, win), cfg.seed_sigma, device=dev)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast and ys.is_cuda):
+                x1 = sample(vel, standardise(ys).repeat(M, 1, 1, 1), smap.repeat(M, 1, 1, 1), t0=cfg.t0,
+                            steps=cfg.steps, method=cfg.method, seed=cfg.seed, offset=offset, backend=backend)
                 offset += x1.numel()
                 t = _timed(timings, "rf", dev, t)
                 probs = torch.sigmoid(segment_logits(seg, unstandardise(x1.float()).clamp(0, 1)).float())
-            probs = probs.view(M, nb, T, T)
+            probs = probs.view(M, nb, win, win)
             q = probs.mean(0)
-            U[it] = probs.std(0, unbiased=False) if M > 1 else torch.zeros_like(q)
+            u = probs.std(0, unbiased=False) if M > 1 else torch.zeros_like(q)
+            for i, (p, y0, x0, _) in enumerate(chunk):
+                j = slot[p]
+                qsum[j, y0 : y0 + win, x0 : x0 + win] += q[i]
+                usum[j, y0 : y0 + win, x0 : x0 + win] += u[i]
+                cnt[j, y0 : y0 + win, x0 : x0 + win] += 1.0
             t = _timed(timings, "surrogate", dev, t)
-            Z[it] = refine(Z[it], q, Z0[it], Y[it], Zbar[it], cfg.refine, steps=cfg.refine_steps, backend=backend)
-            refined[it] = True
-            t = _timed(timings, "refine", dev, t)
             if progress is not None:
                 progress(nb)
+        covered = cnt > 0
+        Q = torch.where(covered, qsum / cnt.clamp(min=1.0), Q)
+        U[gt] = torch.where(covered, usum / cnt.clamp(min=1.0), U[gt])
+        for s in range(0, len(gated), cfg.batch):
+            it = gt[s : s + cfg.batch]
+            Z[it] = refine(Z[it], Q[s : s + cfg.batch], Z0[it], Y[it], Zbar[it], cfg.refine,
+                           steps=cfg.refine_steps, backend=backend)
+        refined[gt] = True
+        t = _timed(timings, "refine", dev, t)
         canvas = stitch(Z, gdev, weights, backend=backend)
         t = _timed(timings, "stitch", dev, t)
     unc = stitch(U, gdev, weights, backend=backend)

@@ -148,7 +148,8 @@ def _check_weights(w: torch.Tensor, T: int, device: torch.device) -> torch.Tenso
         if not bool(ok.all()):
             k = tuple((~ok).nonzero()[0].tolist())
             raise ValueError(f"weights must be finite and > 0 everywhere, got {float(w[k])} at {k}")
-        _LAST_WEIGHTS[:] = [weakref.ref(w), w._version]
+        if not w.is_inference():  # inference tensors have no version counter: checked every call
+            _LAST_WEIGHTS[:] = [weakref.ref(w), w._version]
     return w.contiguous()
 
 
