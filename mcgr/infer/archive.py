@@ -451,6 +451,7 @@ class Manifest:
         self._fh = open(self.path, "a", encoding="utf-8")
 
     def append(self, record: dict) -> None:
+        record.setdefault("finished_unix", round(time.time(), 3))
         self._fh.write(json.dumps(record, sort_keys=True) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())

@@ -100,7 +100,6 @@ def test_spacing_is_needed_for_png_and_nothing_done_exits_nonzero(archive, tmp_p
 
 
 @pytest.mark.parametrize("args, message, code", [
-    (["MISSING.dcm"], "no such file or folder", 1),
     (["--spacing", "0"], "--spacing: expected a pixel spacing in mm", 2),
     (["--spacing", "-1"], "--spacing: expected a pixel spacing in mm", 2),
     (["--backend", "fastest"], "--backend must be auto or one of", 1),
@@ -108,13 +107,21 @@ def test_spacing_is_needed_for_png_and_nothing_done_exits_nonzero(archive, tmp_p
     (["--workers", "2"], "need --engine ray", 1),
 ])
 def test_user_errors_are_one_line(archive, tmp_path, capsys, args, message, code):
-    good = str(archive["inputs"]["good"]["a"]) if args[0] != "MISSING.dcm" else str(tmp_path / "MISSING.dcm")
-    argv = ["infer", good, "--out", str(tmp_path / "out"), "--models", str(archive["models"]), "--no-refine", "--quiet",
-            "--spacing", str(SPACING), *args[1:]] if args[0] == "MISSING.dcm" else \
-        ["infer", good, "--out", str(tmp_path / "out"), "--models", str(archive["models"]), "--no-refine", "--quiet", *args]
+    argv = ["infer", str(archive["inputs"]["good"]["a"]), "--out", str(tmp_path / "out"), "--models",
+            str(archive["models"]), "--no-refine", "--quiet", *args]
     assert main(argv) == code
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_missing_input_is_reported_and_the_rest_done(archive, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _infer(archive, tmp_path / "MISSING.dcm", "--out", out, "--spacing", SPACING) == 1
+    err = capsys.readouterr().err
+    assert "MISSING.dcm: no such file or folder" in err and "Traceback" not in err
+    assert _infer(archive, tmp_path / "MISSING2.dcm", archive["inputs"]["good"]["a"], "--out", tmp_path / "o2",
+                  "--spacing", SPACING) == 0
+    assert [r["status"] for r in manifest(tmp_path / "o2")] == ["error", "ok"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when CUDA is absent")

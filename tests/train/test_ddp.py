@@ -97,9 +97,10 @@ def test_two_process_gloo_ddp_with_resume_equals_one_process(tmp_path):
     _assert_same_run(tmp_path / "one", tmp_path / "two", rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_two_process_rf_generator_equals_one_process(tmp_path):
-    (tmp_path / "cfg.yaml").write_text("preset: tiny\noptim: {steps: 6}\n"
-                                       "log: {log_every: 1, val_every: 6, ckpt_every: 6, progress: false}\n")
+    (tmp_path / "cfg.yaml").write_text("preset: tiny\noptim: {steps: 4}\n"
+                                       "log: {log_every: 1, val_every: 4, ckpt_every: 4, progress: false}\n")
     cfg = load_config("rf", tmp_path / "cfg.yaml")
     train(cfg, tmp_path / "one", micro_batches=2, progress=False)
     _torchrun(tmp_path, "rf", "--out", "two")
