@@ -49,6 +49,8 @@ STAGING = ".mcgr-staging"
 DONE = ".done"
 LOCK = ".mcgr.lock"
 _RESERVED = {MANIFEST, RUN_FILE}
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _GLOB_CHARS = set("*?[")
 _PATH_COLUMNS = ("path", "input", "file", "filename")
 _SPACING_COLUMNS = ("spacing", "spacing_mm")
@@ -370,7 +372,13 @@ def process_item(item: InputItem, pipeline, out: Path, settings: dict, run_id: s
         write_outputs(staging, stem, res.mammogram, res.prob, res.mask, res.detections, res.clusters,
                       uncertainty=res.uncertainty)
         timings["write"] = round(time.perf_counter() - t, 4)
-        files = {e.name: e.stat().st_size for e in os.scandir(staging) if e.is_file()}
+        # temporary names are created private (0600/0700); results are for the archive's readers
+        os.chmod(staging, 0o777 & ~_UMASK)
+        files = {}
+        for e in os.scandir(staging):
+            if e.is_file():
+                os.chmod(e.path, 0o666 & ~_UMASK)
+                files[e.name] = e.stat().st_size
         rec.update(status="ok", spacing_mm=float(res.spacing_mm),
                    spacing_from=getattr(res.mammogram, "spacing_source", None),
                    refined_fraction=round(float(res.refined_fraction), 6), n_detections=len(res.detections),
@@ -378,6 +386,7 @@ def process_item(item: InputItem, pipeline, out: Path, settings: dict, run_id: s
         timings["total"] = round(time.perf_counter() - t0, 4)
         rec["timings"] = timings
         _fsync_write(staging / DONE, json.dumps(rec, sort_keys=True) + "\n")
+        os.chmod(staging / DONE, 0o666 & ~_UMASK)
         rec["staging"] = str(staging)
         staging = None
         return rec

@@ -52,6 +52,10 @@ def test_folder_with_a_corrupted_file(archive, tmp_path, capsys):
         assert all(v >= 0 for v in rec["timings"].values())
         assert rec["files"] == {p.name: p.stat().st_size for p in (out / key).iterdir() if not p.name.startswith(".")}
     assert (out / "sub" / "c" / "c.seg.dcm").exists() and not (out / "a" / "a.seg.dcm").exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all((p.stat().st_mode & 0o777) == (0o666 & ~umask) for p in (out / "sub" / "c").iterdir())
+    assert ((out / "sub" / "c").stat().st_mode & 0o777) == (0o777 & ~umask)
     assert leftovers(out) == []
 
 
