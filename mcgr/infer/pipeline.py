@@ -64,7 +64,8 @@ class Pipeline:
     """
 
     def __init__(self, segmentor, generator=None, config: TTGPRConfig | None = None, device="cpu",
-                 backend: str = "auto", tile: int = 256, overlap: float = 0.25, autocast: bool | None = None):
+                 backend: str = "auto", tile: int = 256, overlap: float = 0.25, autocast: bool | None = None,
+                 skin_margin_mm: float = 1.5):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
@@ -78,7 +79,26 @@ class Pipeline:
         self.backend = backend
         self.tile = int(tile)
         self.overlap = float(overlap)
+        if not skin_margin_mm >= 0:
+            raise ValueError(f"skin_margin_mm must be >= 0, got {skin_margin_mm}")
+        self.skin_margin_mm = float(skin_margin_mm)
         self.autocast = (self.device.type == "cuda") if autocast is None else bool(autocast)
+
+    def _skin_excluded(self, bm: torch.Tensor) -> torch.Tensor:
+        """The breast mask less a ``skin_margin_mm`` band inside the skin line (not along the image border).
+
+        The segmentor is trained on patches inside the breast; the tissue/air edge of the skin line is
+        outside that distribution and it fires along it. Calcifications within ~1.5 mm of the skin
+        are dermal and benign, so the band is dropped from the outputs (set skin_margin_mm=0 to keep it).
+        """
+        r = self.skin_margin_mm / MODEL_SPACING_MM
+        if r <= 0:
+            return bm
+        from scipy import ndimage
+
+        b = np.pad(bm.numpy().astype(bool), 1, mode="edge")  # the image border is not a skin line
+        keep = ndimage.distance_transform_edt(b)[1:-1, 1:-1] > r
+        return torch.from_numpy(keep)
 
     @classmethod
     def from_pretrained(cls, device="cpu", backend: str = "auto", config: TTGPRConfig | None = None, **kw) -> "Pipeline":
@@ -147,7 +167,7 @@ class Pipeline:
         for k, v in fr.timings.items():
             timings[k] = timings.get(k, 0.0) + v
         t = time.perf_counter()
-        bm_dev = bm.to(self.device)
+        bm_dev = self._skin_excluded(bm).to(self.device)
         prob_m = torch.sigmoid(fr.logits) * bm_dev
         base_m = torch.sigmoid(fr.base_logits) * bm_dev
         unc_m = fr.uncertainty * bm_dev if fr.uncertainty is not None else None
