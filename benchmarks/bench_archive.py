@@ -147,7 +147,7 @@ def main(argv=None) -> list[dict]:
                 except ImportError:
                     print("ray: not installed (pip install 'mcgr[distributed]'); skipped")
                     continue
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="WARNING")
             try:
                 res = run_engine(engine, tmp / "in", tmp / f"out-{engine}", models, args)
             finally:

@@ -118,7 +118,7 @@ def run_ray(items, models: dict, run: RunFolder, tally: Tally, *, address=None, 
     started = False
     if not ray.is_initialized():
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ArchiveError(f"cannot start or reach Ray{' at ' + address if address else ''}: {e}") from None
         started = True

@@ -18,7 +18,8 @@ def cluster(tmp_path_factory):
     models = make_models(root / "models")
     inputs = make_folder(root / "in", n_extra=1)
     want = expected_outputs(models, inputs["good"], root / "want")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # a cluster of its own, never one another test session on this machine started
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield {"root": root, "models": models, "inputs": inputs, "want": want}
     ray.shutdown()
 
