@@ -46,6 +46,9 @@ class TTGPRConfig:
     max_seeds: cap per tile (the strongest are kept).
     seed_sigma: seed dot sigma in px (as in training).
     refine_steps: gradient steps on the energy per outer iteration.
+    surrogate: "mean" (q = mean_m sigmoid(f(x_m)), DESIGN.md 4) or "raise" (q = max(that, sigmoid(z))):
+        with "raise" the projections can only add evidence, never erase a calcification that the
+        generator failed to re-render.
     window: side (px) of the windows around seeds in which the RF projections run (0 = the whole
         tile). Calcifications are local: a 64 px window holds one with its context, at 1/16 of a
         256 px tile's network cost; the surrogate target outside the windows is the current
@@ -67,6 +70,7 @@ class TTGPRConfig:
     seed_sigma: float = 1.5
     refine_steps: int = 5
     window: int = 64
+    surrogate: str = "mean"
     refine: RefineParams = field(default_factory=RefineParams)
     batch: int = 16
     threshold: float = 0.5
@@ -87,6 +91,7 @@ class TTGPRConfig:
         need(isinstance(self.max_seeds, int) and self.max_seeds >= 1, f"max_seeds must be >= 1, got {self.max_seeds!r}")
         need(float(self.seed_sigma) > 0, f"seed_sigma must be > 0, got {self.seed_sigma!r}")
         need(isinstance(self.refine_steps, int) and self.refine_steps >= 1, f"refine_steps must be >= 1, got {self.refine_steps!r}")
+        need(self.surrogate in ("mean", "raise"), f"surrogate must be 'mean' or 'raise', got {self.surrogate!r}")
         need(isinstance(self.window, int) and self.window >= 0, f"window must be an integer >= 0 (0 = whole tile), got {self.window!r}")
         need(isinstance(self.batch, int) and self.batch >= 1, f"batch must be >= 1, got {self.batch!r}")
         need(0.0 < float(self.threshold) < 1.0, f"threshold must be in (0, 1), got {self.threshold!r}")
@@ -272,6 +277,8 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
             if progress is not None:
                 progress(nb)
         covered = cnt > 0
+        if cfg.surrogate == "raise":
+            qsum = torch.maximum(qsum, Q * cnt)
         Q = torch.where(covered, qsum / cnt.clamp(min=1.0), Q)
         U[gt] = torch.where(covered, usum / cnt.clamp(min=1.0), U[gt])
         for s in range(0, len(gated), cfg.batch):
