@@ -4,8 +4,8 @@
 #include <pybind11/stl.h>
 
 #include "common.h"
-#include "stitch/stitch.h"
 #include "inject/inject.h"
+#include "stitch/stitch.h"
 #include "rf_step/rf_step.h"
 #include "refine/refine.h"
 
@@ -55,22 +55,6 @@ PYBIND11_MODULE(_C, m) {
         py::call_guard<py::gil_scoped_release>(),
         "fused MC injection on CUDA (device pointers, stream as an integer handle)");
 #endif
-  // rf_step: the rectified-flow noisy start and the Euler / Heun updates, one elementwise pass each
-  py::class_<mcgr::RfStepParams>(m, "RfStepParams", "rf_step kernel parameters (mcgr.ops.rf_step.RfStepParams)")
-      .def(py::init<>())
-      .def_readwrite("mode", &mcgr::RfStepParams::mode)
-      .def_readwrite("a", &mcgr::RfStepParams::a)
-      .def_readwrite("b", &mcgr::RfStepParams::b)
-      .def_readwrite("seed", &mcgr::RfStepParams::seed)
-      .def_readwrite("offset", &mcgr::RfStepParams::offset);
-  m.def("rf_step_cpu", &mcgr::rf_step_cpu, py::arg("out"), py::arg("x"), py::arg("v"), py::arg("w"), py::arg("n"),
-        py::arg("params"), py::call_guard<py::gil_scoped_release>(),
-        "rf_step on CPU: out = a x + b eps (start), x + a v (euler), x + a (w + v) (heun); n float32 elements");
-#ifdef MCGR_WITH_CUDA
-  m.def("rf_step_cuda", &mcgr::rf_step_cuda, py::arg("out"), py::arg("x"), py::arg("v"), py::arg("w"), py::arg("n"),
-        py::arg("params"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
-        "rf_step on CUDA (device pointers, stream as an integer handle)");
-#endif
   // stitch: tiles to canvas (weighted sum and normalisation in one pass) and its inverse gather
   py::class_<mcgr::StitchParams>(m, "StitchParams")
       .def(py::init<>())
@@ -88,6 +72,22 @@ PYBIND11_MODULE(_C, m) {
         "stitch on CUDA: (tiles, origins, weights, out, params, stream)");
   m.def("gather_tiles_cuda", &mcgr::gather_tiles_cuda, py::call_guard<py::gil_scoped_release>(),
         "gather_tiles on CUDA: (canvas, origins, tiles, params, stream)");
+#endif
+  // rf_step: the rectified-flow noisy start and the Euler / Heun updates, one elementwise pass each
+  py::class_<mcgr::RfStepParams>(m, "RfStepParams", "rf_step kernel parameters (mcgr.ops.rf_step.RfStepParams)")
+      .def(py::init<>())
+      .def_readwrite("mode", &mcgr::RfStepParams::mode)
+      .def_readwrite("a", &mcgr::RfStepParams::a)
+      .def_readwrite("b", &mcgr::RfStepParams::b)
+      .def_readwrite("seed", &mcgr::RfStepParams::seed)
+      .def_readwrite("offset", &mcgr::RfStepParams::offset);
+  m.def("rf_step_cpu", &mcgr::rf_step_cpu, py::arg("out"), py::arg("x"), py::arg("v"), py::arg("w"), py::arg("n"),
+        py::arg("params"), py::call_guard<py::gil_scoped_release>(),
+        "rf_step on CPU: out = a x + b eps (start), x + a v (euler), x + a (w + v) (heun); n float32 elements");
+#ifdef MCGR_WITH_CUDA
+  m.def("rf_step_cuda", &mcgr::rf_step_cuda, py::arg("out"), py::arg("x"), py::arg("v"), py::arg("w"), py::arg("n"),
+        py::arg("params"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+        "rf_step on CUDA (device pointers, stream as an integer handle)");
 #endif
   // refine: gradient steps of TT-GPR's logit energy (data, anchor, edge-aware smoothness, overlap)
   py::class_<mcgr::RefineParams>(m, "RefineParams")
