@@ -86,12 +86,34 @@ def test_bad_arguments_give_a_clear_message(tmp_path, monkeypatch, capsys, argv,
     assert __import__("re").search(match, err), err
 
 
-def test_demo_writes_a_png(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "-n", "1"]) == 0
-    path = tmp_path / "synthetic_samples.png"
-    assert str(path) in capsys.readouterr().out
-    with Image.open(path) as im:
-        assert im.size == (2 * 256 + 4, 256)
+def test_demo_scores_base_and_ttgpr_against_the_phantom_truth(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    import torch
+
+    from mcgr.eval.metrics import pixel_metrics
+    from mcgr.models import save_model
+    from mcgr.models.rf import generator_config
+    from mcgr.models.segmentor import segmentor_config
+    from mcgr.models.unet import UNet
+    from mcgr.synth.phantom import breast_phantom
+
+    torch.manual_seed(0)
+    save_model(UNet(segmentor_config(width=4, depth=2, groups=2)), tmp_path / "m" / "seg", kind="seg")
+    save_model(UNet(generator_config(width=4, depth=2, groups=2)), tmp_path / "m" / "rf", kind="rf")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--size", "256x192", "--models", str(tmp_path / "m")]) == 0
+    printed = capsys.readouterr().out
+    assert "Dice" in printed and "TT-GPR" in printed
+    summary = json.loads((out / "demo.json").read_text())
+    for name in ("phantom.compare.png", "phantom.overlay.png", "phantom.mask.png", "phantom.prob.npy", "phantom.json"):
+        assert (out / name).is_file(), name
+    # the printed TT-GPR Dice is the Dice of the written mask against the phantom's own truth
+    ph = breast_phantom(256, 192, seed=0, faint=True)
+    mask = np.asarray(Image.open(out / "phantom.mask.png")) > 0
+    expected = pixel_metrics(mask, ph.truth.numpy(), region=ph.breast.numpy())["dice"]
+    assert summary["ttgpr"]["dice"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_python_dash_m_mcgr():
