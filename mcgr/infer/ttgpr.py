@@ -60,18 +60,19 @@ class TTGPRConfig:
     """
 
     iterations: int = 2
-    t0: float = 0.7
+    t0: float = 0.5
     steps: int = 4
     projections: int = 4
     method: str = "euler"
-    tau_seed: float = 0.15
+    tau_seed: float = 0.3
     seed_radius: int = 3
     max_seeds: int = 32
     seed_sigma: float = 1.5
-    refine_steps: int = 5
+    refine_steps: int = 20
     window: int = 64
-    surrogate: str = "mean"
-    refine: RefineParams = field(default_factory=RefineParams)
+    surrogate: str = "raise"
+    # no edge smoothing by default: with sigma_e = 0.05 it eroded faint calcifications (contrast < sigma_e)
+    refine: RefineParams = field(default_factory=lambda: RefineParams(lambda_e=0.0))
     batch: int = 16
     threshold: float = 0.5
     seed: int = 0
