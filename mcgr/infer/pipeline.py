@@ -65,7 +65,7 @@ class Pipeline:
 
     def __init__(self, segmentor, generator=None, config: TTGPRConfig | None = None, device="cpu",
                  backend: str = "auto", tile: int = 256, overlap: float = 0.25, autocast: bool | None = None,
-                 skin_margin_mm: float = 1.5):
+                 skin_margin_mm: float = 1.5, border_pad: int = 32):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
@@ -82,6 +82,7 @@ class Pipeline:
         if not skin_margin_mm >= 0:
             raise ValueError(f"skin_margin_mm must be >= 0, got {skin_margin_mm}")
         self.skin_margin_mm = float(skin_margin_mm)
+        self.border_pad = int(border_pad)
         self.autocast = (self.device.type == "cuda") if autocast is None else bool(autocast)
 
     def _skin_excluded(self, bm: torch.Tensor) -> torch.Tensor:
@@ -160,13 +161,27 @@ class Pipeline:
             bm = _resample(bm.float(), model_shape, "linear") >= 0.5
         timings["mask"] = time.perf_counter() - t
         t = time.perf_counter()
-        grid = tile_grid(model_shape, tile=self.tile, overlap=self.overlap, breast_mask=bm)
+        # Reflect-pad the canvas: where tissue runs into the image border (the chest wall), a tile
+        # flush with the border puts a cut-off bright edge against the U-Net's zero padding, and the
+        # segmentor fires along it. Padding by reflection moves that seam outside the image.
+        pad = min(self.border_pad, model_shape[0] - 1, model_shape[1] - 1)
+        if pad > 0:
+            x = torch.nn.functional.pad(x[None, None], (pad, pad, pad, pad), mode="reflect")[0, 0].contiguous()
+            bm_run = torch.nn.functional.pad(bm[None, None].float(), (pad, pad, pad, pad), mode="replicate")[0, 0] > 0.5
+        else:
+            bm_run = bm
+        grid = tile_grid(tuple(x.shape), tile=self.tile, overlap=self.overlap, breast_mask=bm_run)
         timings["grid"] = time.perf_counter() - t
         fr = run_field(x, grid, self.seg, self.gen, self.config, refine_on=refine, backend=self.backend,
                        autocast=self.autocast, progress=progress)
         for k, v in fr.timings.items():
             timings[k] = timings.get(k, 0.0) + v
         t = time.perf_counter()
+        if pad > 0:
+            crop = (slice(pad, pad + model_shape[0]), slice(pad, pad + model_shape[1]))
+            fr.logits, fr.base_logits = fr.logits[crop], fr.base_logits[crop]
+            if fr.uncertainty is not None:
+                fr.uncertainty = fr.uncertainty[crop]
         bm_dev = self._skin_excluded(bm).to(self.device)
         prob_m = torch.sigmoid(fr.logits) * bm_dev
         base_m = torch.sigmoid(fr.base_logits) * bm_dev
