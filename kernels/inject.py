@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mcgr.kernels._rng import _hash32
+
 from mcgr.ops._rng import hash32
 from mcgr.ops.inject import (
     SHAPE_CAPSULE,
@@ -50,17 +52,6 @@ def _rho2(y, x, cy, cx, ry, rx, ca, sa, cap):
     ue = tl.maximum(tl.abs(u) - rx, 0.0)
     capr = (ue * ue + v * v) / (ry * ry)
     return tl.where(cap, capr, ell)
-
-
-@triton.jit
-def _hash32(x):
-    # lowbias32 on uint32 (mcgr.ops._rng.hash32)
-    x = x ^ (x >> 16)
-    x = x * 0x7FEB352D
-    x = x ^ (x >> 15)
-    x = x * 0x846CA68B
-    x = x ^ (x >> 16)
-    return x
 
 
 @triton.jit

@@ -14,18 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
+from mcgr.kernels._rng import _hash32
+
 _GPU_BLOCK = 2048
 _INTERPRET_BLOCK = 1 << 16  # the interpreter costs ~25 ms per program: few, large blocks
-
-
-@triton.jit
-def _hash32(x):
-    x = x ^ (x >> 16)
-    x = x * 0x7FEB352D
-    x = x ^ (x >> 15)
-    x = x * 0x846CA68B
-    x = x ^ (x >> 16)
-    return x
 
 
 @triton.jit
