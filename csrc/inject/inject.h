@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <cmath>
+#include <vector>
 
 #include "common.h"
 
@@ -20,6 +21,21 @@ struct InjectParams {
   uint32_t seed = 0;         // noise stream
   int supersample = 4;       // S: samples per pixel side (1..8)
 };
+
+// Normalised sampled Gaussian, computed in double and cast as mcgr.ops.inject.gaussian_taps
+// (host code: both launchers build their filter taps with it).
+inline std::vector<float> inject_gaussian_taps(double sigma, int radius) {
+  std::vector<double> w(2 * radius + 1);
+  double s = 0.0;
+  for (int k = 0; k <= 2 * radius; ++k) {
+    const double d = k - radius;
+    w[k] = (sigma <= 0.0 || radius == 0) ? (d == 0.0 ? 1.0 : 0.0) : std::exp(-(d * d) / (2.0 * sigma * sigma));
+    s += w[k];
+  }
+  std::vector<float> out(w.size());
+  for (size_t k = 0; k < w.size(); ++k) out[k] = static_cast<float>(w[k] / s);
+  return out;
+}
 
 constexpr int kInjectCalcFields = 8;
 constexpr float kInjectMaxRadius = 64.0f;

@@ -19,20 +19,6 @@ namespace {
 
 constexpr int kTile = 32;
 
-// Normalised sampled Gaussian, computed in double and cast as mcgr.ops.inject.gaussian_taps.
-std::vector<float> gaussian_taps(double sigma, int radius) {
-  std::vector<double> w(2 * radius + 1);
-  double s = 0.0;
-  for (int k = 0; k <= 2 * radius; ++k) {
-    const double d = k - radius;
-    w[k] = (sigma <= 0.0 || radius == 0) ? (d == 0.0 ? 1.0 : 0.0) : std::exp(-(d * d) / (2.0 * sigma * sigma));
-    s += w[k];
-  }
-  std::vector<float> out(w.size());
-  for (size_t k = 0; k < w.size(); ++k) out[k] = static_cast<float>(w[k] / s);
-  return out;
-}
-
 struct PrimWork {
   InjectPrim g;
   int active = 0;              // its window meets the image plus halo
@@ -271,8 +257,8 @@ void inject_cpu(uintptr_t background, uintptr_t calcs, uintptr_t image, uintptr_
   }
 
   // (3) filters: PSF taps, local-mean taps and the normalisation G_l * 1 (separable) within the image
-  const std::vector<float> gp = gaussian_taps(params.psf_sigma, Rp);
-  const std::vector<float> gl = gaussian_taps(params.local_sigma, Rl);
+  const std::vector<float> gp = inject_gaussian_taps(params.psf_sigma, Rp);
+  const std::vector<float> gl = inject_gaussian_taps(params.local_sigma, Rl);
   ensure(cs.den_v, static_cast<size_t>(Hi));
   ensure(cs.den_h, static_cast<size_t>(Wi));
   for (int i = 0; i < Hi; ++i) {

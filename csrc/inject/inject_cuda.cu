@@ -282,19 +282,6 @@ __global__ void __launch_bounds__(kThreads) inject_tile_kernel(KernelArgs a, Tap
   a.mask[b * plane + pix] = m ? 1 : 0;
 }
 
-std::vector<float> host_taps(double sigma, int radius) {
-  std::vector<double> w(2 * radius + 1);
-  double s = 0.0;
-  for (int k = 0; k <= 2 * radius; ++k) {
-    const double d = k - radius;
-    w[k] = (sigma <= 0.0 || radius == 0) ? (d == 0.0 ? 1.0 : 0.0) : std::exp(-(d * d) / (2.0 * sigma * sigma));
-    s += w[k];
-  }
-  std::vector<float> out(w.size());
-  for (size_t k = 0; k < w.size(); ++k) out[k] = static_cast<float>(w[k] / s);
-  return out;
-}
-
 // Stream-ordered scratch, freed when the launcher returns or throws.
 struct DeviceScratch {
   cudaStream_t stream;
@@ -355,8 +342,8 @@ void inject_cuda(uintptr_t background, uintptr_t calcs, uintptr_t image, uintptr
   MCGR_CHECK(B * H * W < (int64_t(1) << 40), "inject_cuda: image too large");
 
   Taps taps{};
-  const std::vector<float> gp = host_taps(params.psf_sigma, a.Rp);
-  const std::vector<float> gl = host_taps(params.local_sigma, a.Rl);
+  const std::vector<float> gp = inject_gaussian_taps(params.psf_sigma, a.Rp);
+  const std::vector<float> gl = inject_gaussian_taps(params.local_sigma, a.Rl);
   std::copy(gp.begin(), gp.end(), taps.psf);
   std::copy(gl.begin(), gl.end(), taps.local);
 
