@@ -26,44 +26,27 @@ def subcommand(add: Callable) -> Callable:
     return add
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+def argument_type(cast: Callable, ok: Callable, expected: str) -> Callable[[str], object]:
+    """An argparse ``type=``: ``cast(text)`` that must satisfy ``ok``, else "expected <expected>"."""
+
+    def parse(text: str):
+        try:
+            v = cast(text)
+        except ValueError:
+            v = None
+        if v is None or not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return v
+
+    parse.__name__ = expected
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return v
-
-
-def fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return v
+positive_int = argument_type(int, lambda v: v >= 1, "a positive integer")
+nonnegative_int = argument_type(int, lambda v: v >= 0, "a non-negative integer")
+positive_float = argument_type(float, lambda v: 0 < v < float("inf"), "a positive finite number")
+nonnegative_float = argument_type(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+fraction = argument_type(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 @subcommand

@@ -32,18 +32,8 @@ def spacing_mm(text: str) -> float:
     return v
 
 
-def _nonnegative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from mcgr.cli import positive_int
+    from mcgr.cli import nonnegative_float, positive_int
 
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="mammogram files (DICOM with or without extension, PNG, TIFF, NPY), folders (searched "
@@ -63,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=ENGINES, default="local", help="local (this process) or ray (a Ray cluster)")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="Ray cluster address (e.g. auto or ray://head:10001; default: start a local Ray instance)")
-    p.add_argument("--num-gpus-per-worker", type=_nonnegative_float, default=None, metavar="G",
+    p.add_argument("--num-gpus-per-worker", type=nonnegative_float, default=None, metavar="G",
                    help="GPUs per Ray worker (default: 1 when --device is cuda or auto and the cluster has GPUs, else 0)")
     p.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="Ray workers, each holding the models (default: cluster GPUs / G, or cluster CPUs / --cpus-per-worker)")
