@@ -204,14 +204,26 @@ class SynthPairs(IterableDataset):
         }
 
 
-def validation_set(n: int, patch_size: int = 256, seed: int = 12345, **options) -> dict:
-    """The fixed held-out batch of ``n`` patches (same keys as a :class:`SynthPairs` batch).
+def validation_set(n: int, patch_size: int = 256, seed: int = 12345, draw_every: int = 4, **options) -> dict:
+    """The fixed held-out set of ``n`` patches (same keys as a :class:`SynthPairs` batch).
 
     Drawn from a stream salted apart from every training stream, so it never repeats a training
-    batch even when ``seed`` equals a training seed. ``options``: the other SynthPairs arguments.
+    batch even when ``seed`` equals a training seed. A training batch shares one image-formation
+    draw (contrast, mu, PSF, noise); the validation set is built from ``ceil(n / draw_every)``
+    batches of ``draw_every`` patches so it spans that distribution instead of sitting on one draw
+    of it. ``options``: the other SynthPairs arguments.
     """
     for bad in ("batch_size", "num_batches", "_salt"):
         if bad in options:
             raise TypeError(f"validation_set() does not take {bad!r}")
-    ds = SynthPairs(patch_size=patch_size, batch_size=n, seed=seed, num_batches=1, _salt=_VALIDATION_SALT, **options)
-    return ds.batch(0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if isinstance(draw_every, bool) or not isinstance(draw_every, int) or draw_every < 1:
+        raise ValueError(f"draw_every must be an integer >= 1, got {draw_every!r}")
+    per = min(draw_every, n)
+    nb = -(-n // per)
+    ds = SynthPairs(patch_size=patch_size, batch_size=per, seed=seed, num_batches=nb, _salt=_VALIDATION_SALT, **options)
+    parts = [ds.batch(k) for k in range(nb)]
+    out = {key: torch.cat([b[key] for b in parts])[:n] for key in ("image", "mask", "background", "index")}
+    out["centres"] = [c for b in parts for c in b["centres"]][:n]
+    return out

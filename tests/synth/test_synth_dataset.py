@@ -93,6 +93,23 @@ def test_validation_set_is_fixed_and_held_out():
         validation_set(2, batch_size=4)
 
 
+def test_validation_set_spans_several_image_formation_draws():
+    from mcgr.synth.dataset import _VALIDATION_SALT
+
+    v = validation_set(6, patch_size=32, seed=3, draw_every=4)
+    ds = SynthPairs(patch_size=32, batch_size=4, seed=3, _salt=_VALIDATION_SALT)
+    b0, b1 = ds.batch(0), ds.batch(1)
+    assert v["image"].shape == (6, 1, 32, 32) and len(v["centres"]) == 6
+    assert torch.equal(v["image"][:4], b0["image"]) and torch.equal(v["image"][4:], b1["image"][:2])
+    assert torch.equal(v["mask"][4:], b1["mask"][:2])
+    assert all(torch.equal(a, b) for a, b in zip(v["centres"][4:], b1["centres"][:2]))
+    for bad in (0, -1, True):
+        with pytest.raises(ValueError):
+            validation_set(2, patch_size=32, draw_every=bad)
+    with pytest.raises(ValueError, match="n must be"):
+        validation_set(0, patch_size=32)
+
+
 def test_real_backgrounds_are_flipped_crops_of_the_source():
     src = torch.rand(3, 41, 50, generator=torch.Generator().manual_seed(0))
     ds = SynthPairs(patch_size=32, batch_size=4, seed=7, backgrounds=src, mc_free_fraction=0.0)
