@@ -54,13 +54,18 @@ def components(mask) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
 
 
 def match_objects(truth, pred, spacing_mm: float, dist_mm: float = 0.35, iou_min: float = 0.3,
-                  truth_points=None) -> dict:
+                  truth_points=None, truth_ignore=None) -> dict:
     """Match predicted components of ``pred`` (bool mask) to true calcifications.
 
     truth: bool mask of true calcifications (its components), or None when ``truth_points``
     ([K, 2] (y, x) px) are given (points have no extent: only the distance criterion applies).
     Returns ``{"tp", "fn", "fp", "n_truth", "n_pred", "pairs": [(truth_i, pred_j), ...],
     "truth_centroids": [n_truth, 2], "pred_centroids": [n_pred, 2]}`` (centroids (y, x) in px).
+
+    truth_ignore: optional bool per true calcification (component label order, or point order):
+    "difficult" ones (PASCAL VOC's rule; e.g. invisible, mcgr.synth.visibility). They are neither
+    found nor missed (left out of ``n_truth``), and a predicted component that is admissible for one
+    of them and not matched to a counted calcification is not a false positive (``ignored_pred``).
     """
     if not spacing_mm > 0:
         raise ValueError(f"spacing_mm must be > 0, got {spacing_mm}")
@@ -74,8 +79,14 @@ def match_objects(truth, pred, spacing_mm: float, dist_mm: float = 0.35, iou_min
             raise ValueError(f"truth and pred must have the same shape, got {t.shape} and {p_lab.shape}")
         t_lab, n_t, t_cen, t_area = components(t)
     cents = {"truth_centroids": t_cen, "pred_centroids": p_cen}
+    ign = np.zeros(n_t, dtype=bool)
+    if truth_ignore is not None:
+        ign = np.asarray(truth_ignore, dtype=bool).reshape(-1)
+        if ign.shape != (n_t,):
+            raise ValueError(f"truth_ignore needs one flag per true calcification ({n_t}), got {ign.shape[0]}")
+    n_c = int(n_t - ign.sum())
     if n_t == 0 or n_p == 0:
-        return {"tp": 0, "fn": n_t, "fp": n_p, "n_truth": n_t, "n_pred": n_p, "pairs": [], **cents}
+        return {"tp": 0, "fn": n_c, "fp": n_p, "n_truth": n_c, "n_pred": n_p, "pairs": [], "ignored_pred": 0, **cents}
     d2 = ((t_cen[:, None, :] - p_cen[None, :, :]) ** 2).sum(-1) * spacing_mm**2
     ok = d2 <= dist_mm**2
     if t_lab is not None:
@@ -87,12 +98,17 @@ def match_objects(truth, pred, spacing_mm: float, dist_mm: float = 0.35, iou_min
             iou = inter / (t_area[ti] + p_area[pj] - inter)
             sel = iou >= iou_min
             ok[ti[sel], pj[sel]] = True
-    rows, cols = np.nonzero(ok)
+    counted = ok & ~ign[:, None]
+    rows, cols = np.nonzero(counted)
     graph = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_t, n_p))
     m = maximum_bipartite_matching(graph, perm_type="column")  # m[i] = matched pred of truth i, or -1
     pairs = [(int(i), int(j)) for i, j in enumerate(m) if j >= 0]
     tp = len(pairs)
-    return {"tp": tp, "fn": n_t - tp, "fp": n_p - tp, "n_truth": n_t, "n_pred": n_p, "pairs": pairs, **cents}
+    free = np.ones(n_p, dtype=bool)
+    free[[j for _, j in pairs]] = False
+    ignored_pred = int((free & ok[ign].any(axis=0)).sum()) if ign.any() else 0
+    return {"tp": tp, "fn": n_c - tp, "fp": n_p - tp - ignored_pred, "n_truth": n_c, "n_pred": n_p, "pairs": pairs,
+            "ignored_pred": ignored_pred, **cents}
 
 
 def object_metrics(results: list[dict], breast_area_cm2: list[float] | None = None) -> dict:
@@ -118,14 +134,15 @@ DEFAULT_FROC_THRESHOLDS = tuple(float(t) for t in np.round(np.linspace(0.95, 0.0
 
 
 def froc_counts(prob, truth, spacing_mm: float, thresholds=DEFAULT_FROC_THRESHOLDS, dist_mm: float = 0.35,
-                iou_min: float = 0.3, truth_points=None) -> dict:
+                iou_min: float = 0.3, truth_points=None, truth_ignore=None) -> dict:
     """One image's FROC counts: ``{"tp": [T], "fp": [T], "n_truth"}`` at each of the T ``thresholds``
     (``prob`` [H, W]; ``truth`` mask or None with ``truth_points``). Sum them over images and pass
     the sums to :func:`froc_from_counts`, so that a dataset's maps need not be held together."""
     p = _np(prob)
     tp, fp, n_t = [], [], 0
     for thr in thresholds:
-        r = match_objects(truth, p >= thr, spacing_mm, dist_mm, iou_min, truth_points=truth_points)
+        r = match_objects(truth, p >= thr, spacing_mm, dist_mm, iou_min, truth_points=truth_points,
+                          truth_ignore=truth_ignore)
         tp.append(r["tp"])
         fp.append(r["fp"])
         n_t = r["n_truth"]
@@ -162,10 +179,12 @@ def froc_from_counts(thresholds, tp, fp, n_truth: int, n_images: int, rates=FROC
 
 
 def froc(probs: list, truths: list, spacing_mm: float | list[float], thresholds=None, dist_mm: float = 0.35,
-         iou_min: float = 0.3, rates=FROC_RATES, truth_points: list | None = None) -> dict:
+         iou_min: float = 0.3, rates=FROC_RATES, truth_points: list | None = None,
+         truth_ignore: list | None = None) -> dict:
     """FROC over probability thresholds for a dataset of probability maps and truth masks.
 
     Returns ``{"thresholds", "sensitivity", "fp_per_image", "at_rates": {rate: sens}, "mean_sensitivity"}``.
+    truth_ignore: optional per image the "difficult" flags of :func:`match_objects`.
     """
     if len(probs) != len(truths):
         raise ValueError(f"probs and truths must have the same length, got {len(probs)} and {len(truths)}")
@@ -177,7 +196,8 @@ def froc(probs: list, truths: list, spacing_mm: float | list[float], thresholds=
     n_t = 0
     for k, (p, t) in enumerate(zip(probs, truths)):
         pts = None if truth_points is None else truth_points[k]
-        c = froc_counts(p, t, spacings[k], thresholds, dist_mm, iou_min, truth_points=pts)
+        ig = None if truth_ignore is None else truth_ignore[k]
+        c = froc_counts(p, t, spacings[k], thresholds, dist_mm, iou_min, truth_points=pts, truth_ignore=ig)
         tp += c["tp"]
         fp += c["fp"]
         n_t += c["n_truth"]

@@ -73,6 +73,9 @@ class RFConfig:
     dropout: float = 0.2  # probability of dropping a true seed
     decoys: int = 4  # decoy seeds per patch on MC-free bright texture
     decoy_min_dist: int = 8  # px from any calcification pixel
+    # true seeds only at calcifications with peak contrast >= this many texture sigmas (Rose's
+    # criterion, mcgr.synth.visibility); 0 seeds every calcification, visible or not
+    seed_min_cnr: float = 0.0
     val_t: tuple = (0.25, 0.5, 0.75)
 
 
@@ -234,6 +237,8 @@ def _check(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: rf.time_sampling must be 'uniform' or 'logit_normal', got {cfg.rf.time_sampling!r}")
     if not 0 <= cfg.rf.dropout < 1:
         raise ConfigError(f"{source}: rf.dropout must be in [0, 1), got {cfg.rf.dropout}")
+    if not cfg.rf.seed_min_cnr >= 0:
+        raise ConfigError(f"{source}: rf.seed_min_cnr must be >= 0, got {cfg.rf.seed_min_cnr}")
 
 
 def config_from_dict(kind: str, data: dict, source: str) -> TrainConfig:

@@ -108,6 +108,11 @@ def rf_seed_map(batch: dict, cfg: TrainConfig, g: torch.Generator, train: bool =
     shape = tuple(img.shape[-2:])
     r = cfg.rf
     cen = [torch.as_tensor(c, dtype=torch.float32).reshape(-1, 2).cpu() for c in batch["centres"]]
+    if r.seed_min_cnr > 0:
+        from mcgr.synth.visibility import visible_centres
+
+        vis = visible_centres(img, batch["background"], cen, r.seed_min_cnr)
+        cen = [c[v] for c, v in zip(cen, vis)]
     true = training_seeds(cen, shape, g, jitter=r.jitter if train else 0.0, dropout=r.dropout if train else 0.0)
     dec = decoy_seeds(batch["background"].cpu(), batch["mask"].cpu(), r.decoys, r.decoy_min_dist, g)
     seeds = [torch.cat([a, b.to(a.dtype)], 0) for a, b in zip(true, dec)]

@@ -1,5 +1,7 @@
 import itertools
 
+from scipy import ndimage
+
 import numpy as np
 import pytest
 
@@ -106,3 +108,29 @@ def test_cluster_matching_on_a_hand_built_case():
     assert r["tp"] == 1
     with pytest.raises(ValueError, match="min_shared"):
         match_clusters(truth, pred, s, pairs, min_shared=0)
+
+
+def test_difficult_truths_are_neither_found_nor_missed_and_hits_on_them_are_not_false_positives():
+    t = np.zeros((60, 60), bool)
+    t[5:8, 5:8] = True       # A, counted
+    t[20:23, 20:23] = True   # B, ignored
+    t[40:43, 40:43] = True   # C, counted
+    p = np.zeros_like(t)
+    p[5:8, 5:8] = True       # hits A
+    p[20:23, 20:22] = True   # hits B only
+    p[40:43, 40:43] = True   # hits C
+    p[45, 41] = True         # fragment near C (centroid 3.6 px = 0.25 mm away): C is taken -> FP
+    p[55, 5] = True          # far -> FP
+    lab = ndimage.label(t, structure=np.ones((3, 3)))[0]
+    assert lab[6, 6] == 1 and lab[21, 21] == 2 and lab[41, 41] == 3  # label order A, B, C
+    r = match_objects(t, p, 0.07, truth_ignore=[False, True, False])
+    assert (r["tp"], r["fn"], r["n_truth"], r["fp"], r["ignored_pred"]) == (2, 0, 2, 2, 1)
+    r0 = match_objects(t, p, 0.07)
+    assert (r0["tp"], r0["n_truth"], r0["fp"], r0["ignored_pred"]) == (3, 3, 2, 0)
+    # a miss on a counted one stays a miss; a miss on an ignored one is not counted
+    r1 = match_objects(t, np.zeros_like(t), 0.07, truth_ignore=[True, False, True])
+    assert (r1["tp"], r1["fn"], r1["n_truth"], r1["fp"]) == (0, 1, 1, 0)
+    with pytest.raises(ValueError, match="one flag per true calcification"):
+        match_objects(t, p, 0.07, truth_ignore=[True])
+    fr = froc([p.astype(float)], [t], 0.07, thresholds=[0.5], truth_ignore=[[False, True, False]])
+    assert fr["sensitivity"] == [1.0] and fr["fp_per_image"] == [2.0]

@@ -47,3 +47,30 @@ def test_cli_trains_and_reports_errors(tmp_path, capsys):
     bad.write_text("log: {every: 3}\n")
     assert main(["rf", "--config", str(bad), "--out", str(tmp_path / "p")]) == 2
     assert "bad.yaml: unknown key 'log.every'" in capsys.readouterr().err
+
+
+def test_rf_seeds_only_at_visible_calcifications(tmp_path):
+    import torch
+
+    from mcgr.synth.dataset import SynthPairs
+    from mcgr.synth.visibility import visible_centres
+    from mcgr.train.trainer import rf_seed_map
+
+    p = tmp_path / "r.yaml"
+    p.write_text("preset: tiny\nrf: {decoys: 0, dropout: 0.0, jitter: 0.0, seed_min_cnr: 3.0}\n")
+    cfg = load_config("rf", p)
+    b = SynthPairs(patch_size=64, batch_size=6, seed=3, mc_free_fraction=0.0).batch(0)
+    vis = visible_centres(b["image"], b["background"], b["centres"], 3.0)
+    assert any(v.any() for v in vis) and any((~v).any() for v in vis)  # the batch has both kinds
+    smap = rf_seed_map(b, cfg, torch.Generator().manual_seed(0))
+    for k, (c, v) in enumerate(zip(b["centres"], vis)):
+        at = smap[k, 0][c[:, 0].round().long(), c[:, 1].round().long()]
+        far = [((c[v] - ci).norm(dim=1).min() > 6) if v.any() else True for ci in c]
+        for a, vi, fi in zip(at.tolist(), v.tolist(), far):
+            if vi:
+                assert a > 0.9  # a seed dot's centre
+            elif fi:
+                assert a < 1e-3  # no seed on an invisible calcification (away from visible ones)
+    p.write_text("preset: tiny\nrf: {seed_min_cnr: -1.0}\n")
+    with pytest.raises(ConfigError, match="seed_min_cnr"):
+        load_config("rf", p)
