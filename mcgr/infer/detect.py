@@ -45,17 +45,26 @@ def detections_from_prob(prob, spacing_mm: float, threshold: float = 0.5, uncert
     lab, n = label_components(p >= threshold)
     if n == 0:
         return []
-    idx = np.arange(1, n + 1)
-    area = ndimage.sum_labels(np.ones_like(p), lab, idx)
+    # per-component sums over the foreground pixels only: a calcification mask is sparse, and
+    # ndimage's labelled reductions each walk the whole field (~2 s for four of them at 3328 x 2560)
+    flat = lab.ravel()
+    on = np.flatnonzero(flat)
+    lb = flat[on]
+    area = np.bincount(lb, minlength=n + 1)[1:].astype(np.float64)
     keep = area >= min_area_px
-    cents = np.asarray(ndimage.center_of_mass(np.ones_like(p), lab, idx)).reshape(-1, 2)
-    peak = ndimage.maximum(p, lab, idx)
+    W = p.shape[1]
+    cents = np.stack([np.bincount(lb, weights=(on // W).astype(np.float64), minlength=n + 1)[1:] / area,
+                      np.bincount(lb, weights=(on % W).astype(np.float64), minlength=n + 1)[1:] / area], axis=1)
+    pv = p.ravel()[on]
+    o = np.lexsort((pv, lb))  # by label, then by probability: the last of each label is its peak
+    last = np.r_[np.flatnonzero(np.diff(lb[o])), len(o) - 1]
+    peak = pv[o][last]
     conf = None
     if uncertainty is not None:
         u = _np(uncertainty).astype(np.float32, copy=False)
         if u.shape != p.shape:
             raise ValueError(f"uncertainty must match prob's shape {p.shape}, got {u.shape}")
-        conf = 1.0 - np.asarray(ndimage.mean(u, lab, idx))
+        conf = 1.0 - np.bincount(lb, weights=u.ravel()[on].astype(np.float64), minlength=n + 1)[1:] / area
     order = np.argsort(-np.asarray(peak), kind="stable")
     dets = []
     for k in order:

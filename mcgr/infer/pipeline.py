@@ -55,6 +55,44 @@ def _resample(x: torch.Tensor, shape: tuple[int, int], mode: str) -> torch.Tenso
     return out[0, 0]
 
 
+def deeper_than(mask: np.ndarray, r: float, block: int = 64) -> np.ndarray:
+    """``mask`` pixels whose Euclidean distance to the nearest pixel outside ``mask`` exceeds ``r``
+    px; the image border is not an outside (``edt(pad(mask, edge)) > r``, exactly).
+
+    A full-field distance transform costs ~1.5 s on 3328 x 2560 px; only pixels within ``r`` of the
+    outside can be dropped, so the transform runs on the ``block`` px tiles that have an outside
+    pixel within ``r`` (each with an ``r`` px halo, which holds every outside pixel that can be
+    nearer than ``r``) and every other tile is kept or dropped whole.
+    """
+    from scipy import ndimage
+
+    m = np.asarray(mask, dtype=bool)
+    H, W = m.shape
+    out = m.copy()
+    if r <= 0 or not m.any():
+        return out
+    h = int(np.ceil(r)) + 1
+    by, bx = -(-H // block), -(-W // block)
+    pad = np.zeros((by * block, bx * block), dtype=bool)
+    pad[:H, :W] = ~m
+    has_out = pad.reshape(by, block, bx, block).any(axis=(1, 3))
+    pad[:H, :W] = m
+    has_in = pad.reshape(by, block, bx, block).any(axis=(1, 3))
+    nb = -(-h // block)  # tiles within the halo: a tile needs the transform if any of them has an outside pixel
+    near = ndimage.maximum_filter(has_out, size=2 * nb + 1, mode="constant", cval=False)
+    for iy, ix in zip(*np.nonzero(has_in & near)):
+        y0, x0 = int(iy) * block, int(ix) * block
+        y1, x1 = min(y0 + block, H), min(x0 + block, W)
+        a0, b0, a1, b1 = max(0, y0 - h), max(0, x0 - h), min(H, y1 + h), min(W, x1 + h)
+        win = np.pad(m[a0:a1, b0:b1], 1, mode="edge")
+        # beyond the image edge the window replicates it (the border is not an outside); a window
+        # edge inside the image continues the image, which the edge padding keeps from reading as
+        # outside too (every outside pixel nearer than r lies inside the window)
+        d = ndimage.distance_transform_edt(win)[1:-1, 1:-1]
+        out[y0:y1, x0:x1] = d[y0 - a0:y1 - a0, x0 - b0:x1 - b0] > r
+    return out
+
+
 class Pipeline:
     """Segment microcalcifications in full-field mammograms.
 
@@ -95,11 +133,7 @@ class Pipeline:
         r = self.skin_margin_mm / MODEL_SPACING_MM
         if r <= 0:
             return bm
-        from scipy import ndimage
-
-        b = np.pad(bm.numpy().astype(bool), 1, mode="edge")  # the image border is not a skin line
-        keep = ndimage.distance_transform_edt(b)[1:-1, 1:-1] > r
-        return torch.from_numpy(keep)
+        return torch.from_numpy(deeper_than(bm.numpy().astype(bool), r))
 
     @classmethod
     def from_pretrained(cls, device="cpu", backend: str = "auto", config: TTGPRConfig | None = None, **kw) -> "Pipeline":

@@ -48,3 +48,48 @@ def test_chain_linkage_is_transitive():
     dets = [{"id": i, "y": 0.0, "x": 4.0 * i} for i in range(4)]  # neighbours 4 mm apart
     cl = clusters_from_detections(dets, sp, link_mm=5.0)
     assert len(cl) == 1 and len(cl[0]["members"]) == 4
+
+
+def test_detections_match_scipy_labelled_reductions_on_random_maps():
+    import numpy as np
+    from scipy import ndimage
+
+    from mcgr.infer.detect import detections_from_prob
+
+    rng = np.random.default_rng(7)
+    for trial in range(5):
+        p = ndimage.gaussian_filter(rng.random((90, 70)), 1.5).astype(np.float32)
+        p = (p - p.min()) / (p.max() - p.min())
+        u = rng.random(p.shape).astype(np.float32) * 0.3
+        lab, n = ndimage.label(p >= 0.6, structure=np.ones((3, 3)))
+        assert n >= 2
+        idx = np.arange(1, n + 1)
+        area = ndimage.sum_labels(np.ones_like(p), lab, idx)
+        cen = np.asarray(ndimage.center_of_mass(np.ones_like(p), lab, idx))
+        peak = ndimage.maximum(p, lab, idx)
+        conf = 1 - ndimage.mean(u, lab, idx)
+        dets = detections_from_prob(p, 0.1, 0.6, uncertainty=u, min_area_px=2)
+        want = sorted((k for k in range(n) if area[k] >= 2), key=lambda k: -peak[k])
+        assert len(dets) == len(want)
+        for d, k in zip(dets, want):
+            assert d["area_px"] == int(area[k]) and d["peak_prob"] == round(float(peak[k]), 4)
+            assert abs(d["y"] - cen[k, 0]) <= 0.006 and abs(d["x"] - cen[k, 1]) <= 0.006
+            assert abs(d["confidence"] - conf[k]) <= 6e-5
+
+
+def test_skin_band_equals_the_full_distance_transform():
+    import numpy as np
+    from scipy import ndimage
+
+    from mcgr.infer.pipeline import deeper_than
+
+    rng = np.random.default_rng(0)
+    for trial in range(25):
+        h, w = rng.integers(3, 160, 2)
+        m = ndimage.gaussian_filter(rng.random((h, w)), rng.uniform(1, 6)) > 0.5
+        r = float(rng.uniform(0.5, 20))
+        want = ndimage.distance_transform_edt(np.pad(m, 1, mode="edge"))[1:-1, 1:-1] > r
+        assert np.array_equal(deeper_than(m, r, block=int(rng.integers(4, 70))), want), (trial, h, w, r)
+    m = np.ones((20, 30), bool)
+    assert deeper_than(m, 5.0).all()  # the image border is not a skin line
+    assert np.array_equal(deeper_than(m, 0.0), m) and not deeper_than(np.zeros((4, 4), bool), 2.0).any()
