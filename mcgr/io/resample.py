@@ -168,12 +168,18 @@ def resample_mask(mask, from_mm: float, to_mm: float, *, out_shape: tuple[int, i
             r = to_mm / from_mm
             iy = np.minimum(((np.arange(h) + 0.5) / r).astype(np.int64), oh - 1)
             ix = np.minimum(((np.arange(w) + 0.5) / r).astype(np.int64), ow - 1)
-            seen = ndimage.maximum(out[iy[:, None], ix[None, :]], labels, np.arange(1, n + 1))
-            lost = np.nonzero(~np.asarray(seen, bool))[0] + 1
-            if lost.size:
-                pos = ndimage.maximum_position(cov[iy[:, None], ix[None, :]], labels, lost)
-                rr, cc = np.asarray(pos, dtype=np.int64).reshape(-1, 2).T
-                out[iy[rr], ix[cc]] = True
+            # over the objects' pixels only (ndimage's labelled reductions walk the whole field)
+            on = np.flatnonzero(labels)
+            lb = labels.ravel()[on]
+            py, px = iy[on // w], ix[on % w]
+            seen = np.zeros(n + 1, dtype=bool)
+            seen[lb[out[py, px]]] = True
+            lost = ~seen[lb]
+            if lost.any():
+                lb_l, py_l, px_l = lb[lost], py[lost], px[lost]
+                o = np.lexsort((-np.arange(lb_l.size), cov[py_l, px_l], lb_l))  # first pixel of the max, per object
+                last = np.r_[np.flatnonzero(np.diff(lb_l[o])), o.size - 1]
+                out[py_l[o[last]], px_l[o[last]]] = True
     return _interop.to_kind(torch.from_numpy(np.ascontiguousarray(out)), kind)
 
 
