@@ -1,6 +1,6 @@
 """TT-GPR settings against the base segmentor on held-out faint phantoms (the table in docs/design.md).
 
-    python -m benchmarks.ttgpr_trials '[{"surrogate": "raise", "tau_seed": 0.3}]' [--seg DIR] [--n 2] [--size 768x640]
+    python -m benchmarks.ttgpr_trials '[{"surrogate": "raise", "tau_seed": 0.3}]' [--seg DIR] [--rf DIR] [--n 2] [--size 768x640]
 
 Each JSON object is a set of TTGPRConfig overrides (``refine`` may be a dict of RefineParams). The
 phantoms are ``breast_phantom(H, W, seed=1000 + i, faint=True)``, seeds never used for training or
@@ -26,6 +26,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("configs", help="JSON list of TTGPRConfig overrides")
     ap.add_argument("--seg", default=None, help="segmentor directory (default: the shipped one)")
+    ap.add_argument("--rf", default=None, help="generator directory (default: the shipped one)")
     ap.add_argument("--n", type=int, default=2)
     ap.add_argument("--size", default="768x640")
     ap.add_argument("--threads", type=int, default=1)
@@ -34,7 +35,7 @@ def main(argv=None) -> None:
     h, w = (int(v) for v in args.size.split("x"))
     phantoms = [breast_phantom(h, w, seed=1000 + i, faint=True) for i in range(args.n)]
     seg = load_model(args.seg, device="cpu", kind="seg") if args.seg else load_pretrained("seg")
-    gen = load_pretrained("rf")
+    gen = load_model(args.rf, device="cpu", kind="rf") if args.rf else load_pretrained("rf")
     for overrides in json.loads(args.configs):
         pipe = Pipeline(seg, gen, config=TTGPRConfig.from_dict(overrides))
         sums: dict = {}
