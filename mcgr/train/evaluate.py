@@ -13,7 +13,8 @@
     M = 4 noise draws) of held-out patches y with a seed map of true and decoy seeds: the rise of
     f's probability, ``mean_m sigmoid(f(x_m)) - sigmoid(f(y))`` (max over a 3 x 3 window at the seed),
     averaged over (a) true seeds of faint calcifications (the half of all calcifications with the
-    lowest contrast I - B at the centre) and (b) decoy seeds on MC-free bright texture.
+    lowest contrast I - B at the centre) and (b) decoy seeds on MC-free bright texture; also (c) the
+    faint half of the visible calcifications (peak contrast >= 3 texture sigmas, mcgr.synth.visibility).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from mcgr.eval.objects import froc
 from mcgr.models import load_model, load_pretrained
 from mcgr.models.seeds import decoy_seeds, make_seed_map
 from mcgr.models.unet import UNet, standardise
-from mcgr.synth.visibility import ROSE_K, component_cnr
+from mcgr.synth.visibility import ROSE_K, centre_cnr, component_cnr
 
 FP_BUDGET = 0.5
 THRESHOLDS = tuple(np.round(np.linspace(0.95, 0.05, 19), 4))
@@ -131,6 +132,7 @@ def evaluate_generator(gen: UNet, seg: UNet, val: dict, t0: float = 0.5, steps: 
             x = _project(gen, y, smap[i:i + chunk].to(dev), t0, steps, seed=seed * 1000 + m * 7919 + i)
             acc[i:i + chunk] += seg_probs(seg, (x.float().cpu() + 1) * 0.5)
     q = acc / draws
+    cnr = centre_cnr(img, bg, true)
     true_rise, true_contrast, dec_rise, true_p0, dec_p0 = [], [], [], [], []
     for k in range(b):
         if len(true[k]):
@@ -148,6 +150,11 @@ def evaluate_generator(gen: UNet, seg: UNet, val: dict, t0: float = 0.5, steps: 
     tc = torch.cat(true_contrast) if true_contrast else torch.zeros(0)
     dr = torch.cat(dec_rise) if dec_rise else torch.zeros(0)
     faint = tc <= tc.median() if tc.numel() else torch.zeros(0, dtype=torch.bool)
+    vis = torch.cat([c for c in cnr if c.numel()]) >= ROSE_K if tc.numel() else torch.zeros(0, dtype=torch.bool)
+    tcv = tc[vis]
+    vfaint = torch.zeros_like(vis)
+    if tcv.numel():
+        vfaint[vis] = tcv <= tcv.median()
     mean = lambda t: float(t.mean()) if t.numel() else float("nan")  # noqa: E731
     return {
         "patches": int(b), "patch_size": int(h), "t0": t0, "steps": steps, "draws": draws,
@@ -155,6 +162,9 @@ def evaluate_generator(gen: UNet, seg: UNet, val: dict, t0: float = 0.5, steps: 
         "faint_contrast_max": float(tc[faint].max()) if faint.any() else float("nan"),
         "rise_at_faint_true_seeds": mean(tr[faint]) if faint.numel() else float("nan"),
         "rise_at_all_true_seeds": mean(tr),
+        "n_visible_faint_seeds": int(vfaint.sum()),
+        "rise_at_visible_faint_true_seeds": mean(tr[vfaint]),
+        "p0_at_visible_faint_true_seeds": mean(torch.cat(true_p0)[vfaint]) if vfaint.any() else float("nan"),
         "rise_at_decoy_seeds": mean(dr),
         "p0_at_faint_true_seeds": mean(torch.cat(true_p0)[faint]) if faint.numel() else float("nan"),
         "p0_at_decoy_seeds": mean(torch.cat(dec_p0)) if dec_p0 else float("nan"),
