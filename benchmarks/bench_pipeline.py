@@ -115,16 +115,21 @@ def variant_models(seg, gen, variant: str, device: torch.device) -> tuple:
 
 
 @torch.inference_mode()
-def warm_up(seg, gen, device: torch.device, refine: bool, tile: int = 256, batch: int = 16, projections: int = 4) -> None:
-    """One call of each network at the batch shapes the pipeline uses, so that the timed run does not
-    pay for oneDNN primitive creation (seconds per new shape on a small CPU)."""
+def warm_up(seg, gen, device: torch.device, refine: bool, tile: int = 256) -> None:
+    """One call of each network at the batch shapes the pipeline uses (its tile batch on this device,
+    and a full chunk of RF windows), so that the timed run does not pay for oneDNN primitive creation
+    (seconds per new shape on a small CPU)."""
+    from mcgr.infer.ttgpr import TTGPRConfig
     from mcgr.models.rf import velocity
     from mcgr.models.segmentor import segment_logits
 
-    x = torch.rand(batch, 1, tile, tile, device=device)
-    segment_logits(seg, x)
+    cfg = TTGPRConfig()
+    bt = cfg.batch if device.type == "cuda" else cfg.cpu_batch
+    segment_logits(seg, torch.rand(bt, 1, tile, tile, device=device))
     if refine and gen is not None:
-        xm = x.repeat(projections, 1, 1, 1)
+        M, win = cfg.projections, cfg.window
+        per_call = max(1, bt * tile * tile // (M * win * win))
+        xm = torch.rand(per_call * M, 1, win, win, device=device)
         segment_logits(seg, xm)
         velocity(gen, xm, torch.full((xm.shape[0],), 0.5, device=device), xm)
 
@@ -160,6 +165,7 @@ def monai_anchor(image: torch.Tensor, seg, device: torch.device, tile: int = 256
 
     x = image[None, None].to(device)
     with torch.inference_mode():
+        segment_logits(seg, torch.rand(batch, 1, tile, tile, device=device))  # warm-up at MONAI's batch shape
         t0 = time.perf_counter()
         sliding_window_inference(x, roi_size=(tile, tile), sw_batch_size=batch,
                                  predictor=lambda b: segment_logits(seg, b), overlap=0.25, mode="gaussian")
