@@ -223,7 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``mcgr`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # `mcgr infer a.dcm --out DIR b.dcm`: argparse stops a nargs="+" positional at the first
+        # option and leaves the later inputs over (parse_intermixed_args does not take subcommands)
+        if extra and getattr(args, "command", None) == "infer" and not any(e.startswith("-") for e in extra):
+            args.inputs = list(args.inputs) + extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # argparse has printed the usage and the message (or --help)
         return exc.code if isinstance(exc.code, int) else 2
     if getattr(args, "handler", None) is None:

@@ -165,3 +165,13 @@ def test_a_previous_run_needs_resume_and_the_same_settings(archive, tmp_path, ca
     assert _infer(archive, a, "--out", out, "--spacing", SPACING, "--resume") == 0
     assert "1 already complete" in capsys.readouterr().out
     assert len(manifest(out)) == 1
+
+
+def test_inputs_may_follow_options(archive, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert _infer(archive, tmp_path / "MISSING.dcm", "--out", out, archive["inputs"]["good"]["a"],
+                  "--spacing", SPACING) == 0
+    rows = manifest(out)
+    assert [r["status"] for r in rows] == ["error", "ok"]
+    assert main(["infer", str(archive["inputs"]["good"]["a"]), "--out", str(tmp_path / "o3"), "--bogus"]) == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
