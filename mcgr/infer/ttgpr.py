@@ -65,7 +65,7 @@ class TTGPRConfig:
     seed: noise stream of the projections (results are reproducible from it).
     """
 
-    iterations: int = 2
+    iterations: int = 1
     t0: float = 0.5
     steps: int = 4
     projections: int = 4
