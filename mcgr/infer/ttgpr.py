@@ -212,7 +212,7 @@ def segment_tiles(seg, tiles: torch.Tensor, batch: int, autocast: bool = False) 
     out = torch.empty_like(tiles)
     for s in range(0, tiles.shape[0], batch):
         x = tiles[s : s + batch].unsqueeze(1)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast and x.is_cuda):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             out[s : s + batch] = segment_logits(seg, x).float().squeeze(1)
     return out
 
@@ -283,7 +283,7 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
             nb = len(chunk)
             ys = torch.stack([image[y0 : y0 + wy, x0 : x0 + wx] for _, y0, x0, _ in chunk]).unsqueeze(1)
             smap = make_seed_map([loc for _, _, _, loc in chunk], (wy, wx), cfg.seed_sigma, device=dev)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast and ys.is_cuda):
+            with torch.autocast(ys.device.type, dtype=torch.bfloat16, enabled=autocast):
                 x1 = sample(vel, standardise(ys).repeat(M, 1, 1, 1), smap.repeat(M, 1, 1, 1), t0=cfg.t0,
                             steps=cfg.steps, method=cfg.method, seed=cfg.seed, offset=offset, backend=backend)
                 offset += x1.numel()
