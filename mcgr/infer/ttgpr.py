@@ -49,6 +49,9 @@ class TTGPRConfig:
         are kept).
     seed_sigma: seed dot sigma in px (as in training).
     refine_steps: gradient steps on the energy per outer iteration.
+    zbar_every: refresh zbar (the stitched canvas of the tiles' current logits) every this many
+        refine steps (0: only at the start of the outer iteration). A zbar left at the canvas the
+        iteration started from turns the overlap term into a second anchor to the base logits.
     surrogate: "mean" (q = mean_m sigmoid(f(x_m)), DESIGN.md 4) or "raise" (q = max(that, sigmoid(z))):
         with "raise" the projections can only add evidence, never erase a calcification that the
         generator failed to re-render.
@@ -75,6 +78,7 @@ class TTGPRConfig:
     max_seeds: int = 32
     seed_sigma: float = 1.5
     refine_steps: int = 20
+    zbar_every: int = 5
     window: int = 64
     surrogate: str = "raise"
     # no edge smoothing by default: with sigma_e = 0.05 it eroded faint calcifications (contrast < sigma_e)
@@ -99,6 +103,7 @@ class TTGPRConfig:
         need(isinstance(self.max_seeds, int) and self.max_seeds >= 1, f"max_seeds must be >= 1, got {self.max_seeds!r}")
         need(float(self.seed_sigma) > 0, f"seed_sigma must be > 0, got {self.seed_sigma!r}")
         need(isinstance(self.refine_steps, int) and self.refine_steps >= 1, f"refine_steps must be >= 1, got {self.refine_steps!r}")
+        need(isinstance(self.zbar_every, int) and self.zbar_every >= 0, f"zbar_every must be an integer >= 0, got {self.zbar_every!r}")
         need(self.surrogate in ("mean", "raise"), f"surrogate must be 'mean' or 'raise', got {self.surrogate!r}")
         need(isinstance(self.window, int) and self.window >= 0, f"window must be an integer >= 0 (0 = whole tile), got {self.window!r}")
         need(isinstance(self.batch, int) and self.batch >= 1, f"batch must be >= 1, got {self.batch!r}")
@@ -316,10 +321,15 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
         if U is None:
             U = torch.zeros_like(base)
         U = torch.where(cov_c, u_c, U)
-        for s in range(0, gated.numel(), bt):
-            it = gated[s : s + bt]
-            Z[it] = refine(Z[it], Q[s : s + bt], Z0[it], Y[it], Zbar[it], cfg.refine,
-                           steps=cfg.refine_steps, backend=backend)
+        done = 0
+        while done < cfg.refine_steps:
+            n = min(cfg.zbar_every, cfg.refine_steps - done) if cfg.zbar_every > 0 else cfg.refine_steps
+            if done:  # zbar from the tiles' current logits, not the canvas the iteration started from
+                Zbar = gather_tiles(stitch(Z, gdev, weights, backend=backend), gdev, backend=backend)
+            for s in range(0, gated.numel(), bt):
+                it = gated[s : s + bt]
+                Z[it] = refine(Z[it], Q[s : s + bt], Z0[it], Y[it], Zbar[it], cfg.refine, steps=n, backend=backend)
+            done += n
         refined[gated] = True
         t = _timed(timings, "refine", dev, t)
         canvas = stitch(Z, gdev, weights, backend=backend)
