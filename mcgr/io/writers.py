@@ -260,6 +260,10 @@ def _overlay(m: Mammogram, mask_src: np.ndarray, dets: list[dict], cls: list[dic
     return canvas
 
 
+_SEG_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate", "StudyTime",
+              "ReferringPhysicianName", "AccessionNumber")
+
+
 def _write_seg(path: Path, m: Mammogram, mask_src: np.ndarray) -> None:
     import highdicom as hd
     import pydicom
@@ -268,6 +272,11 @@ def _write_seg(path: Path, m: Mammogram, mask_src: np.ndarray) -> None:
     src = pydicom.dcmread(m.dicom.path, stop_before_pixels=True, force=True)
     if src.get("SOPInstanceUID") != m.dicom.sop_instance_uid:
         raise ValueError(f"{m.dicom.path} changed since it was read (SOPInstanceUID differs)")
+    # The Patient and Study modules' Type 2 attributes must be present (empty is allowed), and
+    # highdicom copies them from the source; anonymised or minimal files often drop them.
+    for kw in _SEG_TYPE2:
+        if kw not in src:
+            setattr(src, kw, "")
     desc = hd.seg.SegmentDescription(
         segment_number=1, segment_label="microcalcification",
         segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),

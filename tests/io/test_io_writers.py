@@ -106,3 +106,21 @@ def test_validation(tmp_path):
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         write_outputs(tmp_path, "c", m, bad, mask, dets, clusters)
+
+
+def test_seg_is_written_for_a_source_without_patient_and_study_type2_attributes(tmp_path):
+    stored = breast_phantom(120, 90, 12, np.random.default_rng(1), chest_wall="left")
+    path = write_dicom(tmp_path / "anon.dcm", stored, bits_stored=12, laterality="L", pixel_spacing=0.07)
+    ds = pydicom.dcmread(path)
+    for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate", "StudyTime",
+               "ReferringPhysicianName", "AccessionNumber"):
+        delattr(ds, kw)
+    ds.save_as(path)
+    m = read_mammogram(path)
+    _, t = to_model_spacing(m)
+    prob, mask, dets, clusters = _detections(t, [(60, 40)])
+    paths = write_outputs(tmp_path / "out", "anon", m, prob, mask, dets, clusters)
+    seg = pydicom.dcmread(paths["seg"])
+    assert seg.PatientID == "" and seg.StudyInstanceUID == ds.StudyInstanceUID
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    assert seg.pixel_array.astype(bool).sum() == np.asarray(Image.open(paths["mask"])).astype(bool).sum() > 0
