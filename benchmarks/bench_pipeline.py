@@ -27,6 +27,7 @@ network calls (the segmentor and generator wrapped in an autocast module); ``com
 from __future__ import annotations
 
 import argparse
+import copy
 import resource
 import sys
 import tempfile
@@ -224,6 +225,14 @@ def run_benchmark(device: torch.device, size=(3328, 2560), ttgpr_size=None, vari
                              "note": "sliding_window_inference(roi 256, overlap 0.25, mode gaussian, sw_batch 16), "
                                      "mcgr segmentor, fp32 NCHW"})
                 log(f"MONAI sliding_window_inference: {anchor_s:.2f} s")
+                fast = Autocast(copy.deepcopy(seg0).to(memory_format=torch.channels_last))
+                warm_up(fast, None, device, False)
+                fast_s = monai_anchor(ph.image, fast, device)
+                rows.append({"op": "pipeline/monai_swi", "backend": "monai-bf16", "shape": f"{size[1]}x{size[0]}",
+                             "median_ms": round(1e3 * fast_s, 1), "ratio_vs_ref": round(anchor_s / fast_s, 3), "gbps": None,
+                             "note": "the same call with the segmentor in channels-last under bf16 autocast (what "
+                                     "mcgr's pipeline does on bf16 CPUs and on CUDA)"})
+                log(f"MONAI sliding_window_inference, bf16 + channels-last: {fast_s:.2f} s")
             except ImportError as exc:
                 log(f"MONAI anchor skipped: {exc}")
         for variant in variants:
