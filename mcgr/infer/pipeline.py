@@ -111,7 +111,7 @@ class Pipeline:
 
     def __init__(self, segmentor, generator=None, config: TTGPRConfig | None = None, device="cpu",
                  backend: str = "auto", tile: int = 256, overlap: float = 0.25, autocast: bool | None = None,
-                 skin_margin_mm: float = 1.5, border_pad: int = 32):
+                 skin_margin_mm: float = 1.5, border_pad: int = 32, border_margin_mm: float = 1.0):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
@@ -132,6 +132,9 @@ class Pipeline:
         if not skin_margin_mm >= 0:
             raise ValueError(f"skin_margin_mm must be >= 0, got {skin_margin_mm}")
         self.skin_margin_mm = float(skin_margin_mm)
+        if not border_margin_mm >= 0:
+            raise ValueError(f"border_margin_mm must be >= 0, got {border_margin_mm}")
+        self.border_margin_mm = float(border_margin_mm)
         self.border_pad = int(border_pad)
 
     def _skin_excluded(self, bm: torch.Tensor) -> torch.Tensor:
@@ -140,11 +143,17 @@ class Pipeline:
         The segmentor is trained on patches inside the breast; the tissue/air edge of the skin line is
         outside that distribution and it fires along it. Calcifications within ~1.5 mm of the skin
         are dermal and benign, so the band is dropped from the outputs (set skin_margin_mm=0 to keep it).
+        The outermost ``border_margin_mm`` of the image is dropped too (0 keeps it).
         """
         r = self.skin_margin_mm / MODEL_SPACING_MM
-        if r <= 0:
-            return bm
-        return torch.from_numpy(deeper_than(bm.numpy().astype(bool), r))
+        keep = bm if r <= 0 else torch.from_numpy(deeper_than(bm.numpy().astype(bool), r))
+        e = int(round(self.border_margin_mm / MODEL_SPACING_MM))
+        if e > 0 and min(keep.shape) > 4 * e:  # (not on crops too small to have a film edge)
+            # the outermost border_margin_mm of the image: scanned films carry a bright edge strip
+            # there that the segmentor fires along (sfm-malign-0/1-282: large false detections)
+            keep = keep.clone()
+            keep[:e], keep[-e:], keep[:, :e], keep[:, -e:] = False, False, False, False
+        return keep
 
     @classmethod
     def from_pretrained(cls, device="cpu", backend: str = "auto", config: TTGPRConfig | None = None, **kw) -> "Pipeline":
