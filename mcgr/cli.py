@@ -134,6 +134,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--backend", default="auto", help="kernel backend (default auto)")
     p.add_argument("--models", default=None, metavar="DIR", help="load seg/ and rf/ from DIR instead of the shipped weights")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's; fewer than cores on a shared machine)")
     p.set_defaults(handler=_demo)
 
 
@@ -156,6 +158,8 @@ def _demo(args) -> int:
         raise CLIError(f"--device must be cpu or cuda, got {args.device!r}")
     from mcgr.infer.demo import run_demo
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     run_demo(args.out, seed=args.seed, size=_size(args.size), faint=not args.regular, device=args.device,
              backend=args.backend, models=args.models)
     return 0

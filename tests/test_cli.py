@@ -119,3 +119,17 @@ def test_demo_scores_base_and_ttgpr_against_the_phantom_truth(tmp_path, capsys):
 def test_python_dash_m_mcgr():
     r = subprocess.run([sys.executable, "-m", "mcgr", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "synth" in r.stdout and "demo" in r.stdout
+
+
+def test_demo_threads_option(tmp_path, capsys, monkeypatch):
+    import torch
+
+    import mcgr.infer.demo as demo
+
+    assert main(["demo", "--threads", "0", "--out", str(tmp_path / "d")]) == 2
+    assert "expected a positive integer" in capsys.readouterr().err
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(n))
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: None)
+    assert main(["demo", "--threads", "1", "--out", str(tmp_path / "d")]) == 0
+    assert seen == [1]
