@@ -206,11 +206,11 @@ def froc(probs: list, truths: list, spacing_mm: float | list[float], thresholds=
 
 def clusters_of(centroids, spacing_mm: float, link_mm: float = 5.0, min_members: int = 3,
                 area_cm2: float = 1.0) -> list[dict]:
-    """Clusters among calcifications at ``centroids`` [K, 2] ((y, x) px): the rule and the output of
-    :func:`mcgr.infer.detect.clusters_from_detections` (single linkage within ``link_mm``, groups of
-    at least ``min_members``, ``compact`` when the bounding box fits in ``area_cm2``), computed with a
-    k-d tree so that a poor model's thousands of false positives stay cheap. ``members`` are row
-    indices into ``centroids``, ascending; clusters are ordered by their first member."""
+    """Clusters among calcifications at ``centroids`` [K, 2] ((y, x) px), the clinical rule shared
+    with the pipeline (:func:`mcgr.infer.detect.clusters_from_detections` calls this): single linkage
+    within ``link_mm``, groups of at least ``min_members``, ``compact`` when the bounding box fits in
+    ``area_cm2``; a k-d tree keeps a poor model's thousands of false positives cheap. ``members`` are
+    row indices into ``centroids``, ascending; clusters are ordered by their first member."""
     if not spacing_mm > 0:
         raise ValueError(f"spacing_mm must be > 0, got {spacing_mm}")
     c = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)

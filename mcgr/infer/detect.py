@@ -10,24 +10,15 @@ whose bounding box fits in ``area_cm2`` forms a cluster (larger groups are still
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from scipy import ndimage
 
-_EIGHT = np.ones((3, 3), dtype=bool)
+from mcgr.eval.objects import clusters_of, components
 
 
 def _np(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-def label_components(mask) -> tuple[np.ndarray, int]:
-    """8-connected components of a boolean mask: (labels int32 [H, W], count)."""
-    lab, n = ndimage.label(_np(mask).astype(bool), structure=_EIGHT)
-    return lab.astype(np.int32, copy=False), int(n)
 
 
 def detections_from_prob(prob, spacing_mm: float, threshold: float = 0.5, uncertainty=None,
@@ -42,19 +33,15 @@ def detections_from_prob(prob, spacing_mm: float, threshold: float = 0.5, uncert
     p = _np(prob).astype(np.float32, copy=False)
     if p.ndim != 2:
         raise ValueError(f"prob must be [H, W], got shape {p.shape}")
-    lab, n = label_components(p >= threshold)
+    lab, n, cents, area = components(p >= threshold)
     if n == 0:
         return []
-    # per-component sums over the foreground pixels only: a calcification mask is sparse, and
-    # ndimage's labelled reductions each walk the whole field (~2 s for four of them at 3328 x 2560)
+    keep = area >= min_area_px
+    # peak and confidence over the foreground pixels only (ndimage's labelled reductions each walk
+    # the whole field: ~2 s for four of them at 3328 x 2560)
     flat = lab.ravel()
     on = np.flatnonzero(flat)
     lb = flat[on]
-    area = np.bincount(lb, minlength=n + 1)[1:].astype(np.float64)
-    keep = area >= min_area_px
-    W = p.shape[1]
-    cents = np.stack([np.bincount(lb, weights=(on // W).astype(np.float64), minlength=n + 1)[1:] / area,
-                      np.bincount(lb, weights=(on % W).astype(np.float64), minlength=n + 1)[1:] / area], axis=1)
     pv = p.ravel()[on]
     o = np.lexsort((pv, lb))  # by label, then by probability: the last of each label is its peak
     last = np.r_[np.flatnonzero(np.diff(lb[o])), len(o) - 1]
@@ -95,57 +82,10 @@ def clusters_from_detections(dets: list[dict], spacing_mm: float, link_mm: float
     """
     for d in dets:
         d["cluster"] = -1
-    if len(dets) < min_members:
-        return []
-    pts = np.array([[d["y"], d["x"]] for d in dets], dtype=np.float64) * spacing_mm
-    # single linkage via a grid of link_mm cells: only neighbouring cells are compared
-    parent = np.arange(len(dets))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    cells: dict[tuple[int, int], list[int]] = {}
-    for i, (y, x) in enumerate(pts):
-        cells.setdefault((int(y // link_mm), int(x // link_mm)), []).append(i)
-    for (cy, cx), members in cells.items():
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                other = cells.get((cy + dy, cx + dx))
-                if not other:
-                    continue
-                for i in members:
-                    for j in other:
-                        if j <= i:
-                            continue
-                        if (pts[i, 0] - pts[j, 0]) ** 2 + (pts[i, 1] - pts[j, 1]) ** 2 <= link_mm * link_mm:
-                            ri, rj = find(i), find(j)
-                            if ri != rj:
-                                parent[max(ri, rj)] = min(ri, rj)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(dets)):
-        groups.setdefault(find(i), []).append(i)
-    side_mm = math.sqrt(area_cm2) * 10.0
-    clusters = []
-    for members in sorted(groups.values(), key=lambda m: min(m)):
-        if len(members) < min_members:
-            continue
-        p = pts[members]
-        ext = p.max(axis=0) - p.min(axis=0)
-        cid = len(clusters)
-        for i in members:
-            dets[i]["cluster"] = cid
-        c = p.mean(axis=0)
-        clusters.append({
-            "id": cid,
-            "members": [dets[i]["id"] for i in members],
-            "y": round(float(c[0] / spacing_mm), 2),
-            "x": round(float(c[1] / spacing_mm), 2),
-            "y_mm": round(float(c[0]), 3),
-            "x_mm": round(float(c[1]), 3),
-            "extent_mm": [round(float(ext[0]), 3), round(float(ext[1]), 3)],
-            "compact": bool(ext[0] <= side_mm and ext[1] <= side_mm),
-        })
+    pts = np.array([[d["y"], d["x"]] for d in dets], dtype=np.float64).reshape(-1, 2)
+    clusters = clusters_of(pts, spacing_mm, link_mm, min_members, area_cm2)
+    for c in clusters:
+        for i in c["members"]:
+            dets[i]["cluster"] = c["id"]
+        c["members"] = [dets[i]["id"] for i in c["members"]]
     return clusters
