@@ -264,8 +264,9 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
     # Seeds and RF projections live on the canvas, not per tile: a calcification in the overlap of
     # up to four tiles is seeded and projected once (tiles overlap by 25 %: ~1.8 tiles per pixel).
     # The surrogate q and its spread are accumulated on the canvas and gathered back into tiles.
-    ones = torch.ones_like(Z0)
-    inside = stitch(ones, gdev, weights, backend=backend) > 0.5  # canvas pixels some tile covers
+    inside = torch.zeros(H, W, dtype=torch.bool, device=dev)  # canvas pixels some tile covers
+    for y0, x0 in grid.origins.tolist():
+        inside[y0 : y0 + T, x0 : x0 + T] = True
     qsum = torch.zeros_like(base)
     usum = torch.zeros_like(base)
     cnt = torch.zeros_like(base)

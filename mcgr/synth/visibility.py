@@ -23,14 +23,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from mcgr.ops.inject import gaussian_taps
+
 ROSE_K = 3.0
-
-
-def _gauss_kernel(sigma: float, device) -> torch.Tensor:
-    r = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=torch.float32, device=device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
 
 
 def texture_sigma(background: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
@@ -38,7 +33,7 @@ def texture_sigma(background: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
     if background.dim() != 4 or background.shape[1] != 1:
         raise ValueError(f"background must be [B, 1, H, W], got {tuple(background.shape)}")
     b = background.float()
-    k = _gauss_kernel(sigma, b.device)
+    k = gaussian_taps(sigma, max(1, int(math.ceil(3 * sigma))), device=b.device)
     r = k.numel() // 2
     sm = F.conv2d(F.pad(b, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
     sm = F.conv2d(F.pad(sm, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
