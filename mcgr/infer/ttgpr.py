@@ -332,7 +332,7 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
             if done:  # zbar from the tiles' current logits, not the canvas the iteration started from
                 Zbar = gather_tiles(stitch(Z, gdev, weights, backend=backend), gdev, backend=backend)
             # one call for every gated tile: refine is memory-bound and a few MB per tile, so the
-            # network batch size has no business here (batches of 4 cost 2.1 s on the 2-core box)
+            # network batch size has no business here
             Z[gated] = refine(Z[gated], Q, Z0g, Yg, Zbar[gated], cfg.refine, steps=n, backend=backend)
             done += n
         refined[gated] = True
