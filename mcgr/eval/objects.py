@@ -4,7 +4,8 @@ Calcifications are connected components (8-connectivity) of a mask, or annotated
 calcification is found when a predicted component's centroid lies within ``dist_mm`` (default
 0.35 mm) of the true centroid, or their IoU is at least ``iou_min`` (0.3). Matching is one-to-one:
 a maximum bipartite matching over the admissible pairs, so the count does not depend on the order
-of either list. Unmatched predicted components are false positives.
+of either list. Unmatched predicted components are false positives; with ``duplicates="ignore"``
+(the LUNA16 / ANODE09 rule) those that hit an already found calcification are not.
 
 FROC: the map is thresholded at each probability threshold, components re-extracted and matched;
 sensitivity (pooled over images) is plotted against mean false positives per image. Sensitivities at
@@ -53,8 +54,11 @@ def components(mask) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     return lab, n, cen, area
 
 
+DUPLICATE_RULES = ("fp", "ignore")
+
+
 def match_objects(truth, pred, spacing_mm: float, dist_mm: float = 0.35, iou_min: float = 0.3,
-                  truth_points=None, truth_ignore=None) -> dict:
+                  truth_points=None, truth_ignore=None, duplicates: str = "fp") -> dict:
     """Match predicted components of ``pred`` (bool mask) to true calcifications.
 
     truth: bool mask of true calcifications (its components), or None when ``truth_points``
@@ -66,7 +70,16 @@ def match_objects(truth, pred, spacing_mm: float, dist_mm: float = 0.35, iou_min
     "difficult" ones (PASCAL VOC's rule; e.g. invisible, mcgr.synth.visibility). They are neither
     found nor missed (left out of ``n_truth``), and a predicted component that is admissible for one
     of them and not matched to a counted calcification is not a false positive (``ignored_pred``).
+
+    duplicates: ``"fp"`` (default) counts every unmatched predicted component as a false positive;
+    ``"ignore"`` applies the rule of the LUNA16 / ANODE09 FROC: an unmatched component that hits a
+    counted calcification already found by another component (admissible for it, or sharing a pixel
+    with its mask) is a duplicate detection of that calcification, neither a hit nor a false
+    positive (``duplicate_pred``). A component on a calcification that nothing found still has to
+    pass the match criterion; without it, it stays a false positive.
     """
+    if duplicates not in DUPLICATE_RULES:
+        raise ValueError(f"duplicates must be one of {DUPLICATE_RULES}, got {duplicates!r}")
     if not spacing_mm > 0:
         raise ValueError(f"spacing_mm must be > 0, got {spacing_mm}")
     p_lab, n_p, p_cen, p_area = components(pred)
@@ -86,9 +99,11 @@ def match_objects(truth, pred, spacing_mm: float, dist_mm: float = 0.35, iou_min
             raise ValueError(f"truth_ignore needs one flag per true calcification ({n_t}), got {ign.shape[0]}")
     n_c = int(n_t - ign.sum())
     if n_t == 0 or n_p == 0:
-        return {"tp": 0, "fn": n_c, "fp": n_p, "n_truth": n_c, "n_pred": n_p, "pairs": [], "ignored_pred": 0, **cents}
+        return {"tp": 0, "fn": n_c, "fp": n_p, "n_truth": n_c, "n_pred": n_p, "pairs": [], "ignored_pred": 0,
+                "duplicate_pred": 0, **cents}
     d2 = ((t_cen[:, None, :] - p_cen[None, :, :]) ** 2).sum(-1) * spacing_mm**2
     ok = d2 <= dist_mm**2
+    touch = ok.copy()
     if t_lab is not None:
         both = (t_lab > 0) & (p_lab > 0)
         if both.any():
@@ -98,6 +113,7 @@ def match_objects(truth, pred, spacing_mm: float, dist_mm: float = 0.35, iou_min
             iou = inter / (t_area[ti] + p_area[pj] - inter)
             sel = iou >= iou_min
             ok[ti[sel], pj[sel]] = True
+            touch[ti, pj] = True
     counted = ok & ~ign[:, None]
     rows, cols = np.nonzero(counted)
     graph = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_t, n_p))
@@ -106,9 +122,15 @@ def match_objects(truth, pred, spacing_mm: float, dist_mm: float = 0.35, iou_min
     tp = len(pairs)
     free = np.ones(n_p, dtype=bool)
     free[[j for _, j in pairs]] = False
-    ignored_pred = int((free & ok[ign].any(axis=0)).sum()) if ign.any() else 0
-    return {"tp": tp, "fn": n_c - tp, "fp": n_p - tp - ignored_pred, "n_truth": n_c, "n_pred": n_p, "pairs": pairs,
-            "ignored_pred": ignored_pred, **cents}
+    ign_p = free & ok[ign].any(axis=0) if ign.any() else np.zeros(n_p, dtype=bool)
+    dup_p = np.zeros(n_p, dtype=bool)
+    if duplicates == "ignore" and pairs:
+        found = np.zeros(n_t, dtype=bool)
+        found[[i for i, _ in pairs]] = True
+        dup_p = free & ~ign_p & touch[found].any(axis=0)
+    ignored_pred, duplicate_pred = int(ign_p.sum()), int(dup_p.sum())
+    return {"tp": tp, "fn": n_c - tp, "fp": n_p - tp - ignored_pred - duplicate_pred, "n_truth": n_c, "n_pred": n_p,
+            "pairs": pairs, "ignored_pred": ignored_pred, "duplicate_pred": duplicate_pred, **cents}
 
 
 def object_metrics(results: list[dict], breast_area_cm2: list[float] | None = None) -> dict:
@@ -134,7 +156,7 @@ DEFAULT_FROC_THRESHOLDS = tuple(float(t) for t in np.round(np.linspace(0.95, 0.0
 
 
 def froc_counts(prob, truth, spacing_mm: float, thresholds=DEFAULT_FROC_THRESHOLDS, dist_mm: float = 0.35,
-                iou_min: float = 0.3, truth_points=None, truth_ignore=None) -> dict:
+                iou_min: float = 0.3, truth_points=None, truth_ignore=None, duplicates: str = "fp") -> dict:
     """One image's FROC counts: ``{"tp": [T], "fp": [T], "n_truth"}`` at each of the T ``thresholds``
     (``prob`` [H, W]; ``truth`` mask or None with ``truth_points``). Sum them over images and pass
     the sums to :func:`froc_from_counts`, so that a dataset's maps need not be held together."""
@@ -142,7 +164,7 @@ def froc_counts(prob, truth, spacing_mm: float, thresholds=DEFAULT_FROC_THRESHOL
     tp, fp, n_t = [], [], 0
     for thr in thresholds:
         r = match_objects(truth, p >= thr, spacing_mm, dist_mm, iou_min, truth_points=truth_points,
-                          truth_ignore=truth_ignore)
+                          truth_ignore=truth_ignore, duplicates=duplicates)
         tp.append(r["tp"])
         fp.append(r["fp"])
         n_t = r["n_truth"]
@@ -180,11 +202,12 @@ def froc_from_counts(thresholds, tp, fp, n_truth: int, n_images: int, rates=FROC
 
 def froc(probs: list, truths: list, spacing_mm: float | list[float], thresholds=None, dist_mm: float = 0.35,
          iou_min: float = 0.3, rates=FROC_RATES, truth_points: list | None = None,
-         truth_ignore: list | None = None) -> dict:
+         truth_ignore: list | None = None, duplicates: str = "fp") -> dict:
     """FROC over probability thresholds for a dataset of probability maps and truth masks.
 
     Returns ``{"thresholds", "sensitivity", "fp_per_image", "at_rates": {rate: sens}, "mean_sensitivity"}``.
-    truth_ignore: optional per image the "difficult" flags of :func:`match_objects`.
+    truth_ignore: optional per image the "difficult" flags of :func:`match_objects`; duplicates: its
+    duplicate rule.
     """
     if len(probs) != len(truths):
         raise ValueError(f"probs and truths must have the same length, got {len(probs)} and {len(truths)}")
@@ -197,7 +220,8 @@ def froc(probs: list, truths: list, spacing_mm: float | list[float], thresholds=
     for k, (p, t) in enumerate(zip(probs, truths)):
         pts = None if truth_points is None else truth_points[k]
         ig = None if truth_ignore is None else truth_ignore[k]
-        c = froc_counts(p, t, spacings[k], thresholds, dist_mm, iou_min, truth_points=pts, truth_ignore=ig)
+        c = froc_counts(p, t, spacings[k], thresholds, dist_mm, iou_min, truth_points=pts, truth_ignore=ig,
+                        duplicates=duplicates)
         tp += c["tp"]
         fp += c["fp"]
         n_t += c["n_truth"]

@@ -17,22 +17,36 @@ def segment_logits(model: UNet, image: torch.Tensor) -> torch.Tensor:
     return model(standardise(image))
 
 
-def soft_dice(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Soft Dice over the whole batch (one ratio, so MC-free patches do not each score 0 or 1)."""
+def soft_dice(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft Dice over the whole batch (one ratio, so MC-free patches do not each score 0 or 1);
+    ``weight`` (same shape, >= 0) scales each pixel's share of the three sums."""
+    if weight is not None:
+        prob, target = prob * weight, target * weight
     inter = (prob * target).sum()
     return (2 * inter + smooth) / (prob.sum() + target.sum() + smooth)
 
 
 def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, bce_weight: float = 1.0,
-                      dice_weight: float = 1.0, pos_weight: float = 1.0) -> torch.Tensor:
+                      dice_weight: float = 1.0, pos_weight: float = 1.0,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
     """``bce_weight * BCE(logits, mask; pos_weight) + dice_weight * (1 - soft Dice)``.
 
     Calcifications cover ~0.1-1 % of a patch: BCE alone is dominated by background and learns to
     predict nothing; the batch-global Dice term weighs the few positive pixels as much as the rest,
     and ``pos_weight`` (> 1) raises their BCE weight further. Inputs ``[B, 1, H, W]``, logits in float32.
+    ``weight`` (optional, same shape, >= 0): per-pixel weights; 0 leaves a pixel out of both terms
+    (the BCE is then the weighted mean over the pixels with weight > 0).
     """
     logits = logits.float()
     pw = torch.tensor(pos_weight, dtype=torch.float32, device=logits.device)
-    bce = F.binary_cross_entropy_with_logits(logits, mask, pos_weight=pw)
-    dice = soft_dice(torch.sigmoid(logits), mask)
+    if weight is None:
+        bce = F.binary_cross_entropy_with_logits(logits, mask, pos_weight=pw)
+    else:
+        if weight.shape != logits.shape:
+            raise ValueError(f"weight must have the logits' shape {tuple(logits.shape)}, got {tuple(weight.shape)}")
+        w = weight.float()
+        per = F.binary_cross_entropy_with_logits(logits, mask, pos_weight=pw, reduction="none")
+        bce = (per * w).sum() / w.sum().clamp(min=1.0)
+    dice = soft_dice(torch.sigmoid(logits), mask, weight=weight)
     return bce_weight * bce + dice_weight * (1 - dice)

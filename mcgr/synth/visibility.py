@@ -91,3 +91,28 @@ def component_cnr(image: torch.Tensor, background: torch.Tensor, mask: torch.Ten
         peak = np.asarray(ndimage.maximum(diff[b], lab, np.arange(1, n + 1)), dtype=np.float64).reshape(n)
         out.append(peak / sig[b])
     return out
+
+
+def difficult_weight(image: torch.Tensor, background: torch.Tensor, mask: torch.Tensor, k: float = ROSE_K,
+                     ring: int = 1) -> torch.Tensor:
+    """Per-pixel loss weights ``[B, 1, H, W]``: 0 on the calcifications of ``mask`` whose
+    :func:`component_cnr` is under ``k`` (and a ``ring`` px band around them), 1 elsewhere."""
+    import numpy as np
+    from scipy import ndimage
+
+    if not k >= 0:
+        raise ValueError(f"k must be >= 0, got {k!r}")
+    cnr = component_cnr(image, background, mask)
+    m = mask[:, 0].cpu().numpy() > 0.5
+    w = np.ones(m.shape, dtype=np.float32)
+    eight = np.ones((3, 3), bool)
+    for b in range(m.shape[0]):
+        bad = np.flatnonzero(cnr[b] < k) + 1
+        if bad.size == 0:
+            continue
+        lab, _ = ndimage.label(m[b], structure=eight)
+        hide = np.isin(lab, bad)
+        if ring > 0:
+            hide = ndimage.binary_dilation(hide, structure=eight, iterations=ring)
+        w[b][hide] = 0.0
+    return torch.from_numpy(w)[:, None].to(mask.device)

@@ -54,11 +54,17 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    """Segmentor loss: bce * BCE(pos_weight) + dice * (1 - soft Dice)."""
+    """Segmentor loss: bce * BCE(pos_weight) + dice * (1 - soft Dice).
+
+    ignore_below_cnr: when > 0, calcifications whose contrast-to-noise ratio is under it
+    (mcgr.synth.visibility.component_cnr) are left out of the loss, their pixels and a 1 px ring
+    weighted 0: the image holds no evidence of them, and a target of 1 there teaches the network
+    to fire on texture that looks the same. 0 = every calcification counts."""
 
     bce: float = 1.0
     dice: float = 1.0
     pos_weight: float = 3.0
+    ignore_below_cnr: float = 0.0
 
 
 @dataclass
@@ -239,6 +245,8 @@ def _check(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: rf.dropout must be in [0, 1), got {cfg.rf.dropout}")
     if not cfg.rf.seed_min_cnr >= 0:
         raise ConfigError(f"{source}: rf.seed_min_cnr must be >= 0, got {cfg.rf.seed_min_cnr}")
+    if not cfg.loss.ignore_below_cnr >= 0:
+        raise ConfigError(f"{source}: loss.ignore_below_cnr must be >= 0, got {cfg.loss.ignore_below_cnr}")
 
 
 def config_from_dict(kind: str, data: dict, source: str) -> TrainConfig:

@@ -6,7 +6,11 @@
     (scipy.ndimage.label) matched one-to-one to the true calcifications (mask components); a
     calcification is found when a predicted component's centroid lies within 0.35 mm of its centroid
     or their IoU >= 0.3 (mcgr.eval.objects). The figure is the best sensitivity among thresholds
-    whose mean FP per patch is <= 0.5 (no interpolation).
+    whose mean FP per patch is <= 0.5 (no interpolation); thresholds 0.999, 0.995, 0.99, 0.97 and
+    0.95 down to 0.05 in steps of 0.05. Reported under the strict rule (every unmatched component
+    is a false positive) and under LUNA16's (a second component on a found calcification is not),
+    over all calcifications and over the visible ones, with the fraction found at p >= 0.5 per
+    contrast-to-noise bin.
 
 ``python -m mcgr.train.evaluate rf [--weights DIR] [--seg-weights DIR] [--n 32]``
     through the frozen segmentor f, on generator projections x_m (t0 = 0.5, N = 4 Euler steps,
@@ -29,14 +33,14 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from mcgr.eval.objects import froc
+from mcgr.eval.objects import froc, match_objects
 from mcgr.models import load_model, load_pretrained
 from mcgr.models.seeds import decoy_seeds, make_seed_map
 from mcgr.models.unet import UNet, standardise
 from mcgr.synth.visibility import ROSE_K, centre_cnr, component_cnr
 
 FP_BUDGET = 0.5
-THRESHOLDS = tuple(np.round(np.linspace(0.95, 0.05, 19), 4))
+THRESHOLDS = (0.999, 0.995, 0.99, 0.97) + tuple(np.round(np.linspace(0.95, 0.05, 19), 4))
 
 
 @torch.no_grad()
@@ -49,7 +53,10 @@ def seg_probs(model: UNet, images: torch.Tensor, chunk: int = 8) -> torch.Tensor
 
 
 def evaluate_segmentor(model: UNet, val: dict, spacing_mm: float = 0.07) -> dict:
-    """Pixel Dice (pooled, p >= 0.5) and the FROC operating point at <= 0.5 FP per patch."""
+    """Pixel Dice (pooled, p >= 0.5) and the FROC operating point at <= 0.5 FP per patch, under the
+    strict rule (every unmatched component a false positive) and under the LUNA16 duplicate rule
+    (a second component on an already found calcification is neither; mcgr.eval.objects), over all
+    calcifications and, when ``val`` has backgrounds, over the visible ones (CNR >= 3)."""
     p = seg_probs(model, val["image"])
     m = val["mask"].cpu() > 0.5
     pred = p >= 0.5
@@ -58,33 +65,53 @@ def evaluate_segmentor(model: UNet, val: dict, spacing_mm: float = 0.07) -> dict
     dice = 2 * inter / denom if denom else 1.0
     per_patch = [(2 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))) for a, b in zip(pred, m) if b.any()]
     probs, truths = [q[0].numpy() for q in p], [t[0].numpy() for t in m]
-    fr = froc(probs, truths, spacing_mm, thresholds=THRESHOLDS)
-    best = _operating_point(fr)
+
+    def point(truth_ignore=None, duplicates="fp") -> dict:
+        fr = froc(probs, truths, spacing_mm, thresholds=THRESHOLDS, truth_ignore=truth_ignore, duplicates=duplicates)
+        s_, thr, f = _operating_point(fr)
+        return {"sensitivity_at_0.5fp": s_, "threshold_at_0.5fp": thr, "fp_per_patch_at_threshold": f,
+                "froc_at_rates": fr["at_rates"]}
+
+    strict, luna = point(), point(duplicates="ignore")
     out = {
         "patches": int(p.shape[0]),
         "patch_size": int(p.shape[-1]),
         "pixel_dice": dice,
         "pixel_dice_mean_per_patch_with_mc": float(np.mean(per_patch)) if per_patch else float("nan"),
-        "sensitivity_at_0.5fp": best[0],
-        "threshold_at_0.5fp": best[1],
-        "fp_per_patch_at_threshold": best[2],
-        "froc_at_rates": fr["at_rates"],
+        **strict,
+        "duplicates_ignored": luna,
         "n_calcifications": int(sum(int(ndimage.label(t, structure=np.ones((3, 3), bool))[1]) for t in truths)),
     }
     if "background" in val:  # figures over the visible calcifications only (the rest are 'difficult')
         cnr = component_cnr(val["image"].cpu(), val["background"].cpu(), val["mask"].cpu())
-        fr_v = froc(probs, truths, spacing_mm, thresholds=THRESHOLDS, truth_ignore=[c < ROSE_K for c in cnr])
-        best_v = _operating_point(fr_v)
+        ign = [c < ROSE_K for c in cnr]
         out["visible"] = {
             "rule": f"peak contrast >= {ROSE_K:g} texture sigmas (mcgr.synth.visibility); the others are "
                     "'difficult': neither found nor missed, hits on them not false positives",
             "n_calcifications": sum(int((c >= ROSE_K).sum()) for c in cnr),
-            "sensitivity_at_0.5fp": best_v[0],
-            "threshold_at_0.5fp": best_v[1],
-            "fp_per_patch_at_threshold": best_v[2],
-            "froc_at_rates": fr_v["at_rates"],
+            **point(ign),
+            "duplicates_ignored": point(ign, "ignore"),
         }
+        out["found_at_0.5_by_cnr"] = _found_by_cnr(probs, truths, cnr, spacing_mm)
     return out
+
+
+CNR_BINS = (0.0, 3.0, 4.0, 6.0, 10.0, float("inf"))
+
+
+def _found_by_cnr(probs, truths, cnr, spacing_mm: float, thr: float = 0.5) -> dict:
+    """Fraction of calcifications found at ``p >= thr`` in each CNR bin: where the detector's limit lies."""
+    found = np.zeros(len(CNR_BINS) - 1)
+    total = np.zeros(len(CNR_BINS) - 1)
+    for pr, t, c in zip(probs, truths, cnr):
+        r = match_objects(t, pr >= thr, spacing_mm)
+        hit = np.zeros(len(c), dtype=bool)
+        hit[[i for i, _ in r["pairs"]]] = True
+        b = np.digitize(c, CNR_BINS[1:-1])
+        np.add.at(total, b, 1)
+        np.add.at(found, b, hit)
+    return {f"[{lo:g}, {hi:g})": {"n": int(n), "found": round(float(f / n), 4) if n else None}
+            for lo, hi, n, f in zip(CNR_BINS[:-1], CNR_BINS[1:], total, found)}
 
 
 def _operating_point(fr: dict) -> tuple:

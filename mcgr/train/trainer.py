@@ -121,11 +121,21 @@ def rf_seed_map(batch: dict, cfg: TrainConfig, g: torch.Generator, train: bool =
 
 # ---------------------------------------------------------------- one step
 
+def _loss_weight(batch: dict, cfg: TrainConfig) -> torch.Tensor | None:
+    """The segmentor's per-pixel loss weights (None: all 1); see LossConfig.ignore_below_cnr."""
+    k = cfg.loss.ignore_below_cnr
+    if k <= 0:
+        return None
+    from mcgr.synth.visibility import difficult_weight
+
+    return difficult_weight(batch["image"].cpu(), batch["background"].cpu(), batch["mask"].cpu(), k).to(batch["mask"].device)
+
+
 def compute_loss(model: UNet, batch: dict, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
     if cfg.kind == "seg":
         logits = model(standardise(batch["image"]))
         lc = cfg.loss
-        return segmentation_loss(logits, batch["mask"], lc.bce, lc.dice, lc.pos_weight)
+        return segmentation_loss(logits, batch["mask"], lc.bce, lc.dice, lc.pos_weight, weight=_loss_weight(batch, cfg))
     x1 = standardise(batch["image"])
     b = x1.shape[0]
     smap = rf_seed_map(batch, cfg, g)

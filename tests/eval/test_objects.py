@@ -134,3 +134,36 @@ def test_difficult_truths_are_neither_found_nor_missed_and_hits_on_them_are_not_
         match_objects(t, p, 0.07, truth_ignore=[True])
     fr = froc([p.astype(float)], [t], 0.07, thresholds=[0.5], truth_ignore=[[False, True, False]])
     assert fr["sensitivity"] == [1.0] and fr["fp_per_image"] == [2.0]
+
+
+def test_duplicate_rule_on_a_hand_built_case():
+    # truth: a 3 x 20 px linear calcification A (rows 10-12, cols 10-29) and a dot B at (40, 40);
+    # prediction: two fragments of A (cols 10-13 and 26-29: each IoU 12/60 < 0.3, centroids
+    # 0.6 mm from A's), one admissible piece of A at its centre, a second blob on B, and one far away.
+    t = np.zeros((64, 64), dtype=bool)
+    t[10:13, 10:30] = True
+    t[39:42, 39:42] = True
+    p = np.zeros_like(t)
+    p[10:13, 10:14] = True   # fragment, left end of A
+    p[10:13, 26:30] = True   # fragment, right end of A
+    p[10:13, 18:22] = True   # centre of A: centroid within 0.35 mm -> matched
+    p[39:42, 39:42] = True   # B, matched
+    p[44, 44] = True         # 0.4 mm from B's centroid (not admissible), not touching B -> FP either way
+    p[60, 5] = True          # far -> FP
+    strict = match_objects(t, p, 0.07)
+    assert (strict["tp"], strict["fp"], strict["duplicate_pred"]) == (2, 4, 0)
+    luna = match_objects(t, p, 0.07, duplicates="ignore")
+    assert (luna["tp"], luna["fn"], luna["fp"], luna["duplicate_pred"]) == (2, 0, 2, 2)
+    # a fragment of a calcification that nothing found is not a duplicate: it failed the criterion
+    p2 = np.zeros_like(t)
+    p2[10:13, 10:14] = True
+    r = match_objects(t, p2, 0.07, duplicates="ignore")
+    assert (r["tp"], r["fn"], r["fp"], r["duplicate_pred"]) == (0, 2, 1, 0)
+    # A difficult: its admissible piece is 'ignored' (VOC rule), its fragments (not admissible,
+    # and A counts for nothing, so no duplicates of it) stay false positives with the two others
+    r = match_objects(t, p, 0.07, truth_ignore=[True, False], duplicates="ignore")
+    assert (r["tp"], r["n_truth"], r["fp"], r["ignored_pred"], r["duplicate_pred"]) == (1, 1, 4, 1, 0)
+    fr = froc([p.astype(float)], [t], 0.07, thresholds=[0.5], duplicates="ignore")
+    assert fr["sensitivity"] == [1.0] and fr["fp_per_image"] == [2.0]
+    with pytest.raises(ValueError, match="duplicates must be one of"):
+        match_objects(t, p, 0.07, duplicates="merge")

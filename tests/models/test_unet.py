@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -76,3 +77,25 @@ def test_wrong_input_channels():
     m = UNet(UNetConfig(width=8, depth=1, groups=4))
     with pytest.raises(ValueError, match=r"x must be \[B, 1, H, W\]"):
         m(torch.zeros(1, 2, 8, 8))
+
+
+def test_weighted_segmentation_loss_against_a_hand_computation():
+    from mcgr.models.segmentor import segmentation_loss
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 1, 6, 5, generator=g) * 3
+    m = (torch.rand(2, 1, 6, 5, generator=g) > 0.7).float()
+    w = (torch.rand(2, 1, 6, 5, generator=g) > 0.3).float()
+    pw = 2.5
+    zz, mm, ww = z.double().numpy(), m.double().numpy(), w.double().numpy()
+    p = 1 / (1 + np.exp(-zz))
+    bce = -(pw * mm * np.log(p) + (1 - mm) * np.log(1 - p))
+    want_bce = (bce * ww).sum() / ww.sum()
+    want_dice = (2 * (p * ww * mm * ww).sum() + 1) / ((p * ww).sum() + (mm * ww).sum() + 1)
+    got = segmentation_loss(z, m, 0.7, 1.3, pw, weight=w)
+    assert float(got) == pytest.approx(0.7 * want_bce + 1.3 * (1 - want_dice), rel=1e-5)
+    # all-ones weights are the unweighted loss
+    assert float(segmentation_loss(z, m, 1.0, 1.0, pw, weight=torch.ones_like(z))) == pytest.approx(
+        float(segmentation_loss(z, m, 1.0, 1.0, pw)), rel=1e-6)
+    with pytest.raises(ValueError, match="weight must have"):
+        segmentation_loss(z, m, weight=w[:1])

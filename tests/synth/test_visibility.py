@@ -64,3 +64,25 @@ def test_component_cnr_is_each_components_peak_over_sigma():
         want = [float((img[b, 0] - bg[b, 0])[lab == i].max()) / _scipy_sigma(bg[b, 0]) for i in range(1, n + 1)]
         np.testing.assert_allclose(got[b], want, rtol=3e-2)
     assert len(got[0]) == 2 and len(got[1]) == 1
+
+
+def test_difficult_weight_zeroes_invisible_calcifications_and_a_ring():
+    from mcgr.synth.visibility import difficult_weight
+
+    rng = np.random.default_rng(3)
+    bg = (0.5 + 0.02 * rng.standard_normal((1, 1, 40, 40))).astype(np.float32)
+    s = _scipy_sigma(bg[0, 0])
+    mask = np.zeros_like(bg)
+    mask[0, 0, 5:8, 5:8] = 1      # faint: peak 1 sigma
+    mask[0, 0, 25:28, 25:28] = 1  # bright: peak 10 sigma
+    img = bg.copy()
+    img[0, 0, 5:8, 5:8] += 1.0 * s
+    img[0, 0, 25:28, 25:28] += 10.0 * s
+    w = difficult_weight(torch.from_numpy(img), torch.from_numpy(bg), torch.from_numpy(mask), k=3.0)
+    want = np.ones((40, 40), np.float32)
+    want[4:9, 4:9] = 0            # the faint one and its 1 px ring (8-connected dilation)
+    np.testing.assert_array_equal(w[0, 0].numpy(), want)
+    w0 = difficult_weight(torch.from_numpy(img), torch.from_numpy(bg), torch.from_numpy(mask), k=0.0)
+    assert bool((w0 == 1).all())
+    with pytest.raises(ValueError, match="k must be"):
+        difficult_weight(torch.from_numpy(img), torch.from_numpy(bg), torch.from_numpy(mask), k=-1.0)

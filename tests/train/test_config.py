@@ -74,3 +74,35 @@ def test_rf_seeds_only_at_visible_calcifications(tmp_path):
     p.write_text("preset: tiny\nrf: {seed_min_cnr: -1.0}\n")
     with pytest.raises(ConfigError, match="seed_min_cnr"):
         load_config("rf", p)
+
+
+def test_seg_loss_leaves_invisible_calcifications_out(tmp_path):
+    import torch
+
+    from mcgr.models.segmentor import segmentation_loss
+    from mcgr.synth.dataset import SynthPairs
+    from mcgr.synth.visibility import difficult_weight
+    from mcgr.train.trainer import compute_loss
+
+    p = tmp_path / "s.yaml"
+    p.write_text("preset: tiny\nloss: {ignore_below_cnr: 3.0}\n")
+    cfg = load_config("seg", p)
+    assert load_config("seg", "visible").loss.ignore_below_cnr == 3.0
+    b = SynthPairs(patch_size=64, batch_size=4, seed=3, mc_free_fraction=0.0).batch(0)
+    from mcgr.models.segmentor import segmentor_config
+    from mcgr.models.unet import UNet, standardise
+
+    torch.manual_seed(0)
+    model = UNet(segmentor_config(width=8, depth=2, groups=4))
+    w = difficult_weight(b["image"], b["background"], b["mask"], 3.0)
+    assert 0 < float((w == 0).sum()) < w.numel()  # the batch has invisible calcifications
+    with torch.no_grad():
+        got = compute_loss(model, b, cfg, torch.Generator())
+        want = segmentation_loss(model(standardise(b["image"])), b["mask"], cfg.loss.bce, cfg.loss.dice,
+                                 cfg.loss.pos_weight, weight=w)
+        plain = segmentation_loss(model(standardise(b["image"])), b["mask"], cfg.loss.bce, cfg.loss.dice,
+                                  cfg.loss.pos_weight)
+    assert float(got) == pytest.approx(float(want), rel=1e-6) and float(got) != pytest.approx(float(plain), rel=1e-6)
+    p.write_text("preset: tiny\nloss: {ignore_below_cnr: -1.0}\n")
+    with pytest.raises(ConfigError, match="ignore_below_cnr"):
+        load_config("seg", p)

@@ -47,3 +47,26 @@ def test_missed_and_false_objects_counted():
     assert r["froc_at_rates"]["1.0"] == 0.5
     lab, n = ndimage.label(truth[0, 0].numpy())
     assert r["n_calcifications"] == n + 1
+
+
+def test_duplicates_rule_and_cnr_bins_in_the_card():
+    from mcgr.train.evaluate import _found_by_cnr
+
+    truth = _discs(1, [[(10, 10), (40, 40)]], r=3.0)
+    pred = truth.clone()
+    pred[0, 0, 40, 44] = 1  # a 1-px spur joined to the second disc: same component, no duplicate
+    pred[0, 0, 8:13, 12] = 0  # cuts column 12 of the first disc: its pixel (10, 13) becomes a fragment
+    r = evaluate_segmentor(_Oracle(), {"image": pred, "mask": truth})
+    # strict: the fragment is a false positive (1 per patch > 0.5); LUNA16: a duplicate of a found one
+    assert r["sensitivity_at_0.5fp"] == 0.0
+    assert r["duplicates_ignored"]["sensitivity_at_0.5fp"] == 1.0
+    assert r["duplicates_ignored"]["fp_per_patch_at_threshold"] == 0.0
+    # per-bin fractions against a hand count: CNRs 2.5 (found), 5 (missed), 12 (found), 12 (found)
+    t = _discs(2, [[(10, 10), (40, 40)], [(20, 20), (50, 50)]])[:, 0].numpy() > 0
+    p = t.copy()
+    p[0][35:46, 35:46] = False
+    bins = _found_by_cnr(list(p.astype(float)), list(t), [np.array([2.5, 5.0]), np.array([12.0, 12.0])], 0.07)
+    assert bins["[0, 3)"] == {"n": 1, "found": 1.0}
+    assert bins["[4, 6)"] == {"n": 1, "found": 0.0}
+    assert bins["[10, inf)"] == {"n": 2, "found": 1.0}
+    assert bins["[3, 4)"] == {"n": 0, "found": None}
