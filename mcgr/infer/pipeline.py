@@ -226,8 +226,12 @@ class Pipeline:
             bm_run = bm
         grid = tile_grid(tuple(x.shape), tile=self.tile, overlap=self.overlap, breast_mask=bm_run)
         timings["grid"] = time.perf_counter() - t
+        t = time.perf_counter()
+        keep = self._skin_excluded(bm)  # what the outputs keep; seeds elsewhere would be wasted RF work
+        seed_region = torch.nn.functional.pad(keep, (pad, pad, pad, pad)) if pad > 0 else keep
+        timings["mask"] += time.perf_counter() - t
         fr = run_field(x, grid, self.seg, self.gen, self.config, refine_on=refine, backend=self.backend,
-                       autocast=self.autocast, progress=progress)
+                       autocast=self.autocast, progress=progress, seed_region=seed_region)
         for k, v in fr.timings.items():
             timings[k] = timings.get(k, 0.0) + v
         t = time.perf_counter()
@@ -236,7 +240,7 @@ class Pipeline:
             fr.logits, fr.base_logits = fr.logits[crop], fr.base_logits[crop]
             if fr.uncertainty is not None:
                 fr.uncertainty = fr.uncertainty[crop]
-        bm_dev = self._skin_excluded(bm).to(self.device)
+        bm_dev = keep.to(self.device)
         prob_m = torch.sigmoid(fr.logits) * bm_dev
         base_m = torch.sigmoid(fr.base_logits) * bm_dev
         unc_m = fr.uncertainty * bm_dev if fr.uncertainty is not None else None

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from mcgr.infer.tiling import TileGrid, gaussian_weights
-from mcgr.models import make_seed_map, standardise, unstandardise
-from mcgr.models.rf import velocity
+from mcgr.models import make_seed_map
+from mcgr.models.rf import from_flow, to_flow, velocity
 from mcgr.models.segmentor import segment_logits
 from mcgr.ops import RefineParams, gather_tiles, refine, stitch
 
@@ -131,14 +131,19 @@ class TTGPRConfig:
         return cls(**d).validated()
 
 
-def seed_points(prob: torch.Tensor, tau: float, radius: int, max_seeds: int) -> list[torch.Tensor]:
+def seed_points(prob: torch.Tensor, tau: float, radius: int, max_seeds: int,
+                region: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Seeds per plane: local maxima of ``prob`` [P, H, W] in a (2r+1)^2 window with prob >= tau
-    (any score monotone in the probability works, e.g. logits with ``tau = logit(tau_p)``).
+    (any score monotone in the probability works, e.g. logits with ``tau = logit(tau_p)``), kept
+    only where ``region`` (bool, broadcastable to [P, H, W]) is True: maxima of the whole map, so
+    the region's border creates no maxima of its own.
 
     Returns P float32 tensors [K_p, 2] of (cy, cx) px, strongest first, K_p <= max_seeds.
     """
     pooled = F.max_pool2d(prob.unsqueeze(1), kernel_size=2 * radius + 1, stride=1, padding=radius).squeeze(1)
     peak = (prob >= pooled) & (prob >= tau)
+    if region is not None:
+        peak &= region.to(peak.device, torch.bool)
     p_idx, yy, xx = peak.nonzero(as_tuple=True)
     vals = prob[p_idx, yy, xx]
     out: list[torch.Tensor] = [torch.zeros(0, 2, device=prob.device) for _ in range(prob.shape[0])]
@@ -228,8 +233,12 @@ def segment_tiles(seg, tiles: torch.Tensor, batch: int, autocast: bool = False) 
 @torch.inference_mode()
 def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConfig | None = None,
               refine_on: bool = True, backend: str = "auto", autocast: bool = False,
-              progress=None) -> FieldResult:
-    """Base segmentation and (``refine_on``) TT-GPR of one canvas ``image`` [H, W] in [0, 1]."""
+              progress=None, seed_region: torch.Tensor | None = None) -> FieldResult:
+    """Base segmentation and (``refine_on``) TT-GPR of one canvas ``image`` [H, W] in [0, 1].
+
+    seed_region: optional bool [H, W], where seeds may lie (the pipeline passes the pixels its
+    outputs keep: the breast less the skin band, not the border padding); None = every pixel a
+    tile covers."""
     from mcgr.models.sampling import sample
 
     cfg = (cfg or TTGPRConfig()).validated()
@@ -261,12 +270,18 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
     wy, wx = min(win, H), min(win, W)
     per_call = max(1, bt * (T * T) // (M * wy * wx))  # windows per network call: same memory as `batch` tiles
     vel = lambda x, tt, s: velocity(gen, x, tt, s)  # noqa: E731
+    scale = getattr(getattr(gen, "cfg", None), "input_scale", "image")
     # Seeds and RF projections live on the canvas, not per tile: a calcification in the overlap of
     # up to four tiles is seeded and projected once (tiles overlap by 25 %: ~1.8 tiles per pixel).
     # The surrogate q and its spread are accumulated on the canvas and gathered back into tiles.
     inside = torch.zeros(H, W, dtype=torch.bool, device=dev)  # canvas pixels some tile covers
     for y0, x0 in grid.origins.tolist():
         inside[y0 : y0 + T, x0 : x0 + T] = True
+    region = inside
+    if seed_region is not None:
+        if tuple(seed_region.shape) != (H, W):
+            raise ValueError(f"seed_region must be [{H}, {W}], got {tuple(seed_region.shape)}")
+        region = inside & seed_region.to(dev, torch.bool)
     qsum = torch.zeros_like(base)
     usum = torch.zeros_like(base)
     cnt = torch.zeros_like(base)
@@ -278,7 +293,8 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
         # maxima of the logits, not of the probability: sigmoid saturates to exactly 1.0 over a
         # confident calcification, and every pixel of that plateau would be a "local maximum"
         z_c = torch.where(inside, canvas, torch.full_like(canvas, -1e4))
-        seeds = seed_points(z_c[None], math.log(cfg.tau_seed / (1 - cfg.tau_seed)), cfg.seed_radius, cfg.max_seeds * P)
+        seeds = seed_points(z_c[None], math.log(cfg.tau_seed / (1 - cfg.tau_seed)), cfg.seed_radius, cfg.max_seeds * P,
+                            region=region[None])
         windows = seed_windows(seeds, (H, W), win)
         n_seeds += int(seeds[0].shape[0])
         t = _timed(timings, "seeds", dev, t)
@@ -292,12 +308,13 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
             nb = len(chunk)
             ys = torch.stack([image[y0 : y0 + wy, x0 : x0 + wx] for _, y0, x0, _ in chunk]).unsqueeze(1)
             smap = make_seed_map([loc for _, _, _, loc in chunk], (wy, wx), cfg.seed_sigma, device=dev)
+            xs, ctx = to_flow(ys, scale)
             with torch.autocast(ys.device.type, dtype=torch.bfloat16, enabled=autocast):
-                x1 = sample(vel, standardise(ys).repeat(M, 1, 1, 1), smap.repeat(M, 1, 1, 1), t0=cfg.t0,
+                x1 = sample(vel, xs.repeat(M, 1, 1, 1), smap.repeat(M, 1, 1, 1), t0=cfg.t0,
                             steps=cfg.steps, method=cfg.method, seed=cfg.seed, offset=offset, backend=backend)
                 offset += x1.numel()
                 t = _timed(timings, "rf", dev, t)
-                probs = torch.sigmoid(segment_logits(seg, unstandardise(x1.float()).clamp(0, 1)).float())
+                probs = torch.sigmoid(segment_logits(seg, from_flow(x1.float(), ctx.repeat(M)).clamp(0, 1)).float())
             probs = probs.view(M, nb, wy, wx)
             q = probs.mean(0)
             u = probs.std(0, unbiased=False) if M > 1 else torch.zeros_like(q)

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 NORMS = ("group", "batch", "none")
+INPUT_SCALES = ("image", "detail")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class UNetConfig:
     time_embedding: add a sinusoidal embedding of t in [0, 1] that scales and shifts (FiLM)
         every residual block; the forward pass then requires ``t``.
     time_dim: width of the time embedding MLP.
+    input_scale: how an image in [0, 1] becomes the network's input (the generator's flow space):
+        "image" (``2 I - 1``, :func:`standardise`) or "detail" (the band-pass detail layer in units
+        of its own robust std, :func:`mcgr.models.rf.to_flow`); old checkpoints without the key are
+        "image".
     """
 
     in_channels: int = 1
@@ -55,6 +60,7 @@ class UNetConfig:
     groups: int = 8
     time_embedding: bool = False
     time_dim: int = 64
+    input_scale: str = "image"
 
     def validated(self) -> "UNetConfig":
         for name in ("in_channels", "out_channels", "width", "depth", "max_mult", "groups", "time_dim"):
@@ -63,6 +69,8 @@ class UNetConfig:
                 raise ValueError(f"model.{name} must be a positive integer, got {v!r}")
         if self.depth > 6:
             raise ValueError(f"model.depth must be <= 6, got {self.depth}")
+        if self.input_scale not in INPUT_SCALES:
+            raise ValueError(f"model.input_scale must be one of {INPUT_SCALES}, got {self.input_scale!r}")
         if self.norm not in NORMS:
             raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
         if self.norm == "group":

@@ -122,12 +122,15 @@ def _operating_point(fr: dict) -> tuple:
 
 
 
-def _project(gen: UNet, y: torch.Tensor, smap: torch.Tensor, t0: float, steps: int, seed: int) -> torch.Tensor:
-    """x_m: the RF projection of standardised ``y`` onto seed-consistent images (Euler, t0 -> 1)."""
-    from mcgr.models.rf import sample, velocity
+def _project(gen: UNet, img: torch.Tensor, smap: torch.Tensor, t0: float, steps: int, seed: int) -> torch.Tensor:
+    """The RF projection of ``img`` (in [0, 1]) onto seed-consistent images (Euler, t0 -> 1), as an
+    image (clamped to [0, 1]), through the generator's flow space (mcgr.models.rf.to_flow)."""
+    from mcgr.models.rf import from_flow, sample, to_flow, velocity
 
-    return sample(lambda x, t, s: velocity(gen, x, t, s), y, smap, t0=t0, steps=steps, method="euler",
-                  seed=seed, offset=0)
+    y, ctx = to_flow(img, gen.cfg.input_scale)
+    x = sample(lambda x, t, s: velocity(gen, x, t, s), y, smap, t0=t0, steps=steps, method="euler",
+               seed=seed, offset=0)
+    return from_flow(x.float(), ctx).clamp(0, 1)
 
 
 def _at(p: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
@@ -155,9 +158,9 @@ def evaluate_generator(gen: UNet, seg: UNet, val: dict, t0: float = 0.5, steps: 
     acc = torch.zeros_like(p0)
     for m in range(draws):
         for i in range(0, b, chunk):
-            y = standardise(img[i:i + chunk]).to(dev)
-            x = _project(gen, y, smap[i:i + chunk].to(dev), t0, steps, seed=seed * 1000 + m * 7919 + i)
-            acc[i:i + chunk] += seg_probs(seg, (x.float().cpu() + 1) * 0.5)
+            x = _project(gen, img[i:i + chunk].to(dev), smap[i:i + chunk].to(dev), t0, steps,
+                         seed=seed * 1000 + m * 7919 + i)
+            acc[i:i + chunk] += seg_probs(seg, x.cpu())
     q = acc / draws
     cnr = centre_cnr(img, bg, true)
     true_rise, true_contrast, dec_rise, true_p0, dec_p0 = [], [], [], [], []

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mcgr.models.checkpoint import save_model
-from mcgr.models.rf import rf_loss, sample_times
+from mcgr.models.rf import rf_loss, sample_times, to_flow
 from mcgr.models.seeds import decoy_seeds, make_seed_map, training_seeds
 from mcgr.models.segmentor import segmentation_loss, soft_dice
 from mcgr.models.unet import UNet, standardise
@@ -136,7 +136,7 @@ def compute_loss(model: UNet, batch: dict, cfg: TrainConfig, g: torch.Generator)
         logits = model(standardise(batch["image"]))
         lc = cfg.loss
         return segmentation_loss(logits, batch["mask"], lc.bce, lc.dice, lc.pos_weight, weight=_loss_weight(batch, cfg))
-    x1 = standardise(batch["image"])
+    x1 = to_flow(batch["image"], cfg.model.input_scale)[0]
     b = x1.shape[0]
     smap = rf_seed_map(batch, cfg, g)
     t = sample_times(b, g, cfg.rf.time_sampling, cfg.rf.logit_mean, cfg.rf.logit_std).to(x1.device)
@@ -167,7 +167,7 @@ def validate(model: UNet, val: dict, cfg: TrainConfig, device, chunk: int = 8) -
     else:
         g = torch.Generator().manual_seed(cfg.data.val_seed)
         smap = rf_seed_map(val, cfg, g, train=False)
-        x1 = standardise(val["image"])
+        x1 = to_flow(val["image"], cfg.model.input_scale)[0]
         x0 = torch.randn(x1.shape, generator=g)
         for tv in cfg.rf.val_t:
             tot = 0.0

@@ -1,0 +1,53 @@
+"""TT-GPR's seeding on the canvas against a scipy reference, and the seed region."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from archive_factory import make_models
+from scipy import ndimage
+
+from mcgr.infer.tiling import tile_grid
+from mcgr.infer.ttgpr import TTGPRConfig, run_field, seed_points
+from mcgr.models import load_model
+
+
+def _scipy_seeds(a: np.ndarray, tau: float, r: int) -> set:
+    peak = (a >= ndimage.maximum_filter(a, size=2 * r + 1, mode="constant", cval=-np.inf)) & (a >= tau)
+    return {(int(y), int(x)) for y, x in zip(*np.nonzero(peak))}
+
+
+def test_seed_points_are_the_local_maxima_above_tau_strongest_first():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 40, 36, generator=g)
+    got = seed_points(a, 0.6, 2, max_seeds=1000)
+    for p in range(2):
+        want = _scipy_seeds(a[p].numpy(), 0.6, 2)
+        pts = got[p].long()
+        assert {(int(y), int(x)) for y, x in pts.tolist()} == want
+        vals = a[p][pts[:, 0], pts[:, 1]]
+        assert bool((vals[:-1] >= vals[1:]).all())  # strongest first
+    capped = seed_points(a, 0.6, 2, max_seeds=3)
+    assert all(torch.equal(c, s[:3]) for c, s in zip(capped, got))
+
+
+def test_seeds_lie_only_in_the_seed_region(tmp_path):
+    root = make_models(tmp_path / "m")
+    seg, gen = load_model(root / "seg", kind="seg"), load_model(root / "rf", kind="rf")
+    g = torch.Generator().manual_seed(1)
+    img = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 200, 180, generator=g), 5, 1, 2)[0, 0]
+    grid = tile_grid((200, 180), tile=128, overlap=0.25)
+    cfg = TTGPRConfig(tau_seed=0.05, projections=1, steps=1, refine_steps=2, window=32, max_seeds=1000)
+    full = run_field(img, grid, seg, gen, cfg, backend="reference")
+    region = torch.zeros(200, 180, dtype=torch.bool)
+    region[50:150, 40:120] = True
+    part = run_field(img, grid, seg, gen, cfg, backend="reference", seed_region=region)
+    # the seeds are the base canvas's logit maxima above logit(tau) (maxima of the whole canvas: the
+    # region's border makes none of its own), counted inside the region only
+    z = full.base_logits.numpy()
+    want = _scipy_seeds(z, math.log(0.05 / 0.95), cfg.seed_radius)
+    assert full.seeds == len(want) > 0
+    assert part.seeds == sum(1 for y, x in want if region[y, x])
+    assert 0 < part.seeds < full.seeds
+    with pytest.raises(ValueError, match="seed_region must be"):
+        run_field(img, grid, seg, gen, cfg, seed_region=region[:10])
