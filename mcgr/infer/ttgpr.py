@@ -62,6 +62,12 @@ class TTGPRConfig:
         tile). Calcifications are local: a 64 px window holds one with its context, at 1/16 of a
         256 px tile's network cost; the surrogate target outside the windows is the current
         probability, so the data term holds z there.
+    logit_clip: when > 0, the logits TT-GPR starts from and anchors to are clamped to
+        [-logit_clip, logit_clip] (probabilities change by at most sigmoid(-logit_clip)). The
+        segmentor's logits run to -20 on texture, and the anchor term is quadratic in the logit: at
+        z0 = -15 and lambda_a = 0.05 a projection with q = 1 can lift z only to about -0.8
+        (p 0.3), so a confidently missed calcification stays missed however clearly the generator
+        renders it; from a clamped z0 = -6 the same pull ends near p 0.67. 0 = no clamp.
     refine: the energy's weights (eta, lambda_a, lambda_e, lambda_o, sigma_e), see RefineParams.
     batch: tiles per network call on a GPU (memory vs. throughput).
     cpu_batch: tiles per network call on a CPU. Small on purpose: a batch of 16 256 px tiles makes
@@ -84,6 +90,7 @@ class TTGPRConfig:
     zbar_every: int = 5
     window: int = 64
     surrogate: str = "raise"
+    logit_clip: float = 0.0
     # no edge smoothing by default: with sigma_e = 0.05 it eroded faint calcifications (contrast < sigma_e)
     refine: RefineParams = field(default_factory=lambda: RefineParams(lambda_e=0.0))
     batch: int = 16
@@ -107,6 +114,7 @@ class TTGPRConfig:
         need(float(self.seed_sigma) > 0, f"seed_sigma must be > 0, got {self.seed_sigma!r}")
         need(isinstance(self.refine_steps, int) and self.refine_steps >= 1, f"refine_steps must be >= 1, got {self.refine_steps!r}")
         need(isinstance(self.zbar_every, int) and self.zbar_every >= 0, f"zbar_every must be an integer >= 0, got {self.zbar_every!r}")
+        need(float(self.logit_clip) >= 0, f"logit_clip must be >= 0 (0 = off), got {self.logit_clip!r}")
         need(self.surrogate in ("mean", "raise"), f"surrogate must be 'mean' or 'raise', got {self.surrogate!r}")
         need(isinstance(self.window, int) and self.window >= 0, f"window must be an integer >= 0 (0 = whole tile), got {self.window!r}")
         need(isinstance(self.batch, int) and self.batch >= 1, f"batch must be >= 1, got {self.batch!r}")
@@ -260,9 +268,13 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
     P = Y.shape[0]
     if not refine_on or gen is None or cfg.iterations == 0 or P == 0:
         return FieldResult(base, base, None, grid, 0.0, 0, timings)
+    if cfg.logit_clip > 0:  # the refinement's start and anchor; `base` keeps the segmentor's own logits
+        Z0 = Z0.clamp(-cfg.logit_clip, cfg.logit_clip)
+        canvas = base.clamp(-cfg.logit_clip, cfg.logit_clip)
+    else:
+        canvas = base
     Z = Z0.clone()
     refined = torch.zeros(P, dtype=torch.bool, device=dev)
-    canvas = base
     offset = 0
     n_seeds = 0
     M = cfg.projections
@@ -291,8 +303,10 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
         Zbar = gather_tiles(canvas, gdev, backend=backend)
         t = _timed(timings, "stitch", dev, t)
         # maxima of the logits, not of the probability: sigmoid saturates to exactly 1.0 over a
-        # confident calcification, and every pixel of that plateau would be a "local maximum"
-        z_c = torch.where(inside, canvas, torch.full_like(canvas, -1e4))
+        # confident calcification, and every pixel of that plateau would be a "local maximum"; with
+        # logit_clip the clamped logits plateau the same way, so the base logits break the ties
+        score = canvas if cfg.logit_clip <= 0 else canvas + 1e-3 * base
+        z_c = torch.where(inside, score, torch.full_like(canvas, -1e4))
         seeds = seed_points(z_c[None], math.log(cfg.tau_seed / (1 - cfg.tau_seed)), cfg.seed_radius, cfg.max_seeds * P,
                             region=region[None])
         windows = seed_windows(seeds, (H, W), win)
