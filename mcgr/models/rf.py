@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mcgr.models.unet import UNet, UNetConfig, standardise, unstandardise
+from mcgr.models.unet import DETAIL_SIGMA, UNet, UNetConfig, detail_layer, standardise, unstandardise  # noqa: F401
 
 TIME_SAMPLING = ("uniform", "logit_normal")
 
@@ -23,9 +23,6 @@ def generator_config(width: int = 16, depth: int = 3, time_dim: int = 64, **kw) 
     """The generator's U-Net: 2 channels in (``x_t``, seed map), 1 velocity out, time embedding on."""
     return UNetConfig(in_channels=2, out_channels=1, width=width, depth=depth, time_embedding=True,
                       time_dim=time_dim, **kw)
-
-
-DETAIL_SIGMA = 5.0  # px: the low-pass that the detail layer leaves out (kept exactly, not generated)
 
 
 class FlowContext:
@@ -44,24 +41,12 @@ class FlowContext:
         return FlowContext(self.scale, self.low.repeat(m, 1, 1, 1), self.sigma.repeat(m, 1, 1, 1))
 
 
-def _lowpass(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    from mcgr.ops.inject import gaussian_taps
-
-    r = max(1, int(math.ceil(3 * sigma)))
-    k = gaussian_taps(sigma, r, device=image.device).to(image.dtype)
-    h, w = image.shape[-2:]
-    # reflect needs pad < size; windows are >= 16 px, and small test patches fall back to replicate
-    mode = "reflect" if min(h, w) > r else "replicate"
-    x = F.conv2d(F.pad(image, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1))
-
-
 def to_flow(image: torch.Tensor, scale: str = "image") -> tuple[torch.Tensor, FlowContext]:
     """``(x, ctx)``: ``image`` ``[B, 1, H, W]`` in [0, 1] in the flow space of ``scale``.
 
-    "image": ``x = 2 I - 1``. "detail": ``x = (I - L) / sigma`` with ``L = G_5 * I`` (reflect
-    padding) and ``sigma = 1.4826 MAD(I - L)`` per patch (floored at 1e-4): texture and noise have
-    unit spread, so a calcification at 5 texture sigmas stands 5 units high and survives the
+    "image": ``x = 2 I - 1``. "detail": :func:`mcgr.models.unet.detail_layer`, ``x = (I - L) /
+    sigma`` with ``L = G_5 * I`` and ``sigma`` the robust std of ``I - L`` per patch: texture and
+    noise have unit spread, so a calcification at 5 texture sigmas stands 5 units high and survives the
     noising ``t0 x + (1 - t0) eps`` at t0 = 0.5, which the "image" scale (where the same
     calcification is ~0.05 units high) does not. :func:`from_flow` inverts it exactly."""
     if image.dim() != 4 or image.shape[1] != 1:
@@ -70,13 +55,8 @@ def to_flow(image: torch.Tensor, scale: str = "image") -> tuple[torch.Tensor, Fl
         return standardise(image), FlowContext("image")
     if scale != "detail":
         raise ValueError(f"scale must be 'image' or 'detail', got {scale!r}")
-    img = image.float()
-    low = _lowpass(img, DETAIL_SIGMA)
-    d = img - low
-    flat = d.flatten(1)
-    med = flat.median(dim=1, keepdim=True).values
-    sig = (1.4826 * (flat - med).abs().median(dim=1).values).clamp(min=1e-4).view(-1, 1, 1, 1)
-    return (d / sig).to(image.dtype), FlowContext("detail", low, sig)
+    x, low, sig = detail_layer(image)
+    return x.to(image.dtype), FlowContext("detail", low, sig)
 
 
 def from_flow(x: torch.Tensor, ctx: FlowContext) -> torch.Tensor:

@@ -4,17 +4,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mcgr.models.unet import UNet, UNetConfig, standardise
+from mcgr.models.unet import UNet, UNetConfig, network_input, scale_channels
 
 
-def segmentor_config(width: int = 16, depth: int = 3, **kw) -> UNetConfig:
-    """The segmentor's U-Net: 1 channel in (``2 I - 1``), 1 logit out, no time embedding."""
-    return UNetConfig(in_channels=1, out_channels=1, width=width, depth=depth, time_embedding=False, **kw)
+def segmentor_config(width: int = 16, depth: int = 3, input_scale: str = "image", **kw) -> UNetConfig:
+    """The segmentor's U-Net: the image channels of ``input_scale`` in (``2 I - 1``, and the detail
+    layer with "image+detail"), 1 logit out, no time embedding."""
+    return UNetConfig(in_channels=scale_channels(input_scale), out_channels=1, width=width, depth=depth,
+                      time_embedding=False, input_scale=input_scale, **kw)
 
 
 def segment_logits(model: UNet, image: torch.Tensor) -> torch.Tensor:
-    """Logits ``[B, 1, H, W]`` of ``model`` on ``image`` ``[B, 1, H, W]`` in [0, 1]."""
-    return model(standardise(image))
+    """Logits ``[B, 1, H, W]`` of ``model`` (a UNet, or a wrapper with ``.module``) on ``image``
+    ``[B, 1, H, W]`` in [0, 1], through the model's ``input_scale``."""
+    cfg = getattr(getattr(model, "module", model), "cfg", None)
+    return model(network_input(image, getattr(cfg, "input_scale", "image")))
 
 
 def soft_dice(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,

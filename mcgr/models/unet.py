@@ -28,7 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 NORMS = ("group", "batch", "none")
-INPUT_SCALES = ("image", "detail")
+INPUT_SCALES = ("image", "detail", "image+detail")
+DETAIL_SIGMA = 5.0  # px: the low-pass that the detail layer leaves out
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,11 @@ class UNetConfig:
     time_embedding: add a sinusoidal embedding of t in [0, 1] that scales and shifts (FiLM)
         every residual block; the forward pass then requires ``t``.
     time_dim: width of the time embedding MLP.
-    input_scale: how an image in [0, 1] becomes the network's input (the generator's flow space):
-        "image" (``2 I - 1``, :func:`standardise`) or "detail" (the band-pass detail layer in units
-        of its own robust std, :func:`mcgr.models.rf.to_flow`); old checkpoints without the key are
-        "image".
+    input_scale: how an image in [0, 1] becomes the network's input: "image" (``2 I - 1``,
+        :func:`standardise`), "detail" (:func:`detail_layer`: ``I - G_5 * I`` in units of its own
+        robust std) or, for the segmentor, "image+detail" (both, two channels). The generator's
+        flow space is "image" or "detail" (mcgr.models.rf.to_flow). Old checkpoints without the
+        key are "image".
     """
 
     in_channels: int = 1
@@ -206,6 +208,53 @@ class UNet(nn.Module):
             h = dec(torch.cat([h, skip], dim=1), temb)
         out = self.head(h)
         return out[..., :h_in, :w_in]
+
+
+def scale_channels(scale: str) -> int:
+    """Image channels of an ``input_scale`` (2 for "image+detail", else 1)."""
+    if scale not in INPUT_SCALES:
+        raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {scale!r}")
+    return 2 if scale == "image+detail" else 1
+
+
+def _lowpass(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    from mcgr.ops.inject import gaussian_taps
+
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = gaussian_taps(sigma, r, device=image.device).to(image.dtype)
+    h, w = image.shape[-2:]
+    mode = "reflect" if min(h, w) > r else "replicate"  # reflect needs pad < size (tiny test patches)
+    x = F.conv2d(F.pad(image, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1))
+
+
+def detail_layer(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x, low, sigma)`` of ``image`` ``[B, 1, H, W]`` in [0, 1]: ``low = G_5 * I`` (reflect
+    padding), ``sigma = 1.4826 MAD(I - low)`` per patch ``[B, 1, 1, 1]`` (floored at 1e-4) and
+    ``x = (I - low) / sigma``, computed in float32 outside any autocast. Texture and noise have unit
+    spread in ``x``, so a calcification at 5 texture sigmas stands 5 units high; ``low + sigma * x``
+    gives the image back."""
+    if image.dim() != 4 or image.shape[1] != 1:
+        raise ValueError(f"image must be [B, 1, H, W], got {tuple(image.shape)}")
+    with torch.autocast(image.device.type, enabled=False):
+        img = image.float()
+        low = _lowpass(img, DETAIL_SIGMA)
+        d = img - low
+        flat = d.flatten(1)
+        med = flat.median(dim=1, keepdim=True).values
+        sig = (1.4826 * (flat - med).abs().median(dim=1).values).clamp(min=1e-4).view(-1, 1, 1, 1)
+        return d / sig, low, sig
+
+
+def network_input(image: torch.Tensor, scale: str) -> torch.Tensor:
+    """The segmentor's input for ``image`` ``[B, 1, H, W]`` in [0, 1] under ``input_scale``."""
+    if scale == "image":
+        return standardise(image)
+    if scale == "detail":
+        return detail_layer(image)[0].to(image.dtype)
+    if scale == "image+detail":
+        return torch.cat([standardise(image), detail_layer(image)[0].to(image.dtype)], dim=1)
+    raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {scale!r}")
 
 
 def standardise(image: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from mcgr.models.unet import UNetConfig
+from mcgr.models.unet import INPUT_SCALES, UNetConfig, scale_channels
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 KINDS = ("seg", "rf")
@@ -222,7 +222,11 @@ def _default_model(kind: str) -> UNetConfig:
 
 def _check(cfg: TrainConfig, source: str) -> None:
     m = cfg.model
-    want_in, want_t = (2, True) if cfg.kind == "rf" else (1, False)
+    if m.input_scale not in INPUT_SCALES or (cfg.kind == "rf" and m.input_scale == "image+detail"):
+        ok = ("image", "detail") if cfg.kind == "rf" else INPUT_SCALES
+        raise ConfigError(f"{source}: model.input_scale for {cfg.kind} must be one of {ok}, got {m.input_scale!r}")
+    chans = scale_channels(m.input_scale)
+    want_in, want_t = (chans + 1, True) if cfg.kind == "rf" else (chans, False)
     if m.in_channels != want_in or m.time_embedding != want_t or m.out_channels != 1:
         raise ConfigError(
             f"{source}: model for {cfg.kind} needs in_channels={want_in}, out_channels=1, "

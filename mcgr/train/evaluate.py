@@ -36,7 +36,8 @@ from scipy import ndimage
 from mcgr.eval.objects import froc, match_objects
 from mcgr.models import load_model, load_pretrained
 from mcgr.models.seeds import decoy_seeds, make_seed_map
-from mcgr.models.unet import UNet, standardise
+from mcgr.models.segmentor import segment_logits
+from mcgr.models.unet import UNet
 from mcgr.synth.visibility import ROSE_K, centre_cnr, component_cnr
 
 FP_BUDGET = 0.5
@@ -47,7 +48,7 @@ THRESHOLDS = (0.999, 0.995, 0.99, 0.97) + tuple(np.round(np.linspace(0.95, 0.05,
 def seg_probs(model: UNet, images: torch.Tensor, chunk: int = 8) -> torch.Tensor:
     """sigmoid(f(images)) ``[B, 1, H, W]`` in chunks (images in [0, 1], on the model's device)."""
     dev = next(model.parameters()).device
-    out = [torch.sigmoid(model(standardise(images[i:i + chunk].to(dev))).float()).cpu()
+    out = [torch.sigmoid(segment_logits(model, images[i:i + chunk].to(dev)).float()).cpu()
            for i in range(0, images.shape[0], chunk)]
     return torch.cat(out)
 

@@ -22,8 +22,8 @@ import torch
 from mcgr.models.checkpoint import save_model
 from mcgr.models.rf import rf_loss, sample_times, to_flow
 from mcgr.models.seeds import decoy_seeds, make_seed_map, training_seeds
-from mcgr.models.segmentor import segmentation_loss, soft_dice
-from mcgr.models.unet import UNet, standardise
+from mcgr.models.segmentor import segment_logits, segmentation_loss, soft_dice
+from mcgr.models.unet import UNet
 from mcgr.train.config import TrainConfig
 from mcgr.train.state import load_training_state, save_training_state
 
@@ -133,7 +133,7 @@ def _loss_weight(batch: dict, cfg: TrainConfig) -> torch.Tensor | None:
 
 def compute_loss(model: UNet, batch: dict, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
     if cfg.kind == "seg":
-        logits = model(standardise(batch["image"]))
+        logits = segment_logits(model, batch["image"])
         lc = cfg.loss
         return segmentation_loss(logits, batch["mask"], lc.bce, lc.dice, lc.pos_weight, weight=_loss_weight(batch, cfg))
     x1 = to_flow(batch["image"], cfg.model.input_scale)[0]
@@ -156,7 +156,7 @@ def validate(model: UNet, val: dict, cfg: TrainConfig, device, chunk: int = 8) -
         for i in range(0, n, chunk):
             img = val["image"][i:i + chunk].to(device)
             m = val["mask"][i:i + chunk].to(device)
-            logits = model(standardise(img)).float()
+            logits = segment_logits(model, img).float()
             losses.append(float(segmentation_loss(logits, m, cfg.loss.bce, cfg.loss.dice, cfg.loss.pos_weight)) * img.shape[0])
             pred = (logits > 0).float()
             inter += float((pred * m).sum())

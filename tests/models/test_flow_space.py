@@ -55,3 +55,43 @@ def test_image_scale_is_the_standardisation_and_bad_input_is_named():
     with pytest.raises(ValueError, match="input_scale"):
         UNetConfig(input_scale="band").validated()
     assert UNetConfig.from_dict({"width": 8}).input_scale == "image"  # old checkpoints
+
+
+def test_segmentor_with_the_detail_channel_sees_both_layers():
+    from mcgr.models.segmentor import segment_logits, segmentor_config
+    from mcgr.models.unet import UNet, network_input
+
+    rng = np.random.default_rng(2)
+    img = torch.from_numpy(np.clip(0.5 + 0.05 * rng.standard_normal((2, 1, 40, 48)), 0, 1).astype(np.float32))
+    x = network_input(img, "image+detail")
+    assert x.shape == (2, 2, 40, 48)
+    assert torch.equal(x[:, :1], img * 2 - 1)
+    for b in range(2):
+        d, s = _scipy_detail(img[b, 0].numpy())
+        np.testing.assert_allclose(x[b, 1].numpy(), d / s, rtol=3e-2, atol=3e-2)
+    torch.manual_seed(0)
+    model = UNet(segmentor_config(width=8, depth=2, groups=4, input_scale="image+detail"))
+    assert model.cfg.in_channels == 2
+    with torch.no_grad():
+        assert torch.equal(segment_logits(model, img), model(x))
+        # under CPU bf16 autocast the detail layer is still computed in float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            xa = network_input(img, "image+detail")
+        assert xa.dtype == torch.float32 and torch.allclose(xa, x)
+
+
+def test_config_ties_channels_to_the_input_scale(tmp_path):
+    from mcgr.train.config import ConfigError, load_config
+
+    p = tmp_path / "c.yaml"
+    p.write_text("preset: tiny\nmodel: {input_scale: image+detail}\n")
+    with pytest.raises(ConfigError, match="in_channels=2"):
+        load_config("seg", p)
+    p.write_text("preset: tiny\nmodel: {input_scale: detail, in_channels: 3}\n")
+    with pytest.raises(ConfigError, match="in_channels=2"):  # the detail layer and the seed map
+        load_config("rf", p)
+    p.write_text("preset: tiny\nmodel: {input_scale: image+detail, in_channels: 3}\n")
+    with pytest.raises(ConfigError, match="must be one of"):
+        load_config("rf", p)
+    assert load_config("seg", "detail").model.in_channels == 2
+    assert load_config("rf", "detail").model.input_scale == "detail"
