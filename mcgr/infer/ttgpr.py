@@ -304,8 +304,13 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
         t = _timed(timings, "stitch", dev, t)
         # maxima of the logits, not of the probability: sigmoid saturates to exactly 1.0 over a
         # confident calcification, and every pixel of that plateau would be a "local maximum"; with
-        # logit_clip the clamped logits plateau the same way, so the base logits break the ties
-        score = canvas if cfg.logit_clip <= 0 else canvas + 1e-3 * base
+        # logit_clip, pixels still at the clamp (plateaus, and below logit(tau) a wall that every
+        # texture pixel would clear) are scored by their unclamped base logits
+        score = canvas
+        if cfg.logit_clip > 0:
+            c = cfg.logit_clip
+            at_clamp = ((canvas <= -c) & (base < -c)) | ((canvas >= c) & (base > c))
+            score = torch.where(at_clamp, base, canvas)
         z_c = torch.where(inside, score, torch.full_like(canvas, -1e4))
         seeds = seed_points(z_c[None], math.log(cfg.tau_seed / (1 - cfg.tau_seed)), cfg.seed_radius, cfg.max_seeds * P,
                             region=region[None])
