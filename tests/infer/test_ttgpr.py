@@ -74,7 +74,8 @@ def test_logit_clip_lets_a_clear_projection_lift_a_confident_miss():
     img = torch.zeros(64, 64)
     img[32, 32] = 0.2
     grid = tile_grid((64, 64), tile=64, overlap=0.25)
-    for clip, want in ((0.0, 0.31), (6.0, 0.67)):
+    # clip 4 puts the clamp above logit(tau) = -4.6: the texture must still not seed
+    for clip, want in ((0.0, 0.31), (6.0, 0.67), (4.0, 0.74)):
         cfg = TTGPRConfig(tau_seed=0.01, projections=1, steps=1, refine_steps=400, window=0, logit_clip=clip,
                           refine=RefineParams(eta=1.0, lambda_a=0.05, lambda_e=0.0, lambda_o=0.0))
         r = run_field(img, grid, Seg(), Gen(), cfg, backend="reference")
