@@ -1,6 +1,6 @@
 """TT-GPR settings against the base segmentor on held-out faint phantoms (the table in docs/design.md).
 
-    python -m benchmarks.ttgpr_trials '[{"surrogate": "raise", "tau_seed": 0.3}]' [--seg DIR] [--rf DIR] [--n 2] [--size 768x640]
+    python -m benchmarks.ttgpr_trials '[{"surrogate": "raise", "tau_seed": 0.3}]' [--seg DIR] [--rf DIR] [--n 2] [--size 768x640] [--oracle-seeds]
 
 Each JSON object is a set of TTGPRConfig overrides (``refine`` may be a dict of RefineParams). The
 phantoms are ``breast_phantom(H, W, seed=1000 + i, faint=True)``, seeds never used for training or
@@ -30,6 +30,8 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=2)
     ap.add_argument("--size", default="768x640")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--oracle-seeds", action="store_true",
+                    help="seed TT-GPR at the true calcification centres: what it does given perfect seeds")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.size.split("x"))
@@ -41,7 +43,8 @@ def main(argv=None) -> None:
         sums: dict = {}
         t = time.perf_counter()
         for ph in phantoms:
-            r = pipe(ph.image, spacing=ph.spacing_mm, breast_mask=ph.breast)
+            r = pipe(ph.image, spacing=ph.spacing_mm, breast_mask=ph.breast,
+                     seeds=ph.centres if args.oracle_seeds else None)
             for name, prob in (("base", r.base_prob), ("ttgpr", r.prob)):
                 s = score(prob, ph.truth, ph.breast, ph.spacing_mm, pipe.config.threshold)
                 for k in ("dice", "recall", "object_sensitivity", "fp_objects"):

@@ -165,9 +165,13 @@ class Pipeline:
         return cls(seg, gen, config=config, device=device, backend=backend, **kw)
 
     def __call__(self, image, spacing: float | None = None, refine: bool = True, breast_mask=None,
-                 progress=None) -> Result:
+                 progress=None, seeds=None) -> Result:
         """Run on a canonical image tensor/array [H, W] in [0, 1] (``spacing`` in mm, default 0.07),
-        or on a path to a mammogram file (DICOM, PNG, TIFF, NPY; see :func:`mcgr.io.read_mammogram`)."""
+        or on a path to a mammogram file (DICOM, PNG, TIFF, NPY; see :func:`mcgr.io.read_mammogram`).
+
+        seeds: optional [K, 2] (row, col) points in the input's pixels: TT-GPR refines at these
+        instead of at the maxima of the base logits (a reader's marks, another detector's
+        candidates). Each must lie on the image."""
         timings: dict = {}
         t = time.perf_counter()
         mammo = None
@@ -230,8 +234,20 @@ class Pipeline:
         keep = self._skin_excluded(bm)  # what the outputs keep; seeds elsewhere would be wasted RF work
         seed_region = torch.nn.functional.pad(keep, (pad, pad, pad, pad)) if pad > 0 else keep
         timings["mask"] += time.perf_counter() - t
+        canvas_seeds = None
+        if seeds is not None:
+            sd = torch.as_tensor(np.asarray(seeds, dtype=np.float64)).reshape(-1, 2)
+            h, w = src_shape
+            bad = ~torch.isfinite(sd).all(1) | (sd[:, 0] < 0) | (sd[:, 0] > h - 1) | (sd[:, 1] < 0) | (sd[:, 1] > w - 1)
+            if bool(bad.any()):
+                raise ValueError(f"seeds must be (row, col) points on the {h} x {w} image; {int(bad.sum())} of {len(sd)} are not")
+            # the resampling is corner-aligned (align_corners=False): centre i maps to (i + 0.5) r - 0.5
+            ry, rx = model_shape[0] / h, model_shape[1] / w
+            sd = torch.stack([((sd[:, 0] + 0.5) * ry - 0.5).clamp(0, model_shape[0] - 1),
+                              ((sd[:, 1] + 0.5) * rx - 0.5).clamp(0, model_shape[1] - 1)], 1)
+            canvas_seeds = (sd + max(pad, 0)).float().to(self.device)
         fr = run_field(x, grid, self.seg, self.gen, self.config, refine_on=refine, backend=self.backend,
-                       autocast=self.autocast, progress=progress, seed_region=seed_region)
+                       autocast=self.autocast, progress=progress, seed_region=seed_region, seeds=canvas_seeds)
         for k, v in fr.timings.items():
             timings[k] = timings.get(k, 0.0) + v
         t = time.perf_counter()

@@ -241,17 +241,26 @@ def segment_tiles(seg, tiles: torch.Tensor, batch: int, autocast: bool = False) 
 @torch.inference_mode()
 def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConfig | None = None,
               refine_on: bool = True, backend: str = "auto", autocast: bool = False,
-              progress=None, seed_region: torch.Tensor | None = None) -> FieldResult:
+              progress=None, seed_region: torch.Tensor | None = None,
+              seeds: torch.Tensor | None = None) -> FieldResult:
     """Base segmentation and (``refine_on``) TT-GPR of one canvas ``image`` [H, W] in [0, 1].
 
     seed_region: optional bool [H, W], where seeds may lie (the pipeline passes the pixels its
     outputs keep: the breast less the skin band, not the border padding); None = every pixel a
-    tile covers."""
+    tile covers.
+    seeds: optional float [K, 2] (y, x) canvas px: these points are the seeds of every outer
+    iteration instead of the maxima of the logits (a reader's marks, another detector's
+    candidates, or the truth, to measure what TT-GPR does given perfect seeds)."""
     from mcgr.models.sampling import sample
 
     cfg = (cfg or TTGPRConfig()).validated()
     dev = image.device
     H, W = image.shape
+    if seeds is not None:
+        seeds = torch.as_tensor(seeds, dtype=torch.float32).reshape(-1, 2).to(dev)
+        ok = torch.isfinite(seeds).all(1) & (seeds[:, 0] >= 0) & (seeds[:, 0] <= H - 1) & (seeds[:, 1] >= 0) & (seeds[:, 1] <= W - 1)
+        if not bool(ok.all()):
+            raise ValueError(f"seeds must lie on the {H} x {W} canvas; {int((~ok).sum())} of {len(seeds)} do not")
     T = grid.tile
     timings: dict = {}
     t = time.perf_counter()
@@ -312,10 +321,13 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
             at_clamp = ((canvas <= -c) & (base < -c)) | ((canvas >= c) & (base > c))
             score = torch.where(at_clamp, base, canvas)
         z_c = torch.where(inside, score, torch.full_like(canvas, -1e4))
-        seeds = seed_points(z_c[None], math.log(cfg.tau_seed / (1 - cfg.tau_seed)), cfg.seed_radius, cfg.max_seeds * P,
-                            region=region[None])
-        windows = seed_windows(seeds, (H, W), win)
-        n_seeds += int(seeds[0].shape[0])
+        if seeds is None:
+            found = seed_points(z_c[None], math.log(cfg.tau_seed / (1 - cfg.tau_seed)), cfg.seed_radius,
+                                cfg.max_seeds * P, region=region[None])
+        else:
+            found = [seeds]
+        windows = seed_windows(found, (H, W), win)
+        n_seeds += int(found[0].shape[0])
         t = _timed(timings, "seeds", dev, t)
         if not windows:
             break

@@ -91,3 +91,34 @@ def test_logit_clip_lets_a_clear_projection_lift_a_confident_miss():
         assert p == pytest.approx(1 / (1 + math.exp(-lo)), abs=1e-3) and p == pytest.approx(want, abs=0.02)
     with pytest.raises(ValueError, match="logit_clip"):
         TTGPRConfig(logit_clip=-1.0).validated()
+
+
+def test_given_seeds_replace_the_maxima_and_map_from_the_input_grid(tmp_path, monkeypatch):
+    import mcgr.infer.pipeline as pl
+    from mcgr.infer.pipeline import Pipeline
+
+    root = make_models(tmp_path / "m")
+    seg, gen = load_model(root / "seg", kind="seg"), load_model(root / "rf", kind="rf")
+    g = torch.Generator().manual_seed(2)
+    img = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 150, 130, generator=g), 5, 1, 2)[0, 0]
+    seen = {}
+    real = pl.run_field
+
+    def spy(*a, **k):
+        seen["seeds"] = k.get("seeds")
+        return real(*a, **k)
+
+    monkeypatch.setattr(pl, "run_field", spy)
+    cfg = TTGPRConfig(projections=1, steps=1, refine_steps=2, window=32)
+    pipe = Pipeline(seg, gen, config=cfg, autocast=False, border_pad=32)
+    pts = [[10.0, 20.0], [149.0, 0.0], [75.5, 64.0]]
+    r = pipe(img, spacing=0.14, seeds=pts, breast_mask=torch.ones(150, 130, dtype=torch.bool))
+    # 0.14 mm -> the 0.07 mm model grid (300 x 260) doubles each side; corner-aligned centres map
+    # as (i + 0.5) * 2 - 0.5, then shift by the 32 px reflect padding
+    want = torch.tensor([[20.5, 40.5], [298.5, 0.5], [151.5, 128.5]]) + 32
+    assert torch.allclose(seen["seeds"], want)
+    assert r.seeds == 3
+    with pytest.raises(ValueError, match="seeds must be"):
+        pipe(img, spacing=0.14, seeds=[[150.0, 3.0]])
+    with pytest.raises(ValueError, match="seeds must be"):
+        pipe(img, spacing=0.14, seeds=[[float("nan"), 3.0]])
