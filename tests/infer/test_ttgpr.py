@@ -122,3 +122,14 @@ def test_given_seeds_replace_the_maxima_and_map_from_the_input_grid(tmp_path, mo
         pipe(img, spacing=0.14, seeds=[[150.0, 3.0]])
     with pytest.raises(ValueError, match="seeds must be"):
         pipe(img, spacing=0.14, seeds=[[float("nan"), 3.0]])
+
+
+def test_max_filter_equals_scipy_and_max_pool():
+    from mcgr.infer.ttgpr import _max_filter
+
+    a = torch.randn(2, 37, 29, generator=torch.Generator().manual_seed(4))
+    for r in (1, 3):
+        got = _max_filter(a, r)
+        want = np.stack([ndimage.maximum_filter(x, size=2 * r + 1, mode="constant", cval=-np.inf) for x in a.numpy()])
+        np.testing.assert_array_equal(got.numpy(), want)
+        assert torch.equal(got, torch.nn.functional.max_pool2d(a[:, None], 2 * r + 1, 1, r)[:, 0])
