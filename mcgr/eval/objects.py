@@ -146,6 +146,9 @@ def object_metrics(results: list[dict], breast_area_cm2: list[float] | None = No
         "fp_per_image": fp / len(results) if results else float("nan"),
         "images": len(results),
     }
+    if results and all("duplicates" in r for r in results):
+        # second components on found calcifications (match_objects(duplicates="ignore")), inside fp
+        out["duplicates_per_image"] = sum(r["duplicates"] for r in results) / len(results)
     if breast_area_cm2 is not None:
         area = float(sum(breast_area_cm2))
         out["fp_per_cm2"] = fp / area if area > 0 else float("nan")

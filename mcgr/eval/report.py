@@ -140,13 +140,15 @@ class Evaluator:
         if b.shape != t.shape:
             raise ValueError(f"{method}: breast mask of shape {b.shape} and truth of shape {t.shape} differ")
         pred = p >= s.threshold
-        obj = match_objects(t, pred, spacing_mm, s.dist_mm, s.iou_min)
+        obj = match_objects(t, pred, spacing_mm, s.dist_mm, s.iou_min, duplicates="ignore")
+        obj["fp"] += obj["duplicate_pred"]  # the strict count; duplicates reported beside it
         clu = match_clusters(obj["truth_centroids"], obj["pred_centroids"], spacing_mm, obj["pairs"],
                              link_mm=s.cluster_link_mm, min_members=s.cluster_min_members,
                              area_cm2=s.cluster_area_cm2, dist_mm=s.cluster_dist_mm, min_shared=s.cluster_min_shared)
         fr = froc_counts(p, t, spacing_mm, s.froc_thresholds, s.dist_mm, s.iou_min)
         rec = _Record(case=case, subset=subset, method=method, image=pixel_counts(pred, t), breast=pixel_counts(pred, t, b),
-                      objects={k: obj[k] for k in ("tp", "fn", "fp", "n_truth", "n_pred")},
+                      objects={**{k: obj[k] for k in ("tp", "fn", "fp", "n_truth", "n_pred")},
+                               "duplicates": obj["duplicate_pred"]},
                       clusters={k: clu[k] for k in ("tp", "fn", "fp", "n_truth", "n_pred")}, froc=fr,
                       breast_cm2=float(b.sum()) * spacing_mm**2 / 100.0, seconds=float(seconds))
         self.records.append(rec)
@@ -276,7 +278,8 @@ def _label(m: str) -> str:
 
 def _markdown_group(summary: list, title: str) -> list[str]:
     out = [f"## {title}", ""]
-    head_obj = "| method | images | sensitivity | FP/image | FP/cm² | " + " | ".join(f"FROC@{r:g}" for r in FROC_RATES) + \
+    head_obj = "| method | images | sensitivity | FP/image | FP/image, duplicates not counted | FP/cm² | " + \
+        " | ".join(f"FROC@{r:g}" for r in FROC_RATES) + \
         " | FROC mean | cluster sens. | cluster FP/image | s/image |"
     out += ["Calcifications (object level, operating threshold for sensitivity and FPs):", "", head_obj,
             "|" + "---|" * (head_obj.count("|") - 1)]
@@ -285,7 +288,9 @@ def _markdown_group(summary: list, title: str) -> list[str]:
             out.append(f"| {_label(m)} | 0 |" + " n/a |" * (head_obj.count("|") - 3))
             continue
         o, fr, c = g["objects"], g["froc"], g["clusters"]
+        dup = o.get("duplicates_per_image")
         out.append(f"| {_label(m)} | {g['images']} | {_f(o['sensitivity'])} | {_f(o['fp_per_image'], 2)} | "
+                   f"{_f(None if dup is None else o['fp_per_image'] - dup, 2)} | "
                    f"{_f(o.get('fp_per_cm2'), 3)} | " + " | ".join(_f(fr["at_rates"][str(float(r))]) for r in FROC_RATES)
                    + f" | {_f(fr['mean_sensitivity'])} | {_f(c['sensitivity'])} | {_f(c['fp_per_image'], 2)} | "
                    f"{_f(g['seconds_per_image'], 2)} |")
@@ -323,7 +328,9 @@ def report_markdown(report: dict) -> str:
     for note in ds.get("notes", []):
         lines.append(f"- {note}")
     lines += ["", f"Operating threshold {s['threshold']}; a true calcification is found by a predicted component "
-              f"whose centroid is within {s['dist_mm']} mm or whose IoU is >= {s['iou_min']} (one-to-one); "
+              f"whose centroid is within {s['dist_mm']} mm or whose IoU is >= {s['iou_min']} (one-to-one); every "
+              "unmatched component is a false positive, and the column 'duplicates not counted' leaves out "
+              "those that hit a calcification another component found (the LUNA16 rule); "
               f"clusters: >= {s['cluster_min_members']} calcifications linked within {s['cluster_link_mm']} mm "
               f"(compact when within {s['cluster_area_cm2']} cm²), found when centroids lie within "
               f"{s['cluster_dist_mm']} mm or >= {s['cluster_min_shared']} calcifications match. "

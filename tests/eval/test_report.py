@@ -55,6 +55,26 @@ def test_evaluator_rows_match_independent_counts():
         ev.add("c1", "s", "m", prob * 2, truth, 0.1)
 
 
+def test_duplicates_are_counted_beside_the_strict_false_positives():
+    shape = (64, 64)
+    truth = np.zeros(shape, bool)
+    truth[10:13, 10:30] = True                 # a linear calcification, 20 px long
+    prob = np.zeros(shape, np.float32)
+    prob[10:13, 18:22] = 0.9                   # its centre: matched
+    prob[10:13, 10:14] = 0.9                   # two fragments: not admissible, but on it
+    prob[10:13, 26:30] = 0.9
+    prob[50, 50] = 0.9                         # a false positive anywhere
+    ev = Evaluator(["m"], EvalSettings(threshold=0.5, n_boot=50))
+    row = ev.add("c0", "s", "m", prob, truth, 0.07)
+    assert (row["tp"], row["fp"]) == (1, 3)
+    o = ev.group_summary("m")["objects"]
+    assert o["fp_per_image"] == 3 and o["duplicates_per_image"] == 2
+    from mcgr.eval.report import _markdown_group
+
+    md = "\n".join(_markdown_group([("m", ev.group_summary("m"))], "All"))
+    assert "duplicates not counted" in md and "| 3.00 | 1.00 |" in md
+
+
 def _tiny_models(root):
     from mcgr.models import UNet, save_model
     from mcgr.models.rf import generator_config
