@@ -111,7 +111,8 @@ class Pipeline:
 
     def __init__(self, segmentor, generator=None, config: TTGPRConfig | None = None, device="cpu",
                  backend: str = "auto", tile: int = 256, overlap: float = 0.25, autocast: bool | None = None,
-                 skin_margin_mm: float = 1.5, border_pad: int = 32, border_margin_mm: float = 1.0):
+                 skin_margin_mm: float = 1.5, border_pad: int = 32, border_margin_mm: float = 1.0,
+                 drop_scan_lines: bool = True):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
@@ -136,6 +137,7 @@ class Pipeline:
             raise ValueError(f"border_margin_mm must be >= 0, got {border_margin_mm}")
         self.border_margin_mm = float(border_margin_mm)
         self.border_pad = int(border_pad)
+        self.drop_scan_lines = bool(drop_scan_lines)
 
     def _skin_excluded(self, bm: torch.Tensor) -> torch.Tensor:
         """The breast mask less a ``skin_margin_mm`` band inside the skin line (not along the image border).
@@ -232,6 +234,13 @@ class Pipeline:
         timings["grid"] = time.perf_counter() - t
         t = time.perf_counter()
         keep = self._skin_excluded(bm)  # what the outputs keep; seeds elsewhere would be wasted RF work
+        if self.drop_scan_lines:  # a digitiser's straight bright streaks read as strings of calcifications
+            from mcgr.infer.artefacts import scan_lines
+
+            x_img = x[pad:pad + model_shape[0], pad:pad + model_shape[1]] if pad > 0 else x
+            lines = scan_lines(x_img.float().cpu().numpy(), bm.numpy())
+            if lines.any():
+                keep = keep & ~torch.from_numpy(lines)
         seed_region = torch.nn.functional.pad(keep, (pad, pad, pad, pad)) if pad > 0 else keep
         timings["mask"] += time.perf_counter() - t
         canvas_seeds = None
