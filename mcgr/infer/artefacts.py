@@ -23,26 +23,24 @@ Method, per axis (columns shown; rows are the same on the transpose), on the can
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
-def _axis_lines(img: np.ndarray, inside: np.ndarray, d: int, block: int, k: float, min_contrast: float,
+def _axis_lines(img: torch.Tensor, inside: torch.Tensor, d: int, block: int, k: float, min_contrast: float,
                 min_blocks: int, pad: int) -> np.ndarray:
     h, w = img.shape
     out = np.zeros((h, w), dtype=bool)
     if w < 2 * d + 1 or h < block * min_blocks:
         return out
-    r = np.full((h, w), np.nan, dtype=np.float32)
-    r[:, d:w - d] = img[:, d:w - d] - 0.5 * (img[:, : w - 2 * d] + img[:, 2 * d:])
-    r[~inside] = np.nan
     nb = h // block
-    med = np.full((nb, w), np.nan, dtype=np.float32)
-    for b in range(nb):
-        rows = r[b * block:(b + 1) * block]
-        ok = np.isfinite(rows)
-        enough = ok.sum(0) >= block // 2
-        if enough.any():
-            with np.errstate(all="ignore"):
-                med[b, enough] = np.nanmedian(rows[:, enough], axis=0)
+    x = img[: nb * block]
+    r = torch.full((nb * block, w), float("nan"))
+    core = x[:, d:w - d] - 0.5 * (x[:, : w - 2 * d] + x[:, 2 * d:])
+    r[:, d:w - d] = torch.where(inside[: nb * block, d:w - d], core, torch.tensor(float("nan")))
+    rb = r.view(nb, block, w)
+    # block medians in one call (the lower middle value of an even count)
+    med = torch.nanmedian(rb, dim=1).values.numpy().copy()
+    med[(torch.isfinite(rb).sum(1) < block // 2).numpy()] = np.nan
     flag = np.zeros((nb, w), dtype=bool)
     for b in range(nb):
         v = med[b][np.isfinite(med[b])]
@@ -58,8 +56,8 @@ def _axis_lines(img: np.ndarray, inside: np.ndarray, d: int, block: int, k: floa
         right[:-d] = m[d:]
         with np.errstate(invalid="ignore"):
             flag[b] = (m > max(k * sig, min_contrast)) & (left < -0.25 * m) & (right < -0.25 * m)
-    for x in np.flatnonzero(flag.any(0)):
-        col = flag[:, x]
+    for c in np.flatnonzero(flag.any(0)):
+        col = flag[:, c]
         b = 0
         while b < nb:
             if not col[b]:
@@ -70,7 +68,7 @@ def _axis_lines(img: np.ndarray, inside: np.ndarray, d: int, block: int, k: floa
                 e += 1
             if e - b >= min_blocks:
                 y1 = h if e == nb else e * block  # a run reaching the last block covers the remainder
-                out[b * block:y1, max(0, x - pad):x + pad + 1] = True
+                out[b * block:y1, max(0, c - pad):c + pad + 1] = True
             b = e
     return out
 
@@ -83,17 +81,18 @@ def scan_lines(image, breast=None, d: int = 3, block: int = 256, k: float = 6.0,
     everywhere)."""
     if hasattr(image, "detach"):
         image = image.detach().cpu().numpy()
-    img = np.asarray(image, dtype=np.float32)
+    img = np.ascontiguousarray(image, dtype=np.float32)
     if img.ndim != 2:
         raise ValueError(f"image must be [H, W], got shape {img.shape}")
     if breast is None:
         inside = np.ones(img.shape, dtype=bool)
     else:
-        inside = np.asarray(breast.detach().cpu().numpy() if hasattr(breast, "detach") else breast, dtype=bool)
+        inside = np.ascontiguousarray(breast.detach().cpu().numpy() if hasattr(breast, "detach") else breast, dtype=bool)
         if inside.shape != img.shape:
             raise ValueError(f"breast must match the image shape {img.shape}, got {inside.shape}")
     if not (d >= 1 and block >= 8 and k > 0 and min_blocks >= 1 and pad >= 0):
         raise ValueError("scan_lines needs d >= 1, block >= 8, k > 0, min_blocks >= 1, pad >= 0")
-    cols = _axis_lines(img, inside, d, block, k, min_contrast, min_blocks, pad)
-    rows = _axis_lines(img.T, inside.T, d, block, k, min_contrast, min_blocks, pad).T
+    ti, tb = torch.from_numpy(img), torch.from_numpy(inside)
+    cols = _axis_lines(ti, tb, d, block, k, min_contrast, min_blocks, pad)
+    rows = _axis_lines(ti.t().contiguous(), tb.t().contiguous(), d, block, k, min_contrast, min_blocks, pad).T
     return cols | rows
