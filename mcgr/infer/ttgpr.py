@@ -29,6 +29,7 @@ from mcgr.infer.tiling import TileGrid, gaussian_weights
 from mcgr.models import make_seed_map
 from mcgr.models.rf import from_flow, to_flow, velocity
 from mcgr.models.segmentor import segment_logits
+from mcgr.models.unet import input_scale_of
 from mcgr.ops import RefineParams, gather_tiles, refine, stitch
 
 
@@ -306,7 +307,7 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
     wy, wx = min(win, H), min(win, W)
     per_call = max(1, bt * (T * T) // (M * wy * wx))  # windows per network call: same memory as `batch` tiles
     vel = lambda x, tt, s: velocity(gen, x, tt, s)  # noqa: E731
-    scale = getattr(getattr(gen, "cfg", None), "input_scale", "image")
+    scale = input_scale_of(gen)
     # Seeds and RF projections live on the canvas, not per tile: a calcification in the overlap of
     # up to four tiles is seeded and projected once (tiles overlap by 25 %: ~1.8 tiles per pixel).
     # The surrogate q and its spread are accumulated on the canvas and gathered back into tiles.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mcgr.models.unet import UNet, UNetConfig, network_input, scale_channels
+from mcgr.models.unet import UNet, UNetConfig, input_scale_of, network_input, scale_channels
 
 
 def segmentor_config(width: int = 16, depth: int = 3, input_scale: str = "image", **kw) -> UNetConfig:
@@ -17,8 +17,7 @@ def segmentor_config(width: int = 16, depth: int = 3, input_scale: str = "image"
 def segment_logits(model: UNet, image: torch.Tensor) -> torch.Tensor:
     """Logits ``[B, 1, H, W]`` of ``model`` (a UNet, or a wrapper with ``.module``) on ``image``
     ``[B, 1, H, W]`` in [0, 1], through the model's ``input_scale``."""
-    cfg = getattr(getattr(model, "module", model), "cfg", None)
-    return model(network_input(image, getattr(cfg, "input_scale", "image")))
+    return model(network_input(image, input_scale_of(model)))
 
 
 def soft_dice(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,

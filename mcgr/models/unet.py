@@ -217,17 +217,6 @@ def scale_channels(scale: str) -> int:
     return 2 if scale == "image+detail" else 1
 
 
-def _lowpass(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    from mcgr.ops.inject import gaussian_taps
-
-    r = max(1, int(math.ceil(3 * sigma)))
-    k = gaussian_taps(sigma, r, device=image.device).to(image.dtype)
-    h, w = image.shape[-2:]
-    mode = "reflect" if min(h, w) > r else "replicate"  # reflect needs pad < size (tiny test patches)
-    x = F.conv2d(F.pad(image, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1))
-
-
 def detail_layer(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x, low, sigma)`` of ``image`` ``[B, 1, H, W]`` in [0, 1]: ``low = G_5 * I`` (reflect
     padding), ``sigma = 1.4826 MAD(I - low)`` per patch ``[B, 1, 1, 1]`` (floored at 1e-4) and
@@ -236,14 +225,23 @@ def detail_layer(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     gives the image back."""
     if image.dim() != 4 or image.shape[1] != 1:
         raise ValueError(f"image must be [B, 1, H, W], got {tuple(image.shape)}")
+    from mcgr.ops._filters import gaussian_blur, robust_sigma
+
     with torch.autocast(image.device.type, enabled=False):
         img = image.float()
-        low = _lowpass(img, DETAIL_SIGMA)
+        r = max(1, int(math.ceil(3 * DETAIL_SIGMA)))
+        # reflect needs the pad under the size (tiny test patches fall back to replicate)
+        low = gaussian_blur(img, DETAIL_SIGMA, "reflect" if min(img.shape[-2:]) > r else "replicate")
         d = img - low
-        flat = d.flatten(1)
-        med = flat.median(dim=1, keepdim=True).values
-        sig = (1.4826 * (flat - med).abs().median(dim=1).values).clamp(min=1e-4).view(-1, 1, 1, 1)
+        sig = robust_sigma(d).clamp(min=1e-4).view(-1, 1, 1, 1)
         return d / sig, low, sig
+
+
+def input_scale_of(model) -> str:
+    """The ``input_scale`` of ``model`` (a UNet, or a wrapper with ``.module`` such as DDP); "image"
+    for a network without a config (e.g. a test's stand-in)."""
+    cfg = getattr(getattr(model, "module", model), "cfg", None)
+    return getattr(cfg, "input_scale", "image")
 
 
 def network_input(image: torch.Tensor, scale: str) -> torch.Tensor:

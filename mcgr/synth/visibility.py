@@ -17,13 +17,12 @@ detection on it is not a false positive).
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from mcgr.ops.inject import gaussian_taps
+from mcgr.ops._filters import gaussian_blur, robust_sigma
 
 ROSE_K = 3.0
 
@@ -33,13 +32,7 @@ def texture_sigma(background: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
     if background.dim() != 4 or background.shape[1] != 1:
         raise ValueError(f"background must be [B, 1, H, W], got {tuple(background.shape)}")
     b = background.float()
-    k = gaussian_taps(sigma, max(1, int(math.ceil(3 * sigma))), device=b.device)
-    r = k.numel() // 2
-    sm = F.conv2d(F.pad(b, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    sm = F.conv2d(F.pad(sm, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
-    hp = (b - sm).flatten(1)
-    med = hp.median(dim=1, keepdim=True).values
-    return 1.4826 * (hp - med).abs().median(dim=1).values
+    return robust_sigma(b - gaussian_blur(b, sigma, "replicate"))
 
 
 def centre_cnr(image: torch.Tensor, background: torch.Tensor, centres: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -37,7 +37,7 @@ from mcgr.eval.objects import froc, match_objects
 from mcgr.models import load_model, load_pretrained
 from mcgr.models.seeds import decoy_seeds, make_seed_map
 from mcgr.models.segmentor import segment_logits
-from mcgr.models.unet import UNet
+from mcgr.models.unet import UNet, input_scale_of
 from mcgr.synth.visibility import ROSE_K, centre_cnr, component_cnr
 
 FP_BUDGET = 0.5
@@ -128,7 +128,7 @@ def _project(gen: UNet, img: torch.Tensor, smap: torch.Tensor, t0: float, steps:
     image (clamped to [0, 1]), through the generator's flow space (mcgr.models.rf.to_flow)."""
     from mcgr.models.rf import from_flow, sample, to_flow, velocity
 
-    y, ctx = to_flow(img, gen.cfg.input_scale)
+    y, ctx = to_flow(img, input_scale_of(gen))
     x = sample(lambda x, t, s: velocity(gen, x, t, s), y, smap, t0=t0, steps=steps, method="euler",
                seed=seed, offset=0)
     return from_flow(x.float(), ctx).clamp(0, 1)
