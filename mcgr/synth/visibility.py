@@ -65,11 +65,8 @@ def visible_centres(image: torch.Tensor, background: torch.Tensor, centres: Sequ
     return [c >= k for c in centre_cnr(image, background, centres)]
 
 
-def component_cnr(image: torch.Tensor, background: torch.Tensor, mask: torch.Tensor) -> list:
-    """Per patch, the contrast-to-noise ratio of each 8-connected component of ``mask`` (label order
-    of ``scipy.ndimage.label``, as in :mod:`mcgr.eval.objects`): the peak of ``I - B`` over the
-    component's pixels over the patch's texture sigma. All inputs [B, 1, H, W]; returns B NumPy
-    arrays."""
+def _labelled_cnr(image: torch.Tensor, background: torch.Tensor, mask: torch.Tensor) -> list:
+    """Per patch ``(labels, cnr)``: the 8-connected components of ``mask`` and each one's CNR."""
     import numpy as np
     from scipy import ndimage
 
@@ -82,8 +79,16 @@ def component_cnr(image: torch.Tensor, background: torch.Tensor, mask: torch.Ten
     for b in range(image.shape[0]):
         lab, n = ndimage.label(mask[b, 0].cpu().numpy() > 0.5, structure=np.ones((3, 3), bool))
         peak = np.asarray(ndimage.maximum(diff[b], lab, np.arange(1, n + 1)), dtype=np.float64).reshape(n)
-        out.append(peak / sig[b])
+        out.append((lab, peak / sig[b]))
     return out
+
+
+def component_cnr(image: torch.Tensor, background: torch.Tensor, mask: torch.Tensor) -> list:
+    """Per patch, the contrast-to-noise ratio of each 8-connected component of ``mask`` (label order
+    of ``scipy.ndimage.label``, as in :mod:`mcgr.eval.objects`): the peak of ``I - B`` over the
+    component's pixels over the patch's texture sigma. All inputs [B, 1, H, W]; returns B NumPy
+    arrays."""
+    return [cnr for _, cnr in _labelled_cnr(image, background, mask)]
 
 
 def difficult_weight(image: torch.Tensor, background: torch.Tensor, mask: torch.Tensor, k: float = ROSE_K,
@@ -95,15 +100,12 @@ def difficult_weight(image: torch.Tensor, background: torch.Tensor, mask: torch.
 
     if not k >= 0:
         raise ValueError(f"k must be >= 0, got {k!r}")
-    cnr = component_cnr(image, background, mask)
-    m = mask[:, 0].cpu().numpy() > 0.5
-    w = np.ones(m.shape, dtype=np.float32)
+    w = np.ones((mask.shape[0],) + tuple(mask.shape[-2:]), dtype=np.float32)
     eight = np.ones((3, 3), bool)
-    for b in range(m.shape[0]):
-        bad = np.flatnonzero(cnr[b] < k) + 1
+    for b, (lab, cnr) in enumerate(_labelled_cnr(image, background, mask)):
+        bad = np.flatnonzero(cnr < k) + 1
         if bad.size == 0:
             continue
-        lab, _ = ndimage.label(m[b], structure=eight)
         hide = np.isin(lab, bad)
         if ring > 0:
             hide = ndimage.binary_dilation(hide, structure=eight, iterations=ring)
