@@ -219,6 +219,13 @@ class Pipeline:
             if tuple(bm.shape) != src_shape:
                 raise ValueError(f"breast_mask must match the image shape {src_shape}, got {tuple(bm.shape)}")
             bm = _resample(bm.float(), model_shape, "linear") >= 0.5
+        keep = self._skin_excluded(bm)  # what the outputs keep; seeds elsewhere would be wasted RF work
+        if self.drop_scan_lines:  # a digitiser's straight bright streaks read as strings of calcifications
+            from mcgr.infer.artefacts import scan_lines
+
+            lines = scan_lines(x.float().cpu().numpy(), bm.numpy())
+            if lines.any():
+                keep = keep & ~torch.from_numpy(lines)
         timings["mask"] = time.perf_counter() - t
         t = time.perf_counter()
         # Reflect-pad the canvas: where tissue runs into the image border (the chest wall), a tile
@@ -232,17 +239,7 @@ class Pipeline:
             bm_run = bm
         grid = tile_grid(tuple(x.shape), tile=self.tile, overlap=self.overlap, breast_mask=bm_run)
         timings["grid"] = time.perf_counter() - t
-        t = time.perf_counter()
-        keep = self._skin_excluded(bm)  # what the outputs keep; seeds elsewhere would be wasted RF work
-        if self.drop_scan_lines:  # a digitiser's straight bright streaks read as strings of calcifications
-            from mcgr.infer.artefacts import scan_lines
-
-            x_img = x[pad:pad + model_shape[0], pad:pad + model_shape[1]] if pad > 0 else x
-            lines = scan_lines(x_img.float().cpu().numpy(), bm.numpy())
-            if lines.any():
-                keep = keep & ~torch.from_numpy(lines)
         seed_region = torch.nn.functional.pad(keep, (pad, pad, pad, pad)) if pad > 0 else keep
-        timings["mask"] += time.perf_counter() - t
         canvas_seeds = None
         if seeds is not None:
             sd = torch.as_tensor(np.asarray(seeds, dtype=np.float64)).reshape(-1, 2)
