@@ -121,7 +121,7 @@ def warm_up(seg, gen, device: torch.device, refine: bool, tile: int = 256) -> No
     and a full chunk of RF windows), so that the timed run does not pay for oneDNN primitive creation
     (seconds per new shape on a small CPU)."""
     from mcgr.infer.ttgpr import TTGPRConfig
-    from mcgr.models.rf import velocity
+    from mcgr.models.rf import generator_condition, velocity
     from mcgr.models.segmentor import segment_logits
 
     cfg = TTGPRConfig()
@@ -132,7 +132,7 @@ def warm_up(seg, gen, device: torch.device, refine: bool, tile: int = 256) -> No
         per_call = max(1, bt * tile * tile // (M * win * win))
         xm = torch.rand(per_call * M, 1, win, win, device=device)
         segment_logits(seg, xm)
-        velocity(gen, xm, torch.full((xm.shape[0],), 0.5, device=device), xm)
+        velocity(gen, xm, torch.full((xm.shape[0],), 0.5, device=device), generator_condition(gen, xm, xm))
 
 
 def run_pipeline(path: Path, spacing: float, seg, gen, device: torch.device, refine: bool, out_dir: Path,

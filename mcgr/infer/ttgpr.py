@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from mcgr.infer.tiling import TileGrid, gaussian_weights
 from mcgr.models import make_seed_map
-from mcgr.models.rf import from_flow, to_flow, velocity
+from mcgr.models.rf import from_flow, generator_condition, to_flow, velocity
 from mcgr.models.segmentor import segment_logits
 from mcgr.models.unet import input_scale_of
 from mcgr.ops import RefineParams, gather_tiles, refine, stitch
@@ -356,8 +356,9 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
             ys = torch.stack([image[y0 : y0 + wy, x0 : x0 + wx] for _, y0, x0, _ in chunk]).unsqueeze(1)
             smap = make_seed_map([loc for _, _, _, loc in chunk], (wy, wx), cfg.seed_sigma, device=dev)
             xs, ctx = to_flow(ys, scale)
+            cond = generator_condition(gen, smap, xs)
             with torch.autocast(ys.device.type, dtype=torch.bfloat16, enabled=autocast):
-                x1 = sample(vel, xs.repeat(M, 1, 1, 1), smap.repeat(M, 1, 1, 1), t0=cfg.t0,
+                x1 = sample(vel, xs.repeat(M, 1, 1, 1), cond.repeat(M, 1, 1, 1), t0=cfg.t0,
                             steps=cfg.steps, method=cfg.method, seed=cfg.seed, offset=offset, backend=backend)
                 offset += x1.numel()
                 t = _timed(timings, "rf", dev, t)

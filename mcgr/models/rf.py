@@ -19,10 +19,29 @@ from mcgr.models.unet import DETAIL_SIGMA, UNet, UNetConfig, detail_layer, stand
 TIME_SAMPLING = ("uniform", "logit_normal")
 
 
-def generator_config(width: int = 16, depth: int = 3, time_dim: int = 64, **kw) -> UNetConfig:
-    """The generator's U-Net: 2 channels in (``x_t``, seed map), 1 velocity out, time embedding on."""
-    return UNetConfig(in_channels=2, out_channels=1, width=width, depth=depth, time_embedding=True,
-                      time_dim=time_dim, **kw)
+def generator_config(width: int = 16, depth: int = 3, time_dim: int = 64, image_condition: bool = False,
+                     **kw) -> UNetConfig:
+    """The generator's U-Net: 2 channels in (``x_t``, seed map; 3 with ``image_condition``: and the
+    observed patch), 1 velocity out, time embedding on."""
+    return UNetConfig(in_channels=3 if image_condition else 2, out_channels=1, width=width, depth=depth,
+                      time_embedding=True, time_dim=time_dim, image_condition=image_condition, **kw)
+
+
+def image_conditioned(model) -> bool:
+    """Whether generator ``model`` (or a wrapper with ``.module``) takes the observed patch as input."""
+    cfg = getattr(getattr(model, "module", model), "cfg", None)
+    return bool(getattr(cfg, "image_condition", False))
+
+
+def generator_condition(model, seed_map: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """What :func:`velocity` takes as its condition: the seed map ``[B, 1, H, W]``, with the observed
+    patch ``y`` (flow space, ``[B, 1, H, W]``) appended as a second channel when the generator is
+    :func:`image_conditioned`."""
+    if not image_conditioned(model):
+        return seed_map
+    if y.shape != seed_map.shape:
+        raise ValueError(f"y {tuple(y.shape)} and seed_map {tuple(seed_map.shape)} must have one shape")
+    return torch.cat([seed_map, y.to(seed_map.dtype)], dim=1)
 
 
 class FlowContext:
@@ -59,6 +78,16 @@ def to_flow(image: torch.Tensor, scale: str = "image") -> tuple[torch.Tensor, Fl
     return x.to(image.dtype), FlowContext("detail", low, sig)
 
 
+def flow_like(image: torch.Tensor, ctx: FlowContext) -> torch.Tensor:
+    """``image`` ``[B, 1, H, W]`` in the flow space of another image's context ``ctx`` (the same
+    low-pass layer and scale): the training target of an enhancing generator is expressed in the
+    frame of the observed patch it is conditioned on, so :func:`from_flow` with that patch's context
+    inverts it."""
+    if ctx.scale == "image":
+        return standardise(image)
+    return ((image.float() - ctx.low) / ctx.sigma).to(image.dtype)
+
+
 def from_flow(x: torch.Tensor, ctx: FlowContext) -> torch.Tensor:
     """The image (not clamped) of flow-space ``x`` under ``ctx`` (:func:`to_flow`'s inverse)."""
     if ctx.scale == "image":
@@ -67,8 +96,9 @@ def from_flow(x: torch.Tensor, ctx: FlowContext) -> torch.Tensor:
 
 
 def velocity(model: UNet, x: torch.Tensor, t: torch.Tensor | float, seed_map: torch.Tensor) -> torch.Tensor:
-    """``v(x, t, seed_map)``: x ``[B, 1, H, W]`` (standardised scale), t scalar or ``[B]`` in [0, 1],
-    seed_map ``[B, 1, H, W]``; returns ``[B, 1, H, W]``."""
+    """``v(x, t, seed_map)``: x ``[B, 1, H, W]`` (flow space), t scalar or ``[B]`` in [0, 1],
+    seed_map ``[B, C, H, W]``: the seed map, and for an image-conditioned generator the observed
+    patch as a second channel (:func:`generator_condition`); returns ``[B, 1, H, W]``."""
     return model(torch.cat([x, seed_map.to(x.dtype)], dim=1), t)
 
 
@@ -86,7 +116,7 @@ def sample_times(n: int, generator: torch.Generator, mode: str = "uniform", mean
 def rf_loss(model: UNet, x1: torch.Tensor, seed_map: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """Rectified-flow MSE ``|v(x_t, t, s) - (x1 - x0)|^2`` with ``x_t = t x1 + (1 - t) x0``.
 
-    x1, x0, seed_map ``[B, 1, H, W]``; t ``[B]``."""
+    x1, x0 ``[B, 1, H, W]``; seed_map ``[B, C, H, W]`` (see :func:`velocity`); t ``[B]``."""
     tb = t.view(-1, 1, 1, 1).to(x1.dtype)
     xt = tb * x1 + (1 - tb) * x0
     v = velocity(model, xt, t, seed_map)

@@ -51,6 +51,10 @@ class UNetConfig:
         robust std) or, for the segmentor, "image+detail" (both, two channels). The generator's
         flow space is "image" or "detail" (mcgr.models.rf.to_flow). Old checkpoints without the
         key are "image".
+    image_condition: generator only: the velocity also sees the observed patch ``y`` in flow space
+        as a third input channel (``cat([x_t, seed_map, y])``, mcgr.models.rf.generator_condition),
+        so what it renders at a seed can depend on what the image holds there rather than on what
+        survives the noise of ``x_t``. Old checkpoints without the key: False.
     """
 
     in_channels: int = 1
@@ -63,6 +67,7 @@ class UNetConfig:
     time_embedding: bool = False
     time_dim: int = 64
     input_scale: str = "image"
+    image_condition: bool = False
 
     def validated(self) -> "UNetConfig":
         for name in ("in_channels", "out_channels", "width", "depth", "max_mult", "groups", "time_dim"):
@@ -73,6 +78,12 @@ class UNetConfig:
             raise ValueError(f"model.depth must be <= 6, got {self.depth}")
         if self.input_scale not in INPUT_SCALES:
             raise ValueError(f"model.input_scale must be one of {INPUT_SCALES}, got {self.input_scale!r}")
+        if not isinstance(self.image_condition, bool):
+            raise ValueError(f"model.image_condition must be true or false, got {self.image_condition!r}")
+        if self.image_condition and (not self.time_embedding or self.in_channels < 3):
+            raise ValueError("model.image_condition is for the generator: it needs time_embedding and "
+                             f"in_channels >= 3 (x_t, seed map, y), got in_channels={self.in_channels}, "
+                             f"time_embedding={self.time_embedding}")
         if self.norm not in NORMS:
             raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
         if self.norm == "group":

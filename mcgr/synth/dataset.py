@@ -12,6 +12,8 @@ background (dense tissue hides calcifications). Across batches, faint and strong
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -85,6 +87,9 @@ class SynthPairs(IterableDataset):
     backend: inject backend ("auto", "reference", "cpu", "triton", "cuda").
     num_batches: batches per epoch (None = endless).
     device: where inject runs (sampling is on the CPU, so the stream does not depend on it).
+    with_signal: also return ``signal`` [B, 1, H, W], the noise-free calcification signal
+        ``I_clean - B`` (a second, noise-free inject of the same primitives when the batch draws
+        noise): what an enhancing generator's target amplifies (mcgr.synth.enhance).
     pattern_options, background_options: extra keyword arguments of
         :func:`~mcgr.synth.patterns.sample_calcifications` and
         :func:`~mcgr.synth.backgrounds.procedural_backgrounds`.
@@ -107,6 +112,7 @@ class SynthPairs(IterableDataset):
         num_batches: int | None = None,
         *,
         device="cpu",
+        with_signal: bool = False,
         pattern_options: dict | None = None,
         background_options: dict | None = None,
         _salt: int = _TRAIN_SALT,
@@ -128,6 +134,7 @@ class SynthPairs(IterableDataset):
         self.backend = backend
         self.num_batches = num_batches
         self.device = torch.device(device)
+        self.with_signal = bool(with_signal)
         self.pattern_options = dict(pattern_options or {})
         self.background_options = dict(background_options or {})
         self._salt = _salt
@@ -195,13 +202,19 @@ class SynthPairs(IterableDataset):
         params = self.draw_params(g)
         bg = bg.to(self.device)
         image, mask = inject(bg, calcs.prims.to(self.device), params, backend=self.backend)
-        return {
+        out = {
             "image": image.unsqueeze(1),
             "mask": mask.unsqueeze(1).to(torch.float32),
             "background": bg.unsqueeze(1),
             "centres": calcs.centres_per_patch(),
             "index": k * B + torch.arange(B, dtype=torch.int64),
         }
+        if self.with_signal:
+            clean = image
+            if params.noise > 0:
+                clean = inject(bg, calcs.prims.to(self.device), replace(params, noise=0.0), backend=self.backend)[0]
+            out["signal"] = (clean - bg).unsqueeze(1)
+        return out
 
 
 def validation_set(n: int, patch_size: int = 256, seed: int = 12345, draw_every: int = 4, **options) -> dict:
@@ -224,6 +237,7 @@ def validation_set(n: int, patch_size: int = 256, seed: int = 12345, draw_every:
     nb = -(-n // per)
     ds = SynthPairs(patch_size=patch_size, batch_size=per, seed=seed, num_batches=nb, _salt=_VALIDATION_SALT, **options)
     parts = [ds.batch(k) for k in range(nb)]
-    out = {key: torch.cat([b[key] for b in parts])[:n] for key in ("image", "mask", "background", "index")}
+    keys = ("image", "mask", "background", "index") + (("signal",) if "signal" in parts[0] else ())
+    out = {key: torch.cat([b[key] for b in parts])[:n] for key in keys}
     out["centres"] = [c for b in parts for c in b["centres"]][:n]
     return out

@@ -83,6 +83,12 @@ class RFConfig:
     # criterion, mcgr.synth.visibility); 0 seeds every calcification, visible or not
     seed_min_cnr: float = 0.0
     val_t: tuple = (0.25, 0.5, 0.75)
+    # "image": x1 is the observed patch (DESIGN.md 3); "enhanced": the seeded calcifications of the
+    # patch with their signal amplified to enhance_cnr texture sigmas (at most enhance_max_gain x),
+    # mcgr.synth.enhance; needs model.image_condition (the generator must see what to enhance)
+    target: str = "image"
+    enhance_cnr: float = 10.0
+    enhance_max_gain: float = 4.0
 
 
 @dataclass
@@ -226,7 +232,9 @@ def _check(cfg: TrainConfig, source: str) -> None:
         ok = ("image", "detail") if cfg.kind == "rf" else INPUT_SCALES
         raise ConfigError(f"{source}: model.input_scale for {cfg.kind} must be one of {ok}, got {m.input_scale!r}")
     chans = scale_channels(m.input_scale)
-    want_in, want_t = (chans + 1, True) if cfg.kind == "rf" else (chans, False)
+    if m.image_condition and cfg.kind != "rf":
+        raise ConfigError(f"{source}: model.image_condition is for the generator (kind rf), not {cfg.kind}")
+    want_in, want_t = (chans + 1 + int(m.image_condition), True) if cfg.kind == "rf" else (chans, False)
     if m.in_channels != want_in or m.time_embedding != want_t or m.out_channels != 1:
         raise ConfigError(
             f"{source}: model for {cfg.kind} needs in_channels={want_in}, out_channels=1, "
@@ -247,6 +255,13 @@ def _check(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: rf.time_sampling must be 'uniform' or 'logit_normal', got {cfg.rf.time_sampling!r}")
     if not 0 <= cfg.rf.dropout < 1:
         raise ConfigError(f"{source}: rf.dropout must be in [0, 1), got {cfg.rf.dropout}")
+    if cfg.rf.target not in ("image", "enhanced"):
+        raise ConfigError(f"{source}: rf.target must be 'image' or 'enhanced', got {cfg.rf.target!r}")
+    if cfg.kind == "rf" and cfg.rf.target == "enhanced" and not m.image_condition:
+        raise ConfigError(f"{source}: rf.target 'enhanced' needs model.image_condition: true (and in_channels={chans + 2})")
+    if not cfg.rf.enhance_cnr > 0 or not cfg.rf.enhance_max_gain >= 1:
+        raise ConfigError(f"{source}: rf.enhance_cnr must be > 0 and rf.enhance_max_gain >= 1, got "
+                          f"{cfg.rf.enhance_cnr}, {cfg.rf.enhance_max_gain}")
     if not cfg.rf.seed_min_cnr >= 0:
         raise ConfigError(f"{source}: rf.seed_min_cnr must be >= 0, got {cfg.rf.seed_min_cnr}")
     if not cfg.loss.ignore_below_cnr >= 0:

@@ -126,11 +126,11 @@ def _operating_point(fr: dict) -> tuple:
 def _project(gen: UNet, img: torch.Tensor, smap: torch.Tensor, t0: float, steps: int, seed: int) -> torch.Tensor:
     """The RF projection of ``img`` (in [0, 1]) onto seed-consistent images (Euler, t0 -> 1), as an
     image (clamped to [0, 1]), through the generator's flow space (mcgr.models.rf.to_flow)."""
-    from mcgr.models.rf import from_flow, sample, to_flow, velocity
+    from mcgr.models.rf import from_flow, generator_condition, sample, to_flow, velocity
 
     y, ctx = to_flow(img, input_scale_of(gen))
-    x = sample(lambda x, t, s: velocity(gen, x, t, s), y, smap, t0=t0, steps=steps, method="euler",
-               seed=seed, offset=0)
+    x = sample(lambda x, t, s: velocity(gen, x, t, s), y, generator_condition(gen, smap, y), t0=t0,
+               steps=steps, method="euler", seed=seed, offset=0)
     return from_flow(x.float(), ctx).clamp(0, 1)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mcgr.models.checkpoint import save_model
-from mcgr.models.rf import rf_loss, sample_times, to_flow
+from mcgr.models.rf import flow_like, generator_condition, rf_loss, sample_times, to_flow
 from mcgr.models.seeds import decoy_seeds, make_seed_map, training_seeds
 from mcgr.models.segmentor import segment_logits, segmentation_loss, soft_dice
 from mcgr.models.unet import UNet
@@ -56,6 +56,8 @@ def _dataset_kwargs(cfg: TrainConfig) -> dict:
               mc_free_fraction=d.mc_free_fraction, backend=d.backend)
     if d.backgrounds is not None:
         kw["backgrounds"] = load_backgrounds(d.backgrounds)
+    if cfg.kind == "rf" and cfg.rf.target == "enhanced":
+        kw["with_signal"] = True
     return kw
 
 
@@ -104,6 +106,11 @@ def _to(batch: dict, device) -> dict:
 def rf_seed_map(batch: dict, cfg: TrainConfig, g: torch.Generator, train: bool = True) -> torch.Tensor:
     """Seed map ``[B, 1, H, W]`` for a batch: true centres (jittered and dropped when ``train``) plus
     decoys on MC-free bright texture."""
+    return rf_seeds(batch, cfg, g, train)[0]
+
+
+def rf_seeds(batch: dict, cfg: TrainConfig, g: torch.Generator, train: bool = True) -> tuple:
+    """``(seed_map, true_seeds)``: :func:`rf_seed_map` and the B ``[K_b, 2]`` true seeds in it."""
     img = batch["image"]
     shape = tuple(img.shape[-2:])
     r = cfg.rf
@@ -116,7 +123,22 @@ def rf_seed_map(batch: dict, cfg: TrainConfig, g: torch.Generator, train: bool =
     true = training_seeds(cen, shape, g, jitter=r.jitter if train else 0.0, dropout=r.dropout if train else 0.0)
     dec = decoy_seeds(batch["background"].cpu(), batch["mask"].cpu(), r.decoys, r.decoy_min_dist, g)
     seeds = [torch.cat([a, b.to(a.dtype)], 0) for a, b in zip(true, dec)]
-    return make_seed_map(seeds, shape, r.seed_sigma, device=img.device)
+    return make_seed_map(seeds, shape, r.seed_sigma, device=img.device), true
+
+
+def rf_pair(model: UNet, batch: dict, cfg: TrainConfig, g: torch.Generator, train: bool = True) -> tuple:
+    """``(x1, cond)`` for the RF loss: the target in flow space and what :func:`velocity` is
+    conditioned on (the seed map, plus the observed patch for an image-conditioned generator)."""
+    xy, ctx = to_flow(batch["image"], cfg.model.input_scale)
+    smap, true = rf_seeds(batch, cfg, g, train)
+    x1 = xy
+    if cfg.rf.target == "enhanced":
+        from mcgr.synth.enhance import enhanced_target
+
+        tgt = enhanced_target(batch["image"], batch["signal"], batch["background"], batch["mask"], true,
+                              cfg.rf.enhance_cnr, cfg.rf.enhance_max_gain)
+        x1 = flow_like(tgt, ctx)
+    return x1, generator_condition(model, smap, xy)
 
 
 # ---------------------------------------------------------------- one step
@@ -136,9 +158,8 @@ def compute_loss(model: UNet, batch: dict, cfg: TrainConfig, g: torch.Generator)
         logits = segment_logits(model, batch["image"])
         lc = cfg.loss
         return segmentation_loss(logits, batch["mask"], lc.bce, lc.dice, lc.pos_weight, weight=_loss_weight(batch, cfg))
-    x1 = to_flow(batch["image"], cfg.model.input_scale)[0]
+    x1, smap = rf_pair(model, batch, cfg, g)
     b = x1.shape[0]
-    smap = rf_seed_map(batch, cfg, g)
     t = sample_times(b, g, cfg.rf.time_sampling, cfg.rf.logit_mean, cfg.rf.logit_std).to(x1.device)
     x0 = torch.randn(x1.shape, generator=g).to(x1.device)
     return rf_loss(model, x1, smap, t, x0)
@@ -166,8 +187,7 @@ def validate(model: UNet, val: dict, cfg: TrainConfig, device, chunk: int = 8) -
         out["val_dice"] = 2 * inter / (psum + tsum) if psum + tsum else 1.0
     else:
         g = torch.Generator().manual_seed(cfg.data.val_seed)
-        smap = rf_seed_map(val, cfg, g, train=False)
-        x1 = to_flow(val["image"], cfg.model.input_scale)[0]
+        x1, smap = rf_pair(model, val, cfg, g, train=False)
         x0 = torch.randn(x1.shape, generator=g)
         for tv in cfg.rf.val_t:
             tot = 0.0

@@ -133,3 +133,36 @@ def test_max_filter_equals_scipy_and_max_pool():
         want = np.stack([ndimage.maximum_filter(x, size=2 * r + 1, mode="constant", cval=-np.inf) for x in a.numpy()])
         np.testing.assert_array_equal(got.numpy(), want)
         assert torch.equal(got, torch.nn.functional.max_pool2d(a[:, None], 2 * r + 1, 1, r)[:, 0])
+
+
+def test_an_image_conditioned_generator_gets_the_window_it_projects():
+    # a stand-in generator that renders exactly its conditioning channel (the observed window in
+    # flow space): every projection is then the tile itself, so q is the base probability and
+    # TT-GPR must leave the logits where they were
+    from mcgr.ops import RefineParams
+
+    seen = []
+
+    class Seg(torch.nn.Module):
+        def forward(self, x):
+            return 30.0 * (x - 0.0)  # bright spot -> positive logits
+
+    class Gen(torch.nn.Module):
+        cfg = type("C", (), {"input_scale": "image", "image_condition": True})()
+
+        def forward(self, x, t):
+            assert x.shape[1] == 3
+            seen.append(x[:, 2:3].clone())
+            return (x[:, 2:3] - x[:, :1]) / (1.0 - t.view(-1, 1, 1, 1))
+
+    rng = np.random.default_rng(0)
+    img = torch.from_numpy((0.3 + 0.02 * rng.standard_normal((64, 64))).astype(np.float32))
+    img[20, 30] = 0.55
+    grid = tile_grid((64, 64), tile=64, overlap=0.25)
+    cfg = TTGPRConfig(tau_seed=0.1, projections=2, steps=1, refine_steps=50, window=0,
+                      refine=RefineParams(eta=1.0, lambda_a=0.05, lambda_e=0.0, lambda_o=0.0))
+    r = run_field(img, grid, Seg(), Gen(), cfg, backend="reference")
+    assert r.seeds >= 1 and seen
+    for s in seen:  # both projections of the one tile see the tile as 2 I - 1
+        torch.testing.assert_close(s[:, 0], (2 * img - 1).expand(s.shape[0], 64, 64))
+    torch.testing.assert_close(r.logits, r.base_logits, atol=2e-3, rtol=0)

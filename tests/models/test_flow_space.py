@@ -95,3 +95,45 @@ def test_config_ties_channels_to_the_input_scale(tmp_path):
         load_config("rf", p)
     assert load_config("seg", "detail").model.in_channels == 2
     assert load_config("rf", "detail").model.input_scale == "detail"
+
+
+def test_image_conditioned_generator_sees_the_observed_patch(tmp_path):
+    from mcgr.models.rf import flow_like, generator_condition, generator_config, image_conditioned, velocity
+    from mcgr.models.unet import UNet, UNetConfig
+    from mcgr.train.config import ConfigError, load_config
+
+    rng = np.random.default_rng(3)
+    img = torch.from_numpy(np.clip(0.5 + 0.05 * rng.standard_normal((2, 1, 32, 32)), 0, 1).astype(np.float32))
+    other = (img + 0.1 * torch.rand_like(img)).clamp(0, 1)
+    for scale in ("image", "detail"):
+        x, ctx = to_flow(img, scale)
+        assert torch.allclose(flow_like(img, ctx), x, atol=1e-6)  # its own context: to_flow
+        np.testing.assert_allclose(from_flow(flow_like(other, ctx), ctx).numpy(), other.numpy(), atol=1e-6)
+    smap = torch.rand(2, 1, 32, 32)
+    plain = UNet(generator_config(width=8, depth=2, groups=4, time_dim=16))
+    cond = UNet(generator_config(width=8, depth=2, groups=4, time_dim=16, image_condition=True))
+    assert not image_conditioned(plain) and image_conditioned(cond) and cond.cfg.in_channels == 3
+    assert generator_condition(plain, smap, x) is smap
+    c = generator_condition(cond, smap, x)
+    assert c.shape == (2, 2, 32, 32) and torch.equal(c[:, 0], smap[:, 0]) and torch.equal(c[:, 1], x[:, 0])
+    with torch.no_grad():  # the velocity depends on the observed patch
+        t = torch.full((2,), 0.5)
+        v1 = velocity(cond, x, t, c)
+        v2 = velocity(cond, x, t, generator_condition(cond, smap, x + 1.0))
+        assert v1.shape == x.shape and not torch.allclose(v1, v2)
+    with pytest.raises(ValueError, match="image_condition is for the generator"):
+        UNetConfig(in_channels=3, image_condition=True).validated()
+    p = tmp_path / "c.yaml"
+    p.write_text("preset: tiny\nrf: {target: enhanced}\n")
+    with pytest.raises(ConfigError, match="needs model.image_condition"):
+        load_config("rf", p)
+    p.write_text("preset: tiny\nmodel: {image_condition: true}\n")
+    with pytest.raises(ConfigError, match="in_channels >= 3"):
+        load_config("rf", p)
+    with pytest.raises(ConfigError, match="is for the generator"):
+        load_config("seg", p)
+    p.write_text("preset: tiny\nmodel: {image_condition: true, in_channels: 3}\nrf: {target: sharper}\n")
+    with pytest.raises(ConfigError, match="rf.target"):
+        load_config("rf", p)
+    cfg = load_config("rf", "enhance")
+    assert cfg.model.image_condition and cfg.rf.target == "enhanced" and cfg.model.in_channels == 3

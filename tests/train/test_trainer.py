@@ -91,3 +91,32 @@ def test_lr_schedule_closed_form():
     assert lr_at(10, cfg) == pytest.approx(1.0)
     assert lr_at(60, cfg) == pytest.approx(0.55)  # half way: 0.1 + 0.9 * 0.5
     assert lr_at(110, cfg) == pytest.approx(0.1)
+
+
+def test_enhancing_generator_trains_and_its_target_moves_only_seeded_calcifications(tmp_path):
+    import numpy as np
+    from scipy import ndimage
+
+    from mcgr.models.rf import to_flow
+    from mcgr.models.unet import UNet
+
+    p = tmp_path / "c.yaml"
+    p.write_text("preset: tiny\nmodel: {image_condition: true, in_channels: 3, input_scale: detail}\n"
+                 "rf: {target: enhanced, seed_min_cnr: 3.0, decoys: 2, decoy_min_dist: 4}\n")
+    cfg = load_config("rf", p)
+    summary = train(cfg, tmp_path / "run")
+    assert summary["steps_done"] == cfg.optim.steps
+    losses = _losses(tmp_path / "run")
+    assert sum(losses[-2:]) / 2 < 0.9 * sum(losses[:2]) / 2, losses
+    assert load_model(tmp_path / "run" / "model", kind="rf").cfg.image_condition
+
+    batch = next(trainer.batch_stream(cfg, 7))
+    assert "signal" in batch
+    model = UNet(cfg.model)
+    x1, cond = trainer.rf_pair(model, batch, cfg, torch.Generator().manual_seed(0))
+    xy = to_flow(batch["image"], "detail")[0]
+    assert cond.shape[1] == 2 and torch.equal(cond[:, 1:], xy)
+    changed = (x1 - xy).abs()[:, 0].numpy() > 1e-4
+    dist = np.stack([ndimage.distance_transform_edt(m == 0) for m in batch["mask"][:, 0].numpy()])
+    assert changed.any() and (dist[changed] <= 3).all()  # only calcifications (and their blur) move
+    assert ((x1 - xy)[:, 0].numpy()[changed] > 0).all()  # and only brighter
