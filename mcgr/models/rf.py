@@ -113,14 +113,28 @@ def sample_times(n: int, generator: torch.Generator, mode: str = "uniform", mean
     raise ValueError(f"time sampling must be one of {TIME_SAMPLING}, got {mode!r}")
 
 
-def rf_loss(model: UNet, x1: torch.Tensor, seed_map: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+def rf_loss(model: UNet, x1: torch.Tensor, seed_map: torch.Tensor, t: torch.Tensor, x0: torch.Tensor,
+            y: torch.Tensor | None = None) -> torch.Tensor:
     """Rectified-flow MSE ``|v(x_t, t, s) - (x1 - x0)|^2`` with ``x_t = t x1 + (1 - t) x0``.
 
-    x1, x0 ``[B, 1, H, W]``; seed_map ``[B, C, H, W]`` (see :func:`velocity`); t ``[B]``."""
+    x1, x0 ``[B, 1, H, W]``; seed_map ``[B, C, H, W]`` (see :func:`velocity`); t ``[B]``.
+
+    With ``y`` (the observed patch, for a target ``x1`` that differs from it: an enhancing
+    generator), the state is built as TT-GPR builds its start, ``x_t = t y + (1 - t) x0``, and the
+    loss is the endpoint error of one Euler step from it, ``|x_t + (1 - t) v - x1|^2``: the velocity
+    ``(x1 - x_t) / (1 - t)`` that carries the noised observation straight to the target, under the
+    rectified-flow loss weighted by ``(1 - t)^2`` (which keeps the target finite as t -> 1). Where
+    ``x1 = y`` this is the plain objective at that weighting. Built from ``x1`` instead, the state
+    would hold the enhanced calcification at every t, and the network would learn to keep what
+    ``x_t`` shows rather than to enhance what the observation holds (measured: docs/design.md)."""
     tb = t.view(-1, 1, 1, 1).to(x1.dtype)
-    xt = tb * x1 + (1 - tb) * x0
+    if y is None:
+        xt = tb * x1 + (1 - tb) * x0
+        v = velocity(model, xt, t, seed_map)
+        return F.mse_loss(v.float(), (x1 - x0).float())
+    xt = tb * y + (1 - tb) * x0
     v = velocity(model, xt, t, seed_map)
-    return F.mse_loss(v.float(), (x1 - x0).float())
+    return F.mse_loss((xt + (1 - tb) * v).float(), x1.float())
 
 
 from mcgr.models.sampling import sample  # noqa: E402,F401  (the fused rf_step sampler, re-exported here)

@@ -127,8 +127,9 @@ def rf_seeds(batch: dict, cfg: TrainConfig, g: torch.Generator, train: bool = Tr
 
 
 def rf_pair(model: UNet, batch: dict, cfg: TrainConfig, g: torch.Generator, train: bool = True) -> tuple:
-    """``(x1, cond)`` for the RF loss: the target in flow space and what :func:`velocity` is
-    conditioned on (the seed map, plus the observed patch for an image-conditioned generator)."""
+    """``(x1, cond, y)`` for the RF loss: the target in flow space, what :func:`velocity` is
+    conditioned on (the seed map, plus the observed patch for an image-conditioned generator), and
+    the observed patch the noisy state is built from (None: from x1, the plain objective)."""
     xy, ctx = to_flow(batch["image"], cfg.model.input_scale)
     smap, true = rf_seeds(batch, cfg, g, train)
     x1 = xy
@@ -137,8 +138,8 @@ def rf_pair(model: UNet, batch: dict, cfg: TrainConfig, g: torch.Generator, trai
 
         tgt = enhanced_target(batch["image"], batch["signal"], batch["background"], batch["mask"], true,
                               cfg.rf.enhance_cnr, cfg.rf.enhance_max_gain)
-        x1 = flow_like(tgt, ctx)
-    return x1, generator_condition(model, smap, xy)
+        return flow_like(tgt, ctx), generator_condition(model, smap, xy), xy
+    return x1, generator_condition(model, smap, xy), None
 
 
 # ---------------------------------------------------------------- one step
@@ -158,11 +159,11 @@ def compute_loss(model: UNet, batch: dict, cfg: TrainConfig, g: torch.Generator)
         logits = segment_logits(model, batch["image"])
         lc = cfg.loss
         return segmentation_loss(logits, batch["mask"], lc.bce, lc.dice, lc.pos_weight, weight=_loss_weight(batch, cfg))
-    x1, smap = rf_pair(model, batch, cfg, g)
+    x1, smap, y = rf_pair(model, batch, cfg, g)
     b = x1.shape[0]
     t = sample_times(b, g, cfg.rf.time_sampling, cfg.rf.logit_mean, cfg.rf.logit_std).to(x1.device)
     x0 = torch.randn(x1.shape, generator=g).to(x1.device)
-    return rf_loss(model, x1, smap, t, x0)
+    return rf_loss(model, x1, smap, t, x0, y)
 
 
 @torch.no_grad()
@@ -187,14 +188,16 @@ def validate(model: UNet, val: dict, cfg: TrainConfig, device, chunk: int = 8) -
         out["val_dice"] = 2 * inter / (psum + tsum) if psum + tsum else 1.0
     else:
         g = torch.Generator().manual_seed(cfg.data.val_seed)
-        x1, smap = rf_pair(model, val, cfg, g, train=False)
+        x1, smap, y = rf_pair(model, val, cfg, g, train=False)
         x0 = torch.randn(x1.shape, generator=g)
         for tv in cfg.rf.val_t:
             tot = 0.0
             for i in range(0, n, chunk):
                 sl = slice(i, i + chunk)
                 t = torch.full((x1[sl].shape[0],), float(tv))
-                tot += float(rf_loss(model, x1[sl].to(device), smap[sl].to(device), t.to(device), x0[sl].to(device))) * t.shape[0]
+                ys = None if y is None else y[sl].to(device)
+                tot += float(rf_loss(model, x1[sl].to(device), smap[sl].to(device), t.to(device), x0[sl].to(device),
+                                     ys)) * t.shape[0]
             out[f"val_loss_t{tv:g}"] = tot / n
         out["val_loss"] = sum(out[f"val_loss_t{tv:g}"] for tv in cfg.rf.val_t) / len(cfg.rf.val_t)
     model.train(was)

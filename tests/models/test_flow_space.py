@@ -137,3 +137,25 @@ def test_image_conditioned_generator_sees_the_observed_patch(tmp_path):
         load_config("rf", p)
     cfg = load_config("rf", "enhance")
     assert cfg.model.image_condition and cfg.rf.target == "enhanced" and cfg.model.in_channels == 3
+
+
+def test_rf_loss_from_the_observation_is_the_one_step_endpoint_error():
+    from mcgr.models.rf import rf_loss
+
+    class V(torch.nn.Module):  # a fixed velocity field of x, t and the condition
+        def forward(self, x, t):
+            return 0.3 * x[:, :1] - 0.2 * x[:, 1:2] + t.view(-1, 1, 1, 1)
+
+    g = torch.Generator().manual_seed(0)
+    x1, x0, y, s = (torch.randn(3, 1, 8, 9, generator=g) for _ in range(4))
+    t = torch.tensor([0.1, 0.5, 0.9])
+    tb = t.view(-1, 1, 1, 1)
+    v = lambda xt: 0.3 * xt - 0.2 * s + tb  # noqa: E731
+    xt = tb * y + (1 - tb) * x0
+    want = float(((xt + (1 - tb) * v(xt) - x1) ** 2).mean())
+    assert float(rf_loss(V(), x1, s, t, x0, y)) == pytest.approx(want, rel=1e-5)
+    # with y = x1 it is the plain objective at weight (1 - t)^2
+    xt = tb * x1 + (1 - tb) * x0
+    want = float((((1 - tb) * (v(xt) - (x1 - x0))) ** 2).mean())
+    assert float(rf_loss(V(), x1, s, t, x0, x1)) == pytest.approx(want, rel=1e-5)
+    assert float(rf_loss(V(), x1, s, t, x0)) == pytest.approx(float(((v(xt) - (x1 - x0)) ** 2).mean()), rel=1e-5)

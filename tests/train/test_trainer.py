@@ -113,9 +113,9 @@ def test_enhancing_generator_trains_and_its_target_moves_only_seeded_calcificati
     batch = next(trainer.batch_stream(cfg, 7))
     assert "signal" in batch
     model = UNet(cfg.model)
-    x1, cond = trainer.rf_pair(model, batch, cfg, torch.Generator().manual_seed(0))
+    x1, cond, y = trainer.rf_pair(model, batch, cfg, torch.Generator().manual_seed(0))
     xy = to_flow(batch["image"], "detail")[0]
-    assert cond.shape[1] == 2 and torch.equal(cond[:, 1:], xy)
+    assert cond.shape[1] == 2 and torch.equal(cond[:, 1:], xy) and torch.equal(y, xy)
     changed = (x1 - xy).abs()[:, 0].numpy() > 1e-4
     dist = np.stack([ndimage.distance_transform_edt(m == 0) for m in batch["mask"][:, 0].numpy()])
     assert changed.any() and (dist[changed] <= 3).all()  # only calcifications (and their blur) move
