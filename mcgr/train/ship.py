@@ -44,8 +44,16 @@ def write_card(kind: str, run: Path, command: str, machine: str, figures: dict, 
         f"{'n/a' if wall is None else f'{wall / 60:.1f} min'}",
         f"- machine: {machine}",
         "", "## Validation (held-out synthetic set, fixed seed)", "",
-        f"recompute with: `{eval_cmd}`", "", "```json", json.dumps(figures, indent=2), "```", "",
+        f"recompute with: `{eval_cmd}`", "",
     ]
+    if kind == "rf":
+        lines += [
+            "Rise of the frozen segmentor's probability at seeds, through projections at t0 0.5, N 4, "
+            "M 4 (module doc of mcgr.train.evaluate). Headline figures: 64 px patches, the window in "
+            "which TT-GPR runs the generator; `at_256px`: the same on 256 px patches. Issue 4 asks "
+            "for a rise at faint true seeds and far less at decoys.", "",
+        ]
+    lines += ["```json", json.dumps(figures, indent=2), "```", ""]
     return "\n".join(lines)
 
 
