@@ -1,5 +1,6 @@
 """The model-card metrics against hand-made oracles with known answers."""
 import numpy as np
+import pytest
 import torch
 from scipy import ndimage
 
@@ -70,3 +71,43 @@ def test_duplicates_rule_and_cnr_bins_in_the_card():
     assert bins["[4, 6)"] == {"n": 1, "found": 0.0}
     assert bins["[10, inf)"] == {"n": 2, "found": 1.0}
     assert bins["[3, 4)"] == {"n": 0, "found": None}
+
+
+def test_generator_card_reads_zero_for_a_copying_generator_and_one_for_a_painting_one():
+    # stand-in generators with closed-form projections (one Euler step lands on the target):
+    # "copy" renders the observed patch (its conditioning channel), so q = p0 and every rise is 0;
+    # "paint" renders a bright image wherever the seed map is on, so the segmentor says ~1 at every
+    # seed and the rise is 1 - p0 there. The segmentor is a closed form too.
+    import torch
+
+    from mcgr.synth.dataset import validation_set
+    from mcgr.train.evaluate import evaluate_generator
+
+    class Seg(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))  # the card reads the device from it
+
+        def forward(self, x):  # x = 2 I - 1: bright pixels are calcifications
+            return 40.0 * (x - 0.6)
+
+    class Gen(torch.nn.Module):
+        def __init__(self, mode):
+            super().__init__()
+            self.mode = mode
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+            self.cfg = type("C", (), {"input_scale": "image", "image_condition": True})()
+
+        def forward(self, x, t):
+            xt, smap, y = x[:, :1], x[:, 1:2], x[:, 2:3]
+            target = y if self.mode == "copy" else torch.where(smap > 0.5, torch.ones_like(y), y)
+            return (target - xt) / (1 - t.view(-1, 1, 1, 1))
+
+    val = validation_set(4, patch_size=64, seed=3)
+    copy = evaluate_generator(Gen("copy"), Seg(), val, steps=1, draws=2)
+    assert copy["n_true_seeds"] > 0 and copy["n_decoy_seeds"] > 0
+    for k in ("rise_at_faint_true_seeds", "rise_at_decoy_seeds", "rise_at_all_true_seeds"):
+        assert abs(copy[k]) < 1e-5, (k, copy[k])
+    paint = evaluate_generator(Gen("paint"), Seg(), val, steps=1, draws=2)
+    assert paint["rise_at_decoy_seeds"] == pytest.approx(1.0 - paint["p0_at_decoy_seeds"], abs=1e-3)
+    assert paint["rise_at_faint_true_seeds"] == pytest.approx(1.0 - paint["p0_at_faint_true_seeds"], abs=1e-3)
