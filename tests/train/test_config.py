@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from mcgr.train.cli import main
@@ -8,7 +10,12 @@ def test_presets_exist_and_load():
     for kind in ("seg", "rf"):
         assert {"tiny", "default"} <= set(preset_names(kind))
         cfg = load_config(kind, "default")
-        assert cfg.kind == kind and cfg.model.in_channels == (2 if kind == "rf" else 1)
+        assert cfg.kind == kind and cfg.model.in_channels == (3 if kind == "rf" else 1)
+    # the default generator is the shipped one's recipe: rf_enhance at 25000 steps
+    enhance = load_config("rf", "enhance")
+    assert load_config("rf", "default") == dataclasses.replace(
+        enhance, optim=dataclasses.replace(enhance.optim, steps=25000))
+    assert load_config("rf", "plain").model.in_channels == 2
 
 
 def test_file_overrides_a_preset(tmp_path):
