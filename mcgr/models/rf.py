@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mcgr.models.unet import DETAIL_SIGMA, UNet, UNetConfig, detail_layer, standardise, unstandardise  # noqa: F401
+from mcgr.models.unet import DETAIL_SIGMA, UNet, UNetConfig, config_of, detail_layer, standardise, unstandardise  # noqa: F401
 
 TIME_SAMPLING = ("uniform", "logit_normal")
 
@@ -29,8 +29,7 @@ def generator_config(width: int = 16, depth: int = 3, time_dim: int = 64, image_
 
 def image_conditioned(model) -> bool:
     """Whether generator ``model`` (or a wrapper with ``.module``) takes the observed patch as input."""
-    cfg = getattr(getattr(model, "module", model), "cfg", None)
-    return bool(getattr(cfg, "image_condition", False))
+    return bool(getattr(config_of(model), "image_condition", False))
 
 
 def generator_condition(model, seed_map: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

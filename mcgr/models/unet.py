@@ -248,11 +248,15 @@ def detail_layer(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
         return d / sig, low, sig
 
 
+def config_of(model):
+    """The ``cfg`` of ``model`` (a UNet, or a wrapper with ``.module`` such as DDP); None for a
+    network without one (e.g. a test's stand-in)."""
+    return getattr(getattr(model, "module", model), "cfg", None)
+
+
 def input_scale_of(model) -> str:
-    """The ``input_scale`` of ``model`` (a UNet, or a wrapper with ``.module`` such as DDP); "image"
-    for a network without a config (e.g. a test's stand-in)."""
-    cfg = getattr(getattr(model, "module", model), "cfg", None)
-    return getattr(cfg, "input_scale", "image")
+    """The ``input_scale`` of ``model`` (:func:`config_of`); "image" for a network without a config."""
+    return getattr(config_of(model), "input_scale", "image")
 
 
 def network_input(image: torch.Tensor, scale: str) -> torch.Tensor:

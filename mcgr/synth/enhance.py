@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from mcgr.synth.visibility import texture_sigma
+from mcgr.synth.visibility import labelled_signal_cnr
 
 
 def enhanced_target(image: torch.Tensor, signal: torch.Tensor, background: torch.Tensor, mask: torch.Tensor,
@@ -48,17 +48,13 @@ def enhanced_target(image: torch.Tensor, signal: torch.Tensor, background: torch
     if not target_cnr > 0 or not max_gain >= 1 or not halo >= 0:
         raise ValueError(f"need target_cnr > 0, max_gain >= 1, halo >= 0; got {target_cnr!r}, {max_gain!r}, {halo!r}")
     b, _, h, w = image.shape
-    sig = texture_sigma(background.cpu()).clamp(min=1e-6).numpy()
-    s_np = signal[:, 0].detach().float().cpu().numpy()
-    m_np = mask[:, 0].detach().cpu().numpy() > 0.5
     gain = np.ones((b, h, w), np.float32)
-    eight = np.ones((3, 3), bool)
-    for i in range(b):
+    # each calcification (8-connected mask component) and its CNR, as mcgr.synth.visibility measures it
+    for i, (lab, cnr) in enumerate(labelled_signal_cnr(signal, background, mask)):
         pts = torch.as_tensor(seeds[i], dtype=torch.float32).reshape(-1, 2).cpu()
-        if pts.shape[0] == 0 or not m_np[i].any():
+        if pts.shape[0] == 0 or cnr.size == 0:
             continue
-        lab, n = ndimage.label(m_np[i], structure=eight)
-        dist, (iy, ix) = ndimage.distance_transform_edt(~m_np[i], return_indices=True)
+        dist, (iy, ix) = ndimage.distance_transform_edt(lab == 0, return_indices=True)
         near = lab[iy, ix]  # every pixel's nearest calcification (label >= 1)
         within = dist <= halo
         sy = pts[:, 0].round().long().clamp(0, h - 1).numpy()
@@ -66,10 +62,8 @@ def enhanced_target(image: torch.Tensor, signal: torch.Tensor, background: torch
         hit = np.unique(near[sy, sx][within[sy, sx]])
         if hit.size == 0:
             continue
-        peak = np.asarray(ndimage.maximum(s_np[i], lab, np.arange(1, n + 1)), dtype=np.float64).reshape(n)
-        cnr = np.maximum(peak / sig[i], 1e-6)
-        k = np.ones(n + 1, np.float32)
-        k[hit] = np.clip(target_cnr / cnr[hit - 1], 1.0, max_gain)
+        k = np.ones(cnr.size + 1, np.float32)
+        k[hit] = np.clip(target_cnr / np.maximum(cnr[hit - 1], 1e-6), 1.0, max_gain)
         gain[i] = np.where(within, k[near], 1.0)
     g = torch.from_numpy(gain)[:, None].to(image.device, image.dtype)
     return (image + (g - 1) * signal.to(image.dtype)).clamp(0, 1)

@@ -67,16 +67,23 @@ def visible_centres(image: torch.Tensor, background: torch.Tensor, centres: Sequ
 
 def _labelled_cnr(image: torch.Tensor, background: torch.Tensor, mask: torch.Tensor) -> list:
     """Per patch ``(labels, cnr)``: the 8-connected components of ``mask`` and each one's CNR."""
-    import numpy as np
-    from scipy import ndimage
-
     if image.shape != background.shape or image.shape != mask.shape:
         raise ValueError(f"image, background and mask must have one shape, got {tuple(image.shape)}, "
                          f"{tuple(background.shape)}, {tuple(mask.shape)}")
+    return labelled_signal_cnr(image.float() - background.float(), background, mask)
+
+
+def labelled_signal_cnr(signal: torch.Tensor, background: torch.Tensor, mask: torch.Tensor) -> list:
+    """Per patch ``(labels, cnr)``: the 8-connected components of ``mask`` (scipy.ndimage.label
+    order) and each one's peak of ``signal`` (a calcification signal such as ``I - B``) over the
+    patch's texture sigma of ``background``. All inputs [B, 1, H, W]; B pairs of NumPy arrays."""
+    import numpy as np
+    from scipy import ndimage
+
     sig = texture_sigma(background).cpu().clamp(min=1e-6).numpy()
-    diff = (image.float() - background.float())[:, 0].cpu().numpy()
+    diff = signal.float()[:, 0].cpu().numpy()
     out = []
-    for b in range(image.shape[0]):
+    for b in range(signal.shape[0]):
         lab, n = ndimage.label(mask[b, 0].cpu().numpy() > 0.5, structure=np.ones((3, 3), bool))
         peak = np.asarray(ndimage.maximum(diff[b], lab, np.arange(1, n + 1)), dtype=np.float64).reshape(n)
         out.append((lab, peak / sig[b]))
