@@ -111,3 +111,26 @@ def test_generator_card_reads_zero_for_a_copying_generator_and_one_for_a_paintin
     paint = evaluate_generator(Gen("paint"), Seg(), val, steps=1, draws=2)
     assert paint["rise_at_decoy_seeds"] == pytest.approx(1.0 - paint["p0_at_decoy_seeds"], abs=1e-3)
     assert paint["rise_at_faint_true_seeds"] == pytest.approx(1.0 - paint["p0_at_faint_true_seeds"], abs=1e-3)
+
+
+def test_card_ideal_observer_finds_strong_calcifications_and_not_faint_ones():
+    # white clutter (sigma 0.01) in 4 patches of one draw; a strong calcification (d' ~ 44) and one
+    # a tenth as high (d' ~ 4.4, at the search threshold) in patch 0, a strong one in patch 2
+    rng = np.random.default_rng(0)
+    size = 64
+    yy, xx = np.mgrid[0:size, 0:size]
+    signal = np.zeros((4, 1, size, size), np.float32)
+    for b, cy, cx, amp in ((0, 15, 15, 0.1), (0, 45, 45, 0.01), (2, 30, 30, 0.1)):
+        signal[b, 0] += amp * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.5 ** 2))
+    mask = torch.from_numpy((signal > 0.5 * np.array([0.1, 0, 0.1, 0])[:, None, None, None]).astype(np.float32))
+    mask[0, 0, 44:47, 44:47] = 1
+    background = torch.full((4, 1, size, size), 0.4) + torch.from_numpy(rng.normal(0, 0.01, (4, 1, size, size)).astype(np.float32))
+    sig = torch.from_numpy(signal)
+    val = {"image": background + sig, "mask": mask, "background": background, "signal": sig}
+    r = evaluate_segmentor(_Oracle(), val)["ideal_observer"]
+    by = r["by_cnr"]
+    assert sum(v["n"] for v in by.values()) == 3
+    assert by["[10, inf)"]["n"] == 2 and by["[10, inf)"]["p_detect"] > 0.999
+    assert 0.05 < r["sensitivity_at_0.5fp"] < 0.99
+    assert by["[10, inf)"]["median_dprime"] == pytest.approx(
+        float(np.sqrt((signal[2, 0] ** 2).sum())) / 0.01, rel=0.1)
