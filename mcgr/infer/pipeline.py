@@ -101,6 +101,14 @@ def deeper_than(mask: np.ndarray, r: float, block: int = 64) -> np.ndarray:
     return out
 
 
+def _shifted(projector, pad: int):
+    """``projector`` seen from the canvas: window origins moved from canvas px to input px."""
+    def call(windows, origins, seeds):
+        return projector(windows, [(y0 - pad, x0 - pad) for y0, x0 in origins], seeds)
+
+    return call
+
+
 class Pipeline:
     """Segment microcalcifications in full-field mammograms.
 
@@ -167,13 +175,16 @@ class Pipeline:
         return cls(seg, gen, config=config, device=device, backend=backend, **kw)
 
     def __call__(self, image, spacing: float | None = None, refine: bool = True, breast_mask=None,
-                 progress=None, seeds=None) -> Result:
+                 progress=None, seeds=None, projector=None) -> Result:
         """Run on a canonical image tensor/array [H, W] in [0, 1] (``spacing`` in mm, default 0.07),
         or on a path to a mammogram file (DICOM, PNG, TIFF, NPY; see :func:`mcgr.io.read_mammogram`).
 
         seeds: optional [K, 2] (row, col) points in the input's pixels: TT-GPR refines at these
         instead of at the maxima of the base logits (a reader's marks, another detector's
-        candidates). Each must lie on the image."""
+        candidates). Each must lie on the image.
+        projector: optional callable replacing the RF projections (see :func:`mcgr.infer.ttgpr.run_field`);
+        its window origins are given in model-spacing pixels of the input (the canvas is the input
+        resampled to the model spacing and reflect-padded, so origins near a border are negative)."""
         timings: dict = {}
         t = time.perf_counter()
         mammo = None
@@ -253,7 +264,8 @@ class Pipeline:
                               ((sd[:, 1] + 0.5) * rx - 0.5).clamp(0, model_shape[1] - 1)], 1)
             canvas_seeds = (sd + max(pad, 0)).float().to(self.device)
         fr = run_field(x, grid, self.seg, self.gen, self.config, refine_on=refine, backend=self.backend,
-                       autocast=self.autocast, progress=progress, seed_region=seed_region, seeds=canvas_seeds)
+                       autocast=self.autocast, progress=progress, seed_region=seed_region, seeds=canvas_seeds,
+                       projector=_shifted(projector, max(pad, 0)) if projector is not None else None)
         for k, v in fr.timings.items():
             timings[k] = timings.get(k, 0.0) + v
         t = time.perf_counter()

@@ -255,10 +255,25 @@ def segment_tiles(seg, tiles: torch.Tensor, batch: int, autocast: bool = False) 
 
 
 @torch.inference_mode()
+def _projected(projector, ys: torch.Tensor, chunk: list) -> torch.Tensor:
+    """A user projector's renderings of the windows ``ys`` as ``[M', n, 1, h, w]``, checked."""
+    out = projector(ys, [(y0, x0) for _, y0, x0, _ in chunk], [loc for _, _, _, loc in chunk])
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"projector must return a tensor, got {type(out).__name__}")
+    if out.dim() == 4:
+        out = out.unsqueeze(0)
+    if out.dim() != 5 or tuple(out.shape[1:]) != tuple(ys.shape):
+        raise ValueError(f"projector must return [M, {', '.join(map(str, ys.shape))}] or "
+                         f"[{', '.join(map(str, ys.shape))}], got {tuple(out.shape)}")
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError("projector returned NaN or inf")
+    return out.to(ys.device, torch.float32).clamp(0, 1)
+
+
 def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConfig | None = None,
               refine_on: bool = True, backend: str = "auto", autocast: bool = False,
               progress=None, seed_region: torch.Tensor | None = None,
-              seeds: torch.Tensor | None = None) -> FieldResult:
+              seeds: torch.Tensor | None = None, projector=None) -> FieldResult:
     """Base segmentation and (``refine_on``) TT-GPR of one canvas ``image`` [H, W] in [0, 1].
 
     seed_region: optional bool [H, W], where seeds may lie (the pipeline passes the pixels its
@@ -266,7 +281,13 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
     tile covers.
     seeds: optional float [K, 2] (y, x) canvas px: these points are the seeds of every outer
     iteration instead of the maxima of the logits (a reader's marks, another detector's
-    candidates, or the truth, to measure what TT-GPR does given perfect seeds)."""
+    candidates, or the truth, to measure what TT-GPR does given perfect seeds).
+    projector: optional callable that replaces the RF projections (another generative model, or an
+    oracle that renders the ideal target to measure what TT-GPR does given a perfect generator):
+    ``projector(windows, origins, seeds) -> renderings``, windows ``[n, 1, h, w]`` canvas crops in
+    [0, 1], origins n (y0, x0) canvas px, seeds n tensors [K, 2] of window px; renderings
+    ``[M', n, 1, h, w]`` (M' draws; ``[n, 1, h, w]`` is one) in [0, 1], passed through the frozen
+    segmentor exactly as the generator's projections are."""
     from mcgr.models.sampling import sample
 
     cfg = (cfg or TTGPRConfig()).validated()
@@ -291,7 +312,7 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
     base = stitch(Z0, gdev, weights, backend=backend)
     t = _timed(timings, "stitch", dev, t)
     P = Y.shape[0]
-    if not refine_on or gen is None or cfg.iterations == 0 or P == 0:
+    if not refine_on or (gen is None and projector is None) or cfg.iterations == 0 or P == 0:
         return FieldResult(base, base, None, grid, 0.0, 0, timings)
     if cfg.logit_clip > 0:  # the refinement's start and anchor; `base` keeps the segmentor's own logits
         Z0 = Z0.clamp(-cfg.logit_clip, cfg.logit_clip)
@@ -307,7 +328,7 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
     wy, wx = min(win, H), min(win, W)
     per_call = max(1, bt * (T * T) // (M * wy * wx))  # windows per network call: same memory as `batch` tiles
     vel = lambda x, tt, s: velocity(gen, x, tt, s)  # noqa: E731
-    scale = input_scale_of(gen)
+    scale = input_scale_of(gen) if projector is None else None
     # Seeds and RF projections live on the canvas, not per tile: a calcification in the overlap of
     # up to four tiles is seeded and projected once (tiles overlap by 25 %: ~1.8 tiles per pixel).
     # The surrogate q and its spread are accumulated on the canvas and gathered back into tiles.
@@ -354,18 +375,25 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
             chunk = windows[s : s + per_call]
             nb = len(chunk)
             ys = torch.stack([image[y0 : y0 + wy, x0 : x0 + wx] for _, y0, x0, _ in chunk]).unsqueeze(1)
-            smap = make_seed_map([loc for _, _, _, loc in chunk], (wy, wx), cfg.seed_sigma, device=dev)
-            xs, ctx = to_flow(ys, scale)
-            cond = generator_condition(gen, smap, xs)
-            with torch.autocast(ys.device.type, dtype=torch.bfloat16, enabled=autocast):
-                x1 = sample(vel, xs.repeat(M, 1, 1, 1), cond.repeat(M, 1, 1, 1), t0=cfg.t0,
-                            steps=cfg.steps, method=cfg.method, seed=cfg.seed, offset=offset, backend=backend)
-                offset += x1.numel()
+            if projector is None:
+                smap = make_seed_map([loc for _, _, _, loc in chunk], (wy, wx), cfg.seed_sigma, device=dev)
+                xs, ctx = to_flow(ys, scale)
+                cond = generator_condition(gen, smap, xs)
+                with torch.autocast(ys.device.type, dtype=torch.bfloat16, enabled=autocast):
+                    x1 = sample(vel, xs.repeat(M, 1, 1, 1), cond.repeat(M, 1, 1, 1), t0=cfg.t0,
+                                steps=cfg.steps, method=cfg.method, seed=cfg.seed, offset=offset, backend=backend)
+                    offset += x1.numel()
+                    t = _timed(timings, "rf", dev, t)
+                    probs = torch.sigmoid(segment_logits(seg, from_flow(x1.float(), ctx.repeat(M)).clamp(0, 1)).float())
+                probs = probs.view(M, nb, wy, wx)
+            else:
+                x1 = _projected(projector, ys, chunk)
                 t = _timed(timings, "rf", dev, t)
-                probs = torch.sigmoid(segment_logits(seg, from_flow(x1.float(), ctx.repeat(M)).clamp(0, 1)).float())
-            probs = probs.view(M, nb, wy, wx)
+                with torch.autocast(ys.device.type, dtype=torch.bfloat16, enabled=autocast):
+                    probs = torch.sigmoid(segment_logits(seg, x1.flatten(0, 1)).float())
+                probs = probs.view(x1.shape[0], nb, wy, wx)
             q = probs.mean(0)
-            u = probs.std(0, unbiased=False) if M > 1 else torch.zeros_like(q)
+            u = probs.std(0, unbiased=False) if probs.shape[0] > 1 else torch.zeros_like(q)
             for i, (_, y0, x0, _) in enumerate(chunk):
                 qsum[y0 : y0 + wy, x0 : x0 + wx] += q[i]
                 usum[y0 : y0 + wy, x0 : x0 + wx] += u[i]

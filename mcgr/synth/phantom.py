@@ -29,7 +29,8 @@ FAINT = {"mu": 2.5, "contrast": 0.6, "thickness_jitter": (0.5, 0.9)}
 @dataclass
 class Phantom:
     """image, truth, breast: [H, W] (float32 in [0, 1], bool, bool); centres [K, 2] (cy, cx px);
-    calcs: the sampled calcifications; cluster [K] (-1 isolated); params: the image formation used."""
+    calcs: the sampled calcifications; cluster [K] (-1 isolated); params: the image formation used;
+    background: [H, W] the image before the calcifications were injected (no noise)."""
 
     image: torch.Tensor
     truth: torch.Tensor
@@ -40,6 +41,16 @@ class Phantom:
     params: InjectParams
     spacing_mm: float
     seed: int
+    background: torch.Tensor | None = None
+
+    def signal(self, backend: str = "auto") -> torch.Tensor:
+        """The noise-free calcification signal ``I_clean - B`` [H, W] (one more inject, noise off)."""
+        from dataclasses import replace
+
+        if self.background is None:
+            raise ValueError("this phantom was built without its background")
+        clean = inject(self.background, self.calcs.prims, replace(self.params, noise=0.0), backend=backend)[0]
+        return clean - self.background
 
 
 def _keep_calcs(s: CalcSample, keep_calc: torch.Tensor) -> CalcSample:
@@ -95,4 +106,4 @@ def breast_phantom(height: int = 1536, width: int = 1152, spacing_mm: float = 0.
                           gamma=1.0, noise=noise, seed=int(seed) & 0xFFFFFFFF)
     img, truth = inject(image, s.prims, params, backend=backend)
     return Phantom(image=img, truth=truth, breast=breast, centres=s.centres[:, 1:3].clone(), cluster=s.cluster,
-                   calcs=s, params=params, spacing_mm=spacing_mm, seed=int(seed))
+                   calcs=s, params=params, spacing_mm=spacing_mm, seed=int(seed), background=image)

@@ -166,3 +166,85 @@ def test_an_image_conditioned_generator_gets_the_window_it_projects():
     for s in seen:  # both projections of the one tile see the tile as 2 I - 1
         torch.testing.assert_close(s[:, 0], (2 * img - 1).expand(s.shape[0], 64, 64))
     torch.testing.assert_close(r.logits, r.base_logits, atol=2e-3, rtol=0)
+
+
+class _StepSeg(torch.nn.Module):
+    """Logit +15 on bright pixels (I > 0.9), else -15 + 55 I (a faint spot at 0.2 reads -4)."""
+
+    def forward(self, x):  # x = 2 I - 1
+        i = (x + 1) / 2
+        return torch.where(i > 0.9, torch.full_like(x, 15.0), -15.0 + 55.0 * i)
+
+
+class _BrightGen(torch.nn.Module):
+    """One Euler step from t0 lands on the all-ones image: renders a calcification everywhere."""
+    cfg = type("C", (), {"input_scale": "image"})()
+
+    def forward(self, x, t):
+        return (1.0 - x[:, :1]) / (1.0 - t.view(-1, 1, 1, 1))
+
+
+def _spot_field(size=96):
+    img = torch.zeros(size, size)
+    img[40, 50] = 0.2
+    img[70, 20] = 0.2
+    return img, tile_grid((size, size), tile=64, overlap=0.25)
+
+
+def test_a_projector_replaces_the_rf_projections():
+    from mcgr.ops import RefineParams
+
+    img, grid = _spot_field()
+    cfg = TTGPRConfig(tau_seed=0.01, projections=3, steps=1, refine_steps=30, window=32,
+                      refine=RefineParams(eta=1.0, lambda_a=0.05, lambda_e=0.0, lambda_o=0.1))
+    calls = []
+
+    def bright(windows, origins, seeds):
+        for w, (y0, x0), s in zip(windows, origins, seeds):
+            assert torch.equal(w[0], img[y0 : y0 + w.shape[-2], x0 : x0 + w.shape[-1]])  # the canvas crop
+            assert bool(((s >= 0) & (s <= w.shape[-1] - 1)).all()) and s.shape[0] >= 1
+        calls.append(len(origins))
+        return torch.ones_like(windows)  # one draw
+
+    want = run_field(img, grid, _StepSeg(), _BrightGen(), cfg, backend="reference")
+    got = run_field(img, grid, _StepSeg(), None, cfg, backend="reference", projector=bright)
+    assert sum(calls) == 2 and got.seeds == want.seeds == 2
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=0)
+    assert float(got.uncertainty.abs().max()) == 0.0  # one draw: no spread
+
+    # two draws, one bright and one dark: q = 1/2 in the windows and the spread 1/2 (population std)
+    def half(windows, origins, seeds):
+        return torch.stack([torch.ones_like(windows), torch.zeros_like(windows)])
+
+    two = run_field(img, grid, _StepSeg(), None, cfg, backend="reference", projector=half)
+    assert float(two.uncertainty[40, 50]) == pytest.approx(0.5, abs=1e-4)
+    assert float(two.uncertainty[0, 95]) == 0.0  # outside every window
+
+    with pytest.raises(ValueError, match="projector must return"):
+        run_field(img, grid, _StepSeg(), None, cfg, backend="reference",
+                  projector=lambda w, o, s: torch.ones(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="NaN"):
+        run_field(img, grid, _StepSeg(), None, cfg, backend="reference",
+                  projector=lambda w, o, s: torch.full_like(w, float("nan")))
+
+
+def test_the_pipeline_gives_a_projector_origins_in_input_pixels():
+    from mcgr.infer.pipeline import Pipeline
+
+    img, _ = _spot_field(150)
+    seen = []
+
+    def project(windows, origins, seeds):
+        pad = torch.nn.functional.pad(img[None, None], (32,) * 4, mode="reflect")[0, 0]
+        for w, (y0, x0) in zip(windows, origins):
+            seen.append((y0, x0))
+            assert torch.equal(w[0], pad[y0 + 32 : y0 + 32 + w.shape[-2], x0 + 32 : x0 + 32 + w.shape[-1]])
+        return windows
+
+    cfg = TTGPRConfig(tau_seed=0.01, projections=1, steps=1, refine_steps=2, window=32)
+    pipe = Pipeline(_StepSeg(), _BrightGen(), config=cfg, autocast=False, border_pad=32, skin_margin_mm=0.0,
+                    border_margin_mm=0.0, drop_scan_lines=False)
+    pipe(img, spacing=0.07, breast_mask=torch.ones(150, 150, dtype=torch.bool), projector=project)
+    # two spots, each window centred near its seed (clamped to the canvas)
+    assert len(seen) == 2 and all(abs(y0 + 16 - sy) <= 8 and abs(x0 + 16 - sx) <= 8
+                                  for (y0, x0), (sy, sx) in zip(sorted(seen), [(40, 50), (70, 20)]))
