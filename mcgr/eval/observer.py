@@ -75,29 +75,47 @@ def search_threshold(z, fp_per_field: float, radius: int = 2, margin: int = 0) -
     return float(vals[k]) if k < vals.size else float("inf")
 
 
-def gaussianised(fields, seed: int = 0) -> np.ndarray:
-    """Gaussian fields with the amplitude spectra of ``fields`` ``[N, H, W]`` and random phases
-    (phase randomisation): the clutter as the Gaussian model of the module doc sees it."""
-    f = np.asarray(fields, dtype=np.float64)
+def gaussian_fields(nps, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` real stationary (circular) Gaussian fields ``[n, H, W]`` with power spectrum ``nps``
+    ``[H, W]`` (``E |F x|^2 = nps``; ``nps`` symmetric, as a real field's spectrum is): random
+    phases from the FFT of white noise, so the result is real."""
+    w = np.asarray(nps, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    phase = np.fft.fft2(rng.normal(size=f.shape))  # Hermitian, so the result is real
+    phase = np.fft.fft2(rng.normal(size=(n,) + w.shape))
     phase /= np.maximum(np.abs(phase), 1e-300)
-    return np.real(np.fft.ifft2(np.abs(np.fft.fft2(f - f.mean(axis=(1, 2), keepdims=True))) * phase))
+    return np.real(np.fft.ifft2(np.sqrt(w) * phase))
 
 
-def calcification_detectability(signal, clutter, mask, groups=None, fp_per_field: float = 0.5,
+def welch_blocks(field, block: int) -> np.ndarray:
+    """The ``block`` x ``block`` windows of ``field`` [H, W] at half-block steps ``[n, block, block]``
+    (the last ones flush with the far borders), each with its mean removed."""
+    f = np.asarray(field, dtype=np.float64)
+    h, w = f.shape
+    if not 4 <= block <= min(h, w):
+        raise ValueError(f"block must be in [4, min(H, W)] = [4, {min(h, w)}], got {block}")
+    step = max(1, block // 2)
+    ys = sorted({*range(0, h - block + 1, step), h - block})
+    xs = sorted({*range(0, w - block + 1, step), w - block})
+    b = np.stack([f[y:y + block, x:x + block] for y in ys for x in xs])
+    return b - b.mean(axis=(1, 2), keepdims=True)
+
+
+def calcification_detectability(signal, clutter, mask, fp_per_field: float = 0.5, block: int = 64,
                                 halo: int = 5, radius: int = 2, clutter_model: str = "gaussian",
                                 seed: int = 0) -> list[dict]:
     """The searching observer of the module doc, per calcification (8-connected component of
-    ``mask``).
+    ``mask``), with the clutter statistics of its own patch.
 
     signal, clutter, mask: ``[B, H, W]`` (noise-free calcification signal, MC-free background plus
-        noise, exact mask); groups: length-B labels of patches that share one image-formation draw
-        (their clutter gives one noise power spectrum and the search threshold; default: all one);
-    halo: px around a calcification's mask whose signal belongs to it; radius: local-maximum window;
-    clutter_model: "gaussian" searches phase-randomised clutter (:func:`gaussianised`, ``seed``): the
-        Gaussian model in which the filter is the ideal observer; "measured" searches the clutter
-        itself (its heavy tails, e.g. bright fibres, raise the threshold a linear filter needs).
+        noise, exact mask). Per patch, the noise power spectrum is Welch's estimate over the
+        patch's ``block`` px windows (half-block steps, Hann), each calcification's template is its
+        signal within ``halo`` px of its mask in a ``block`` px window centred on it, and the search
+        threshold is set on the patch's windows at ``fp_per_field * block^2 / (H W)`` false maxima
+        (``2 radius + 1`` square) per window, i.e. ``fp_per_field`` per patch;
+    clutter_model: "gaussian" searches as many Gaussian fields with that spectrum as the patch has
+        windows (:func:`gaussian_fields`, ``seed``): the model in which the filter is the ideal
+        observer; "measured" searches the patch's windows themselves, ``block // 8`` px from their
+        edges (their heavy tails, e.g. bright fibres, raise the threshold a linear filter needs).
     Returns per patch a dict of NumPy arrays over its calcifications (``scipy.ndimage.label`` order):
     ``dprime``, ``threshold`` and ``p_detect = Phi(dprime - threshold)``.
     """
@@ -106,32 +124,36 @@ def calcification_detectability(signal, clutter, mask, groups=None, fp_per_field
     m = np.asarray(mask) > 0.5
     if not (s.shape == c.shape == m.shape) or s.ndim != 3:
         raise ValueError(f"signal, clutter and mask must be [B, H, W] of one shape, got {s.shape}, {c.shape}, {m.shape}")
-    b = s.shape[0]
-    groups = np.zeros(b, dtype=np.int64) if groups is None else np.asarray(groups)
-    if groups.shape != (b,):
-        raise ValueError(f"groups must have one label per patch ({b}), got shape {groups.shape}")
     if clutter_model not in ("gaussian", "measured"):
         raise ValueError(f"clutter_model must be 'gaussian' or 'measured', got {clutter_model!r}")
+    _, h, w = s.shape
     eight = np.ones((3, 3), dtype=bool)
-    out: list[dict] = [{} for _ in range(b)]
-    for g in np.unique(groups):
-        idx = np.flatnonzero(groups == g)
-        nps = noise_power_spectrum(c[idx])
-        cg = gaussianised(c[idx], seed + int(idx[0])) if clutter_model == "gaussian" else c[idx]
-        fc = np.fft.fft2(cg - cg.mean(axis=(1, 2), keepdims=True))
-        for i in idx:
-            lab, n = ndimage.label(m[i], structure=eight)
-            dp, thr = np.zeros(n), np.zeros(n)
-            for k in range(1, n + 1):
-                sk = np.where(ndimage.binary_dilation(lab == k, structure=eight, iterations=halo), s[i], 0.0)
-                fs = np.fft.fft2(sk)
-                hf = np.conj(fs) / nps  # prewhitened template (correlation: output = F^-1[conj(FS)/W FX])
-                resp = np.real(np.fft.ifft2(fc * hf))  # [n, H, W] clutter-only outputs, circular
-                sd = float(resp.std())
-                if not sd > 0:
-                    dp[k - 1], thr[k - 1] = 0.0, float("inf")
-                    continue
-                dp[k - 1] = float(np.sum(np.abs(fs) ** 2 / nps)) / s.shape[1] / s.shape[2] / sd
-                thr[k - 1] = search_threshold(resp / sd, fp_per_field, radius)
-            out[i] = {"dprime": dp, "threshold": thr, "p_detect": ndtr(dp - thr)}
+    half = block // 2
+    out: list[dict] = []
+    for i in range(s.shape[0]):
+        blocks = welch_blocks(c[i], block)
+        win = np.outer(np.hanning(block), np.hanning(block))
+        nps = np.mean(np.abs(np.fft.fft2(blocks * win)) ** 2, axis=0) / float(np.mean(win ** 2))
+        gauss = clutter_model == "gaussian"
+        fields = gaussian_fields(nps, blocks.shape[0], seed + i) if gauss else blocks
+        fc = np.fft.fft2(fields)
+        lab, n = ndimage.label(m[i], structure=eight)
+        sp = np.pad(s[i], half)
+        lp = np.pad(lab, half)
+        centres = ndimage.center_of_mass(np.ones_like(lab), lab, np.arange(1, n + 1)) if n else []
+        dp, thr = np.zeros(n), np.zeros(n)
+        for k, (cy, cx) in enumerate(centres, 1):
+            y0, x0 = int(round(cy)), int(round(cx))  # window [y0 - half, y0 + half) in the padded frame
+            own = ndimage.binary_dilation(lp[y0:y0 + block, x0:x0 + block] == k, structure=eight, iterations=halo)
+            fs = np.fft.fft2(np.where(own, sp[y0:y0 + block, x0:x0 + block], 0.0))
+            resp = np.real(np.fft.ifft2(fc * (np.conj(fs) / nps)))  # clutter-only outputs, circular
+            sd = float(resp.std())
+            if not sd > 0:
+                dp[k - 1], thr[k - 1] = 0.0, float("inf")
+                continue
+            dp[k - 1] = float(np.sum(np.abs(fs) ** 2 / nps)) / block ** 2 / sd
+            m0 = 0 if gauss else block // 8
+            area = (block - 2 * m0) ** 2
+            thr[k - 1] = search_threshold(resp / sd, fp_per_field * area / (h * w), radius, margin=m0)
+        out.append({"dprime": dp, "threshold": thr, "p_detect": ndtr(dp - thr)})
     return out

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from mcgr.eval.observer import calcification_detectability, noise_power_spectrum, prewhitened_dprime, search_threshold
+from mcgr.eval.observer import (calcification_detectability, gaussian_fields, noise_power_spectrum, prewhitened_dprime,
+                                search_threshold, welch_blocks)
 
 
 def _blob(h, w, cy, cx, sigma, amp):
@@ -51,22 +52,48 @@ def test_search_threshold_on_iid_fields_matches_the_tail_count():
 
 
 def test_calcification_detectability_white_clutter():
+    # white clutter: d' = sqrt(sum S^2) / sigma whatever the spectrum estimate's window; each patch's
+    # own clutter sets its model (patch 3's is 3x noisier)
     rng = np.random.default_rng(3)
-    n, h, w, sigma = 8, 64, 64, 0.02
+    n, h, w, sigma = 4, 256, 256, 0.02
     clutter = rng.normal(0, sigma, (n, h, w))
+    clutter[3] *= 3
     signal = np.zeros((n, h, w))
     mask = np.zeros((n, h, w), bool)
-    # two calcifications in patch 0 (label order: top one first), one in patch 3, amplitudes 1 : 3
-    for i, cy, cx, amp in ((0, 12, 40, 0.02), (0, 45, 20, 0.06), (3, 30, 30, 0.04)):
+    # two calcifications in patch 0 (label order: top one first), one in patch 3 (one near a border),
+    # amplitudes 1 : 3 : 3
+    for i, cy, cx, amp in ((0, 12, 40, 0.02), (0, 145, 200, 0.06), (3, 250, 30, 0.06)):
         signal[i] += _blob(h, w, cy, cx, 1.0, amp)
         mask[i, cy - 1:cy + 2, cx - 1:cx + 2] = True
     out = calcification_detectability(signal, clutter, mask)
-    assert [len(o.get("dprime", [])) for o in out] == [2, 0, 0, 1, 0, 0, 0, 0]
-    e = math.sqrt(float((_blob(h, w, 30, 30, 1.0, 1.0) ** 2).sum())) / sigma  # d' per unit amplitude
+    assert [len(o["dprime"]) for o in out] == [2, 0, 0, 1]
+    e = math.sqrt(float((_blob(64, 64, 32, 32, 1.0, 1.0) ** 2).sum())) / sigma  # d' per unit amplitude
     np.testing.assert_allclose(out[0]["dprime"], [0.02 * e, 0.06 * e], rtol=0.08)
-    assert out[3]["dprime"][0] == pytest.approx(0.04 * e, rel=0.08)
-    np.testing.assert_allclose(out[0]["p_detect"], norm.cdf(out[0]["dprime"] - out[0]["threshold"]))
-    assert np.all((out[0]["threshold"] > 2.5) & (out[0]["threshold"] < 4.5))
+    assert out[3]["dprime"][0] == pytest.approx(0.06 * e / 3, rel=0.08)
+    for o in (out[0], out[3]):
+        np.testing.assert_allclose(o["p_detect"], norm.cdf(o["dprime"] - o["threshold"]))
+    # 0.5 false maxima per 256 x 256 patch: the matched filter of a sigma-1 blob in white noise is a
+    # smooth Gaussian field with autocorrelation exp(-r^2 / 4), second spectral moment lambda = 1/2;
+    # its expected count of maxima above u (Euler characteristic heuristic, exact as u grows) is
+    # A lambda / (2 pi)^(3/2) u exp(-u^2 / 2); solve for 0.5 by bisection
+    lo, hi = 2.0, 8.0
+    for _ in range(60):
+        u = (lo + hi) / 2
+        lo, hi = (u, hi) if h * w * 0.5 / (2 * math.pi) ** 1.5 * u * math.exp(-u * u / 2) > 0.5 else (lo, u)
+    np.testing.assert_allclose(out[0]["threshold"], lo, atol=0.3)
+
+
+def test_gaussian_fields_have_the_asked_spectrum_and_welch_blocks_tile_the_field():
+    fy = np.fft.fftfreq(16)[:, None]
+    fx = np.fft.fftfreq(12)[None, :]
+    W = 1e-3 / (fy ** 2 + fx ** 2 + 0.02) + 1e-3  # symmetric, as a real field's spectrum
+    g = gaussian_fields(W, 4000, seed=5)
+    assert g.shape == (4000, 16, 12) and np.isrealobj(g)
+    np.testing.assert_allclose(np.mean(np.abs(np.fft.fft2(g)) ** 2, 0), W, rtol=0.1)
+    f = np.arange(100 * 90, dtype=float).reshape(100, 90)
+    b = welch_blocks(f, 40)  # rows at 0, 20, 40, 60 (flush), columns at 0, 20, 40, 50 (flush)
+    assert b.shape == (16, 40, 40)
+    np.testing.assert_allclose(b[-1], f[60:, 50:] - f[60:, 50:].mean())
 
 
 def test_bad_input_is_named():
@@ -78,5 +105,7 @@ def test_bad_input_is_named():
         prewhitened_dprime(np.ones((4, 4)), np.ones((4, 5)))
     with pytest.raises(ValueError, match="fp_per_field"):
         search_threshold(np.zeros((1, 8, 8)), 0.0)
-    with pytest.raises(ValueError, match="groups"):
-        calcification_detectability(np.zeros((2, 8, 8)), np.ones((2, 8, 8)), np.zeros((2, 8, 8)), groups=[0])
+    with pytest.raises(ValueError, match="block"):
+        calcification_detectability(np.zeros((2, 32, 32)), np.ones((2, 32, 32)), np.zeros((2, 32, 32)), block=64)
+    with pytest.raises(ValueError, match="clutter_model"):
+        calcification_detectability(np.zeros((1, 8, 8)), np.ones((1, 8, 8)), np.zeros((1, 8, 8)), clutter_model="x")

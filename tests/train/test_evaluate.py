@@ -114,16 +114,16 @@ def test_generator_card_reads_zero_for_a_copying_generator_and_one_for_a_paintin
 
 
 def test_card_ideal_observer_finds_strong_calcifications_and_not_faint_ones():
-    # white clutter (sigma 0.01) in 4 patches of one draw; a strong calcification (d' ~ 44) and one
-    # a tenth as high (d' ~ 4.4, at the search threshold) in patch 0, a strong one in patch 2
+    # white clutter (sigma 0.01) in 4 patches; a strong calcification (d' ~ 27) and one a tenth as
+    # high (d' ~ 2.7, under the search threshold) in patch 0, a strong one in patch 2
     rng = np.random.default_rng(0)
-    size = 64
+    size = 256
     yy, xx = np.mgrid[0:size, 0:size]
     signal = np.zeros((4, 1, size, size), np.float32)
-    for b, cy, cx, amp in ((0, 15, 15, 0.1), (0, 45, 45, 0.01), (2, 30, 30, 0.1)):
+    for b, cy, cx, amp in ((0, 15, 15, 0.1), (0, 145, 145, 0.01), (2, 130, 30, 0.1)):
         signal[b, 0] += amp * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.5 ** 2))
     mask = torch.from_numpy((signal > 0.5 * np.array([0.1, 0, 0.1, 0])[:, None, None, None]).astype(np.float32))
-    mask[0, 0, 44:47, 44:47] = 1
+    mask[0, 0, 144:147, 144:147] = 1
     background = torch.full((4, 1, size, size), 0.4) + torch.from_numpy(rng.normal(0, 0.01, (4, 1, size, size)).astype(np.float32))
     sig = torch.from_numpy(signal)
     val = {"image": background + sig, "mask": mask, "background": background, "signal": sig}
