@@ -254,7 +254,6 @@ def segment_tiles(seg, tiles: torch.Tensor, batch: int, autocast: bool = False) 
     return out
 
 
-@torch.inference_mode()
 def _projected(projector, ys: torch.Tensor, chunk: list) -> torch.Tensor:
     """A user projector's renderings of the windows ``ys`` as ``[M', n, 1, h, w]``, checked."""
     out = projector(ys, [(y0, x0) for _, y0, x0, _ in chunk], [loc for _, _, _, loc in chunk])
@@ -270,6 +269,7 @@ def _projected(projector, ys: torch.Tensor, chunk: list) -> torch.Tensor:
     return out.to(ys.device, torch.float32).clamp(0, 1)
 
 
+@torch.inference_mode()
 def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConfig | None = None,
               refine_on: bool = True, backend: str = "auto", autocast: bool = False,
               progress=None, seed_region: torch.Tensor | None = None,

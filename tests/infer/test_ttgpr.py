@@ -211,6 +211,7 @@ def test_a_projector_replaces_the_rf_projections():
     assert sum(calls) == 2 and got.seeds == want.seeds == 2
     torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=0)
     assert float(got.uncertainty.abs().max()) == 0.0  # one draw: no spread
+    assert got.logits.is_inference() and want.logits.is_inference()  # no autograd graph on either path
 
     # two draws, one bright and one dark: q = 1/2 in the windows and the spread 1/2 (population std)
     def half(windows, origins, seeds):
