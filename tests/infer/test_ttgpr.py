@@ -53,23 +53,28 @@ def test_seeds_lie_only_in_the_seed_region(tmp_path):
         run_field(img, grid, seg, gen, cfg, seed_region=region[:10])
 
 
+class _StepSeg(torch.nn.Module):
+    """Logit +15 on bright pixels (I > 0.9), else -15 + 55 I (a faint spot at 0.2 reads -4)."""
+
+    def forward(self, x):  # x = 2 I - 1
+        i = (x + 1) / 2
+        return torch.where(i > 0.9, torch.full_like(x, 15.0), -15.0 + 55.0 * i)
+
+
+class _BrightGen(torch.nn.Module):
+    """One Euler step from t0 lands on the all-ones image: renders a calcification everywhere."""
+    cfg = type("C", (), {"input_scale": "image"})()
+
+    def forward(self, x, t):
+        return (1.0 - x[:, :1]) / (1.0 - t.view(-1, 1, 1, 1))
+
+
 def test_logit_clip_lets_a_clear_projection_lift_a_confident_miss():
     # one 64 px tile; the segmentor reads logit -15 on the dark image, -4 (p 0.018, a seed) on a
     # faint spot, +15 on a bright image; the "generator" renders a bright image, so q = 1 over the
     # tile. The refine fixed point 1 - sigmoid(z) = lambda_a (z - z0) (no smoothness; the overlap
     # term is 0 on a lone tile) is p ~ 0.31 from z0 = -15, and p ~ 0.67 from a clamped z0 = -6.
     from mcgr.ops import RefineParams
-
-    class Seg(torch.nn.Module):
-        def forward(self, x):  # x = 2 I - 1
-            i = (x + 1) / 2
-            return torch.where(i > 0.9, torch.full_like(x, 15.0), -15.0 + 55.0 * i)
-
-    class Gen(torch.nn.Module):
-        cfg = type("C", (), {"input_scale": "image"})()
-
-        def forward(self, x, t):  # one Euler step from t0 lands on the all-ones image (x = 1)
-            return (1.0 - x[:, :1]) / (1.0 - t.view(-1, 1, 1, 1))
 
     img = torch.zeros(64, 64)
     img[32, 32] = 0.2
@@ -78,7 +83,7 @@ def test_logit_clip_lets_a_clear_projection_lift_a_confident_miss():
     for clip, want in ((0.0, 0.31), (6.0, 0.67), (4.0, 0.74)):
         cfg = TTGPRConfig(tau_seed=0.01, projections=1, steps=1, refine_steps=400, window=0, logit_clip=clip,
                           refine=RefineParams(eta=1.0, lambda_a=0.05, lambda_e=0.0, lambda_o=0.0))
-        r = run_field(img, grid, Seg(), Gen(), cfg, backend="reference")
+        r = run_field(img, grid, _StepSeg(), _BrightGen(), cfg, backend="reference")
         assert r.seeds == 1
         assert torch.allclose(r.base_logits[10, 10], torch.tensor(-15.0))  # the base output is never clamped
         # the fixed point, solved independently by bisection
@@ -166,22 +171,6 @@ def test_an_image_conditioned_generator_gets_the_window_it_projects():
     for s in seen:  # both projections of the one tile see the tile as 2 I - 1
         torch.testing.assert_close(s[:, 0], (2 * img - 1).expand(s.shape[0], 64, 64))
     torch.testing.assert_close(r.logits, r.base_logits, atol=2e-3, rtol=0)
-
-
-class _StepSeg(torch.nn.Module):
-    """Logit +15 on bright pixels (I > 0.9), else -15 + 55 I (a faint spot at 0.2 reads -4)."""
-
-    def forward(self, x):  # x = 2 I - 1
-        i = (x + 1) / 2
-        return torch.where(i > 0.9, torch.full_like(x, 15.0), -15.0 + 55.0 * i)
-
-
-class _BrightGen(torch.nn.Module):
-    """One Euler step from t0 lands on the all-ones image: renders a calcification everywhere."""
-    cfg = type("C", (), {"input_scale": "image"})()
-
-    def forward(self, x, t):
-        return (1.0 - x[:, :1]) / (1.0 - t.view(-1, 1, 1, 1))
 
 
 def _spot_field(size=96):
