@@ -118,3 +118,20 @@ def difficult_weight(image: torch.Tensor, background: torch.Tensor, mask: torch.
             hide = ndimage.binary_dilation(hide, structure=eight, iterations=ring)
         w[b][hide] = 0.0
     return torch.from_numpy(w)[:, None].to(mask.device)
+
+
+def band_weight(image: torch.Tensor, background: torch.Tensor, mask: torch.Tensor, lo: float, hi: float,
+                weight: float) -> torch.Tensor:
+    """Per-pixel loss weights ``[B, 1, H, W]``: ``weight`` on the pixels of the calcifications of
+    ``mask`` whose :func:`component_cnr` lies in ``[lo, hi)``, 1 elsewhere (the band a detector
+    finds least of; see LossConfig.faint_below_cnr)."""
+    import numpy as np
+
+    if not (0 <= lo <= hi) or not weight >= 0:
+        raise ValueError(f"need 0 <= lo <= hi and weight >= 0, got lo={lo!r}, hi={hi!r}, weight={weight!r}")
+    w = np.ones((mask.shape[0],) + tuple(mask.shape[-2:]), dtype=np.float32)
+    for b, (lab, cnr) in enumerate(_labelled_cnr(image, background, mask)):
+        sel = np.flatnonzero((cnr >= lo) & (cnr < hi)) + 1
+        if sel.size:
+            w[b][np.isin(lab, sel)] = weight
+    return torch.from_numpy(w)[:, None].to(mask.device)

@@ -59,12 +59,17 @@ class LossConfig:
     ignore_below_cnr: when > 0, calcifications whose contrast-to-noise ratio is under it
     (mcgr.synth.visibility.component_cnr) are left out of the loss, their pixels and a 1 px ring
     weighted 0: the image holds no evidence of them, and a target of 1 there teaches the network
-    to fire on texture that looks the same. 0 = every calcification counts."""
+    to fire on texture that looks the same. 0 = every calcification counts.
+    faint_below_cnr, faint_weight: when faint_below_cnr > 0, the pixels of calcifications whose CNR
+    lies in [ignore_below_cnr, faint_below_cnr) weigh faint_weight in both terms: the band the
+    detector finds least of gets more of the gradient. 0 = off."""
 
     bce: float = 1.0
     dice: float = 1.0
     pos_weight: float = 3.0
     ignore_below_cnr: float = 0.0
+    faint_below_cnr: float = 0.0
+    faint_weight: float = 1.0
 
 
 @dataclass
@@ -266,6 +271,11 @@ def _check(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: rf.seed_min_cnr must be >= 0, got {cfg.rf.seed_min_cnr}")
     if not cfg.loss.ignore_below_cnr >= 0:
         raise ConfigError(f"{source}: loss.ignore_below_cnr must be >= 0, got {cfg.loss.ignore_below_cnr}")
+    if cfg.loss.faint_below_cnr and not cfg.loss.faint_below_cnr > cfg.loss.ignore_below_cnr:
+        raise ConfigError(f"{source}: loss.faint_below_cnr must be 0 (off) or > loss.ignore_below_cnr, got "
+                          f"{cfg.loss.faint_below_cnr}")
+    if not cfg.loss.faint_weight >= 0:
+        raise ConfigError(f"{source}: loss.faint_weight must be >= 0, got {cfg.loss.faint_weight}")
 
 
 def config_from_dict(kind: str, data: dict, source: str) -> TrainConfig:

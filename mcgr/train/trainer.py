@@ -145,13 +145,18 @@ def rf_pair(model: UNet, batch: dict, cfg: TrainConfig, g: torch.Generator, trai
 # ---------------------------------------------------------------- one step
 
 def _loss_weight(batch: dict, cfg: TrainConfig) -> torch.Tensor | None:
-    """The segmentor's per-pixel loss weights (None: all 1); see LossConfig.ignore_below_cnr."""
-    k = cfg.loss.ignore_below_cnr
-    if k <= 0:
+    """The segmentor's per-pixel loss weights (None: all 1); see LossConfig.ignore_below_cnr and
+    faint_below_cnr."""
+    lc = cfg.loss
+    if lc.ignore_below_cnr <= 0 and lc.faint_below_cnr <= 0:
         return None
-    from mcgr.synth.visibility import difficult_weight
+    from mcgr.synth.visibility import band_weight, difficult_weight
 
-    return difficult_weight(batch["image"].cpu(), batch["background"].cpu(), batch["mask"].cpu(), k).to(batch["mask"].device)
+    args = (batch["image"].cpu(), batch["background"].cpu(), batch["mask"].cpu())
+    w = difficult_weight(*args, lc.ignore_below_cnr) if lc.ignore_below_cnr > 0 else 1.0
+    if lc.faint_below_cnr > 0:
+        w = w * band_weight(*args, lc.ignore_below_cnr, lc.faint_below_cnr, lc.faint_weight)
+    return w.to(batch["mask"].device)
 
 
 def compute_loss(model: UNet, batch: dict, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:

@@ -86,3 +86,22 @@ def test_difficult_weight_zeroes_invisible_calcifications_and_a_ring():
     assert bool((w0 == 1).all())
     with pytest.raises(ValueError, match="k must be"):
         difficult_weight(torch.from_numpy(img), torch.from_numpy(bg), torch.from_numpy(mask), k=-1.0)
+
+
+def test_band_weight_weighs_the_calcifications_in_the_cnr_band():
+    from mcgr.synth.visibility import band_weight
+
+    rng = np.random.default_rng(4)
+    bg = (0.5 + 0.02 * rng.standard_normal((1, 1, 40, 40))).astype(np.float32)
+    s = _scipy_sigma(bg[0, 0])
+    mask = np.zeros_like(bg)
+    img = bg.copy()
+    for (y, x), k in (((5, 5), 1.0), ((15, 25), 4.5), ((28, 8), 12.0)):  # CNRs 1, 4.5, 12
+        mask[0, 0, y:y + 3, x:x + 3] = 1
+        img[0, 0, y:y + 3, x:x + 3] += k * s
+    w = band_weight(torch.from_numpy(img), torch.from_numpy(bg), torch.from_numpy(mask), 3.0, 8.0, 5.0)
+    want = np.ones((40, 40), np.float32)
+    want[15:18, 25:28] = 5.0  # only the 4.5-sigma one, its mask pixels only
+    np.testing.assert_array_equal(w[0, 0].numpy(), want)
+    with pytest.raises(ValueError, match="lo <= hi"):
+        band_weight(torch.from_numpy(img), torch.from_numpy(bg), torch.from_numpy(mask), 8.0, 3.0, 5.0)

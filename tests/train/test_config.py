@@ -113,3 +113,20 @@ def test_seg_loss_leaves_invisible_calcifications_out(tmp_path):
     p.write_text("preset: tiny\nloss: {ignore_below_cnr: -1.0}\n")
     with pytest.raises(ConfigError, match="ignore_below_cnr"):
         load_config("seg", p)
+    # the faint band on top: its calcifications weigh faint_weight, the invisible ones still 0
+    from mcgr.synth.visibility import band_weight
+
+    p.write_text("preset: tiny\nloss: {ignore_below_cnr: 3.0, faint_below_cnr: 8.0, faint_weight: 4.0}\n")
+    cfg = load_config("seg", p)
+    wb = band_weight(b["image"], b["background"], b["mask"], 3.0, 8.0, 4.0)
+    assert bool((wb == 4.0).any())
+    with torch.no_grad():
+        got = compute_loss(model, b, cfg, torch.Generator())
+        want = segmentation_loss(model(standardise(b["image"])), b["mask"], cfg.loss.bce, cfg.loss.dice,
+                                 cfg.loss.pos_weight, weight=w * wb)
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    for bad, key in (("{ignore_below_cnr: 3.0, faint_below_cnr: 2.0}", "faint_below_cnr"),
+                     ("{faint_below_cnr: 6.0, faint_weight: -1.0}", "faint_weight")):
+        p.write_text(f"preset: tiny\nloss: {bad}\n")
+        with pytest.raises(ConfigError, match=key):
+            load_config("seg", p)
