@@ -134,3 +134,19 @@ def test_card_ideal_observer_finds_strong_calcifications_and_not_faint_ones():
     assert 0.05 < r["sensitivity_at_0.5fp"] < 0.99
     assert by["[10, inf)"]["median_dprime"] == pytest.approx(
         float(np.sqrt((signal[2, 0] ** 2).sum())) / 0.01, rel=0.1)
+
+
+def test_seg_card_reading_states_the_operating_points_and_the_yardstick():
+    from mcgr.train.ship import seg_reading
+
+    point = {"sensitivity_at_0.5fp": 0.61, "threshold_at_0.5fp": 0.95, "fp_per_patch_at_threshold": 0.375}
+    none = {"sensitivity_at_0.5fp": 0.0, "threshold_at_0.5fp": None, "fp_per_patch_at_threshold": None}
+    figures = {**none, "duplicates_ignored": point, "visible": {**none, "duplicates_ignored": {**point, "sensitivity_at_0.5fp": 0.88}},
+               "found_at_0.5_by_cnr": {"[0, 3)": {"n": 4, "found": 0.25}, "[3, 4)": {"n": 0, "found": None}},
+               "ideal_observer": {"sensitivity_at_0.5fp": 0.7, "visible_sensitivity_at_0.5fp": 0.93,
+                                  "by_cnr": {"[0, 3)": {"n": 4, "p_detect": 0.1}, "[3, 4)": {"n": 0, "p_detect": None}}}}
+    text = "\n".join(seg_reading(figures))
+    assert "strict rule (every unmatched component a false positive): no threshold up to 0.999" in text
+    assert "0.610 at p >= 0.95 (0.38 FP per patch) over all" in text and "0.880 at p >= 0.95" in text
+    assert "CNR [0, 3) 0.25 (n 4)." in text and "[3, 4)" not in text  # empty bins left out
+    assert "**0.700** of all calcifications and **0.930** of the visible ones" in text
