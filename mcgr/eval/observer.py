@@ -4,8 +4,8 @@ A detector's sensitivity at a false-positive budget is only meaningful beside wh
 allow. For a synthetic calcification we know its exact noise-free signal ``S`` (``I_clean - B``,
 :class:`mcgr.synth.dataset.SynthPairs` with ``with_signal=True``) and the statistics of what it
 sits in (the MC-free background plus the image noise, ``I - S``). Treating that clutter as a
-stationary Gaussian field with noise power spectrum ``W`` (estimated from the patches of the same
-image-formation draw), the best linear observer that knows ``S`` exactly is the prewhitening
+locally stationary Gaussian field with noise power spectrum ``W`` (Welch's estimate over the
+calcification's own patch), the best linear observer that knows ``S`` exactly is the prewhitening
 matched filter ``h = F^-1[conj(F S) / W]``; its detectability is
 
     d'^2 = sum_f |F S(f)|^2 / W(f)      (W(f) = E |F n(f)|^2 on the same grid).
@@ -129,12 +129,13 @@ def calcification_detectability(signal, clutter, mask, fp_per_field: float = 0.5
     _, h, w = s.shape
     eight = np.ones((3, 3), dtype=bool)
     half = block // 2
+    gauss = clutter_model == "gaussian"
+    m0 = 0 if gauss else block // 8  # measured windows are not periodic: keep off their wrapped edges
+    fp_per_window = fp_per_field * (block - 2 * m0) ** 2 / (h * w)
     out: list[dict] = []
     for i in range(s.shape[0]):
         blocks = welch_blocks(c[i], block)
-        win = np.outer(np.hanning(block), np.hanning(block))
-        nps = np.mean(np.abs(np.fft.fft2(blocks * win)) ** 2, axis=0) / float(np.mean(win ** 2))
-        gauss = clutter_model == "gaussian"
+        nps = noise_power_spectrum(blocks)
         fields = gaussian_fields(nps, blocks.shape[0], seed + i) if gauss else blocks
         fc = np.fft.fft2(fields)
         lab, n = ndimage.label(m[i], structure=eight)
@@ -152,8 +153,6 @@ def calcification_detectability(signal, clutter, mask, fp_per_field: float = 0.5
                 dp[k - 1], thr[k - 1] = 0.0, float("inf")
                 continue
             dp[k - 1] = float(np.sum(np.abs(fs) ** 2 / nps)) / block ** 2 / sd
-            m0 = 0 if gauss else block // 8
-            area = (block - 2 * m0) ** 2
-            thr[k - 1] = search_threshold(resp / sd, fp_per_field * area / (h * w), radius, margin=m0)
+            thr[k - 1] = search_threshold(resp / sd, fp_per_window, radius, margin=m0)
         out.append({"dprime": dp, "threshold": thr, "p_detect": ndtr(dp - thr)})
     return out

@@ -12,7 +12,7 @@ attenuation and contrast, thinner calcifications): the shift on which TT-GPR is 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -45,8 +45,6 @@ class Phantom:
 
     def signal(self, backend: str = "auto") -> torch.Tensor:
         """The noise-free calcification signal ``I_clean - B`` [H, W] (one more inject, noise off)."""
-        from dataclasses import replace
-
         if self.background is None:
             raise ValueError("this phantom was built without its background")
         clean = inject(self.background, self.calcs.prims, replace(self.params, noise=0.0), backend=backend)[0]

@@ -98,26 +98,47 @@ def component_cnr(image: torch.Tensor, background: torch.Tensor, mask: torch.Ten
     return [cnr for _, cnr in _labelled_cnr(image, background, mask)]
 
 
+def component_weight(image: torch.Tensor, background: torch.Tensor, mask: torch.Tensor, rules) -> torch.Tensor:
+    """Per-pixel loss weights ``[B, 1, H, W]`` from the CNR of each calcification of ``mask``
+    (:func:`component_cnr`, labelled once): for each rule ``(lo, hi, value, ring)`` the pixels of the
+    calcifications with ``lo <= cnr < hi``, dilated by ``ring`` px, are multiplied by ``value``;
+    every other pixel weighs 1."""
+    import numpy as np
+    from scipy import ndimage
+
+    w = np.ones((mask.shape[0],) + tuple(mask.shape[-2:]), dtype=np.float32)
+    eight = np.ones((3, 3), bool)
+    for b, (lab, cnr) in enumerate(_labelled_cnr(image, background, mask)):
+        for lo, hi, value, ring in rules:
+            sel = np.flatnonzero((cnr >= lo) & (cnr < hi)) + 1
+            if sel.size == 0:
+                continue
+            region = np.isin(lab, sel)
+            if ring > 0:
+                region = ndimage.binary_dilation(region, structure=eight, iterations=ring)
+            w[b][region] *= value
+    return torch.from_numpy(w)[:, None].to(mask.device)
+
+
+def difficult_rule(k: float = ROSE_K, ring: int = 1) -> tuple:
+    """The :func:`component_weight` rule of :func:`difficult_weight`."""
+    if not k >= 0:
+        raise ValueError(f"k must be >= 0, got {k!r}")
+    return (-float("inf"), k, 0.0, ring)
+
+
+def band_rule(lo: float, hi: float, weight: float) -> tuple:
+    """The :func:`component_weight` rule of :func:`band_weight`."""
+    if not (0 <= lo <= hi) or not weight >= 0:
+        raise ValueError(f"need 0 <= lo <= hi and weight >= 0, got lo={lo!r}, hi={hi!r}, weight={weight!r}")
+    return (lo, hi, weight, 0)
+
+
 def difficult_weight(image: torch.Tensor, background: torch.Tensor, mask: torch.Tensor, k: float = ROSE_K,
                      ring: int = 1) -> torch.Tensor:
     """Per-pixel loss weights ``[B, 1, H, W]``: 0 on the calcifications of ``mask`` whose
     :func:`component_cnr` is under ``k`` (and a ``ring`` px band around them), 1 elsewhere."""
-    import numpy as np
-    from scipy import ndimage
-
-    if not k >= 0:
-        raise ValueError(f"k must be >= 0, got {k!r}")
-    w = np.ones((mask.shape[0],) + tuple(mask.shape[-2:]), dtype=np.float32)
-    eight = np.ones((3, 3), bool)
-    for b, (lab, cnr) in enumerate(_labelled_cnr(image, background, mask)):
-        bad = np.flatnonzero(cnr < k) + 1
-        if bad.size == 0:
-            continue
-        hide = np.isin(lab, bad)
-        if ring > 0:
-            hide = ndimage.binary_dilation(hide, structure=eight, iterations=ring)
-        w[b][hide] = 0.0
-    return torch.from_numpy(w)[:, None].to(mask.device)
+    return component_weight(image, background, mask, [difficult_rule(k, ring)])
 
 
 def band_weight(image: torch.Tensor, background: torch.Tensor, mask: torch.Tensor, lo: float, hi: float,
@@ -125,13 +146,4 @@ def band_weight(image: torch.Tensor, background: torch.Tensor, mask: torch.Tenso
     """Per-pixel loss weights ``[B, 1, H, W]``: ``weight`` on the pixels of the calcifications of
     ``mask`` whose :func:`component_cnr` lies in ``[lo, hi)``, 1 elsewhere (the band a detector
     finds least of; see LossConfig.faint_below_cnr)."""
-    import numpy as np
-
-    if not (0 <= lo <= hi) or not weight >= 0:
-        raise ValueError(f"need 0 <= lo <= hi and weight >= 0, got lo={lo!r}, hi={hi!r}, weight={weight!r}")
-    w = np.ones((mask.shape[0],) + tuple(mask.shape[-2:]), dtype=np.float32)
-    for b, (lab, cnr) in enumerate(_labelled_cnr(image, background, mask)):
-        sel = np.flatnonzero((cnr >= lo) & (cnr < hi)) + 1
-        if sel.size:
-            w[b][np.isin(lab, sel)] = weight
-    return torch.from_numpy(w)[:, None].to(mask.device)
+    return component_weight(image, background, mask, [band_rule(lo, hi, weight)])

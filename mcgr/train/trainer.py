@@ -150,12 +150,13 @@ def _loss_weight(batch: dict, cfg: TrainConfig) -> torch.Tensor | None:
     lc = cfg.loss
     if lc.ignore_below_cnr <= 0 and lc.faint_below_cnr <= 0:
         return None
-    from mcgr.synth.visibility import band_weight, difficult_weight
+    from mcgr.synth.visibility import band_rule, component_weight, difficult_rule
 
-    args = (batch["image"].cpu(), batch["background"].cpu(), batch["mask"].cpu())
-    w = difficult_weight(*args, lc.ignore_below_cnr) if lc.ignore_below_cnr > 0 else 1.0
+    rules = [difficult_rule(lc.ignore_below_cnr)] if lc.ignore_below_cnr > 0 else []
     if lc.faint_below_cnr > 0:
-        w = w * band_weight(*args, lc.ignore_below_cnr, lc.faint_below_cnr, lc.faint_weight)
+        rules.append(band_rule(lc.ignore_below_cnr, lc.faint_below_cnr, lc.faint_weight))
+    # one labelling and CNR pass for both rules
+    w = component_weight(batch["image"].cpu(), batch["background"].cpu(), batch["mask"].cpu(), rules)
     return w.to(batch["mask"].device)
 
 
