@@ -277,6 +277,15 @@ def _write_seg(path: Path, m: Mammogram, mask_src: np.ndarray) -> None:
     for kw in _SEG_TYPE2:
         if kw not in src:
             setattr(src, kw, "")
+    # A projection mammogram has no plane in patient coordinates (no Image Position / Orientation
+    # (Patient)), so the SEG cannot place its frame in the source's Frame of Reference: with a Frame of
+    # Reference UID the standard (PS3.3 A.51.5) wants Pixel Measures with a Slice Thickness and plane
+    # positions, which a projection has not got (highdicom.seg.segread rejected the Pixel Measures it
+    # wrote without one). The SEG is instead pixel for pixel on the source grid, tied to the source by
+    # the Derivation Image functional group and the Referenced Series Sequence, highdicom's route for
+    # projection radiographs; the pixel spacing stays in the source it references.
+    if "FrameOfReferenceUID" in src:
+        del src.FrameOfReferenceUID
     desc = hd.seg.SegmentDescription(
         segment_number=1, segment_label="microcalcification",
         segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
@@ -295,6 +304,12 @@ def _write_seg(path: Path, m: Mammogram, mask_src: np.ndarray) -> None:
             manufacturer_model_name="MC-GenRef", software_versions=__version__, device_serial_number="0",
             omit_empty_frames=False, series_description="mcgr microcalcifications",
         )
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "PixelMeasuresSequence" in shared:
+        del shared.PixelMeasuresSequence
+    # General Image: Patient Orientation is Type 2C, required without Image Orientation (Patient); the
+    # SEG's rows and columns are the source's, so are their directions.
+    seg.PatientOrientation = src.get("PatientOrientation", "")
     buf = _io.BytesIO()
     seg.save_as(buf)
     _atomic_write(path, buf.getvalue())

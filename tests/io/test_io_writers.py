@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 
 import numpy as np
 import pydicom
@@ -124,3 +126,79 @@ def test_seg_is_written_for_a_source_without_patient_and_study_type2_attributes(
     assert seg.PatientID == "" and seg.StudyInstanceUID == ds.StudyInstanceUID
     assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
     assert seg.pixel_array.astype(bool).sum() == np.asarray(Image.open(paths["mask"])).astype(bool).sum() > 0
+
+
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate", "StudyTime",
+          "ReferringPhysicianName", "AccessionNumber")
+
+
+def _seg_case(tmp_path, laterality, *, anonymise=False, patient_orientation=None):
+    """A DICOM at the model spacing (no resampling) and a mask on its canonical grid with a known source image."""
+    wall = "left" if laterality == "L" else "right"
+    stored = breast_phantom(120, 90, 12, np.random.default_rng(3), chest_wall=wall)
+    path = write_dicom(tmp_path / f"src-{laterality}.dcm", stored, bits_stored=12, laterality=laterality,
+                       pixel_spacing=0.07, patient_orientation=patient_orientation)
+    if anonymise:
+        ds = pydicom.dcmread(path)
+        for kw in _TYPE2 + ("FrameOfReferenceUID",):
+            delattr(ds, kw)
+        ds.save_as(path)
+    m = read_mammogram(path)
+    rng = np.random.default_rng(4)
+    canon = np.zeros(m.image.shape, bool)
+    canon[rng.integers(0, 120, 40), rng.integers(0, 90, 40)] = True
+    canon[30:36, 10:13] = True
+    # Stored chest wall on the right: the reader mirrored the image, so source column c is canonical w - 1 - c.
+    expected = canon[:, ::-1] if wall == "right" else canon
+    assert m.flipped == (wall == "right")
+    return path, m, canon, expected
+
+
+@pytest.mark.parametrize("laterality,anonymise", [("L", False), ("R", False), ("R", True)])
+def test_seg_reads_back_in_highdicom_on_the_source_grid(tmp_path, laterality, anonymise):
+    """highdicom (an independent reader) reads the SEG back to the same mask and finds the source it names."""
+    hd = pytest.importorskip("highdicom")
+    path, m, canon, expected = _seg_case(tmp_path, laterality, anonymise=anonymise)
+    src = pydicom.dcmread(path, stop_before_pixels=True)
+    paths = write_outputs(tmp_path / "out", "case", m, canon.astype(np.float32), canon, [], [])
+    seg = hd.seg.segread(paths["seg"])
+    assert seg.get_source_image_uids() == [(src.StudyInstanceUID, src.SeriesInstanceUID, src.SOPInstanceUID)]
+    ref = seg.ReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == src.SeriesInstanceUID
+    assert ref.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert seg.StudyInstanceUID == src.StudyInstanceUID and seg.SeriesInstanceUID != src.SeriesInstanceUID
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[src.SOPInstanceUID], segment_numbers=[1])
+    assert pixels.shape == (1, src.Rows, src.Columns, 1)
+    got = pixels[0, :, :, 0].astype(bool)
+    bad = np.argwhere(got != expected)
+    assert bad.size == 0, f"{len(bad)} pixels differ, first at {bad[0].tolist()}"
+    assert seg.get_segment_description(1).segmented_property_type.value == "129748009"
+
+
+def test_seg_of_a_resampled_input_equals_the_mask_png(tmp_path):
+    """At 0.05 mm the mask is mapped back from the model grid: the SEG holds the PNG's pixels exactly."""
+    hd = pytest.importorskip("highdicom")
+    m = _case(tmp_path, "R")
+    _, t = to_model_spacing(m)
+    prob, mask, dets, clusters = _detections(t, [(100, 40), (104, 47), (97, 52)])
+    paths = write_outputs(tmp_path / "out", "case", m, prob, mask, dets, clusters)
+    seg = hd.seg.segread(paths["seg"])
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[m.dicom.sop_instance_uid],
+                                               segment_numbers=[1])[0, :, :, 0].astype(bool)
+    png = np.asarray(Image.open(paths["mask"])) > 0
+    assert png.sum() >= 3
+    np.testing.assert_array_equal(pixels, png)
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None,
+                    reason="dciodvfy (Debian package dicom3tools) is not installed: apt-get install dicom3tools")
+@pytest.mark.parametrize("anonymise,orientation", [(False, "A\\F"), (False, None), (True, None)])
+def test_seg_passes_dciodvfy(tmp_path, anonymise, orientation):
+    """The SEG's IOD as David Clunie's validator checks it: warnings allowed, no errors."""
+    path, m, canon, _ = _seg_case(tmp_path, "L", anonymise=anonymise, patient_orientation=orientation)
+    paths = write_outputs(tmp_path / "out", "case", m, canon.astype(np.float32), canon, [], [])
+    run = subprocess.run(["dciodvfy", paths["seg"]], capture_output=True, text=True, timeout=60)
+    report = run.stdout + run.stderr
+    assert "Segmentation" in report, report  # it recognised the IOD
+    errors = [ln for ln in report.splitlines() if ln.startswith("Error")]
+    assert not errors, "\n".join(errors)
