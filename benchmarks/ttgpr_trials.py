@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from mcgr.infer.demo import score
+from mcgr.demo import score
 from mcgr.infer.pipeline import Pipeline
 from mcgr.infer.ttgpr import TTGPRConfig
 from mcgr.models import WEIGHTS_DIR, load_model, load_pretrained

@@ -13,40 +13,16 @@ import argparse
 import sys
 from typing import Callable
 
+from mcgr._arguments import (CLIError, argument_type, fraction, nonnegative_float, nonnegative_int,  # noqa: F401
+                             positive_float, positive_int)
+
 _SUBCOMMANDS: list[Callable] = []
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 1."""
 
 
 def subcommand(add: Callable) -> Callable:
     """Register ``add(subparsers)``, which adds one subcommand and sets ``handler=fn(args) -> int``."""
     _SUBCOMMANDS.append(add)
     return add
-
-
-def argument_type(cast: Callable, ok: Callable, expected: str) -> Callable[[str], object]:
-    """An argparse ``type=``: ``cast(text)`` that must satisfy ``ok``, else "expected <expected>"."""
-
-    def parse(text: str):
-        try:
-            v = cast(text)
-        except ValueError:
-            v = None
-        if v is None or not ok(v):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return v
-
-    parse.__name__ = expected
-    return parse
-
-
-positive_int = argument_type(int, lambda v: v >= 1, "a positive integer")
-nonnegative_int = argument_type(int, lambda v: v >= 0, "a non-negative integer")
-positive_float = argument_type(float, lambda v: 0 < v < float("inf"), "a positive finite number")
-nonnegative_float = argument_type(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
-fraction = argument_type(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 @subcommand
@@ -156,7 +132,7 @@ def _demo(args) -> int:
         raise CLIError("--device cuda was asked for but torch sees no CUDA device")
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         raise CLIError(f"--device must be cpu or cuda, got {args.device!r}")
-    from mcgr.infer.demo import run_demo
+    from mcgr.demo import run_demo
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -124,7 +124,7 @@ def test_python_dash_m_mcgr():
 def test_demo_threads_option(tmp_path, capsys, monkeypatch):
     import torch
 
-    import mcgr.infer.demo as demo
+    import mcgr.demo as demo
 
     assert main(["demo", "--threads", "0", "--out", str(tmp_path / "d")]) == 2
     assert "expected a positive integer" in capsys.readouterr().err

@@ -48,7 +48,7 @@ def _threshold(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from mcgr.cli import nonnegative_int, positive_float, positive_int
+    from mcgr._arguments import nonnegative_int, positive_float, positive_int
 
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", nargs=2, metavar=("KIND", "PATH"),
@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def ttgpr_config(text: str):
     """A :class:`mcgr.infer.ttgpr.TTGPRConfig` with ``KEY=VALUE,...`` overrides (top-level fields)."""
-    from mcgr.cli import CLIError
+    from mcgr._arguments import CLIError
     from mcgr.infer.ttgpr import TTGPRConfig
 
     cfg = TTGPRConfig()
@@ -107,7 +107,7 @@ def ttgpr_config(text: str):
 
 
 def _dataset(args):
-    from mcgr.cli import CLIError
+    from mcgr._arguments import CLIError
     from mcgr.eval import datasets
 
     if args.synthetic is not None:
@@ -130,7 +130,7 @@ def _dataset(args):
 
 
 def _pipeline(args):
-    from mcgr.cli import CLIError
+    from mcgr._arguments import CLIError
     from mcgr.infer.pipeline import Pipeline
     from mcgr.models import CheckpointError, load_model, load_pretrained
 

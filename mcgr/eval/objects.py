@@ -13,47 +13,19 @@ sensitivity (pooled over images) is plotted against mean false positives per ima
 the curve stops short of a rate) and averaged.
 
 Clusters (:func:`match_clusters`): calcifications are grouped on each side (truth and prediction)
-by the clinical rule of :mod:`mcgr.infer.detect` (at least 3 within 1 cm^2, linked within 5 mm);
-a true cluster is found when a predicted cluster's centroid lies within 5 mm of its centroid or the
+by the pipeline's clinical rule, :func:`mcgr.geometry.clusters_of` (at least 3 within 1 cm^2, linked
+within 5 mm); a true cluster is found when a predicted cluster's centroid lies within 5 mm of its centroid or the
 two share at least 2 matched calcifications, again one-to-one.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from scipy import ndimage
 from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components, maximum_bipartite_matching
-from scipy.spatial import cKDTree
+from scipy.sparse.csgraph import maximum_bipartite_matching
+
+from mcgr.geometry import _np, clusters_of, components
 
 FROC_RATES = (0.25, 0.5, 1.0, 2.0, 4.0)
-_EIGHT = np.ones((3, 3), dtype=bool)
-
-
-def _np(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def components(mask) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
-    """(labels, n, centroids [n, 2] (y, x) px, areas [n]) of the 8-connected components of ``mask``."""
-    m = _np(mask).astype(bool)
-    lab, n = ndimage.label(m, structure=_EIGHT)
-    if n == 0:
-        return lab, 0, np.zeros((0, 2)), np.zeros(0)
-    # sums over the foreground pixels only: a mask is sparse, and ndimage.center_of_mass walks them all
-    flat = lab.ravel()
-    on = np.flatnonzero(flat)
-    lb = flat[on]
-    area = np.bincount(lb, minlength=n + 1)[1:].astype(np.float64)
-    ys = np.bincount(lb, weights=(on // m.shape[1]).astype(np.float64), minlength=n + 1)[1:]
-    xs = np.bincount(lb, weights=(on % m.shape[1]).astype(np.float64), minlength=n + 1)[1:]
-    cen = np.stack([ys / area, xs / area], axis=1)
-    return lab, n, cen, area
-
-
 DUPLICATE_RULES = ("fp", "ignore")
 
 
@@ -229,44 +201,6 @@ def froc(probs: list, truths: list, spacing_mm: float | list[float], thresholds=
         fp += c["fp"]
         n_t += c["n_truth"]
     return froc_from_counts(thresholds, tp, fp, n_t, max(1, len(probs)), rates)
-
-
-def clusters_of(centroids, spacing_mm: float, link_mm: float = 5.0, min_members: int = 3,
-                area_cm2: float = 1.0) -> list[dict]:
-    """Clusters among calcifications at ``centroids`` [K, 2] ((y, x) px), the clinical rule shared
-    with the pipeline (:func:`mcgr.infer.detect.clusters_from_detections` calls this): single linkage
-    within ``link_mm``, groups of at least ``min_members``, ``compact`` when the bounding box fits in
-    ``area_cm2``; a k-d tree keeps a poor model's thousands of false positives cheap. ``members`` are
-    row indices into ``centroids``, ascending; clusters are ordered by their first member."""
-    if not spacing_mm > 0:
-        raise ValueError(f"spacing_mm must be > 0, got {spacing_mm}")
-    c = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
-    n = len(c)
-    if n < min_members or n == 0:
-        return []
-    pts = c * spacing_mm
-    pairs = cKDTree(pts).query_pairs(link_mm, output_type="ndarray")
-    graph = csr_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    _, lab = connected_components(graph, directed=False)
-    _, first, sizes = np.unique(lab, return_index=True, return_counts=True)
-    side_mm = math.sqrt(area_cm2) * 10.0
-    clusters = []
-    for f in np.sort(first[sizes >= min_members]):
-        members = np.nonzero(lab == lab[f])[0]
-        p = pts[members]
-        ext = p.max(axis=0) - p.min(axis=0)
-        cen = p.mean(axis=0)
-        clusters.append({
-            "id": len(clusters),
-            "members": [int(i) for i in members],
-            "y": round(float(cen[0] / spacing_mm), 2),
-            "x": round(float(cen[1] / spacing_mm), 2),
-            "y_mm": round(float(cen[0]), 3),
-            "x_mm": round(float(cen[1]), 3),
-            "extent_mm": [round(float(ext[0]), 3), round(float(ext[1]), 3)],
-            "compact": bool(ext[0] <= side_mm and ext[1] <= side_mm),
-        })
-    return clusters
 
 
 def match_clusters(truth_centroids, pred_centroids, spacing_mm: float, pairs=(), *, link_mm: float = 5.0,

@@ -33,7 +33,7 @@ def spacing_mm(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from mcgr.cli import nonnegative_float, positive_int
+    from mcgr._arguments import nonnegative_float, positive_int
 
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="mammogram files (DICOM with or without extension, PNG, TIFF, NPY), folders (searched "
@@ -67,7 +67,7 @@ def check_device(text: str) -> str:
     """The torch device for --device, or a CLIError that says what is wrong."""
     import torch
 
-    from mcgr.cli import CLIError
+    from mcgr._arguments import CLIError
 
     if text == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -89,7 +89,7 @@ def check_device(text: str) -> str:
 
 def check_backend(text: str) -> str:
     from mcgr._backends import BACKENDS
-    from mcgr.cli import CLIError
+    from mcgr._arguments import CLIError
 
     if text != "auto" and text not in BACKENDS:
         raise CLIError(f"--backend must be auto or one of {', '.join(BACKENDS)}, got {text!r}")
@@ -107,7 +107,7 @@ def _sha256(path: Path) -> str:
 def load_models(models_dir: str | None, refine: bool) -> tuple[dict, dict]:
     """``({kind: UNet on the CPU}, {kind: {"source", "sha256"}})`` for "seg" and, when ``refine``, "rf",
     from ``models_dir/<kind>`` or the shipped weights; a CLIError says how to get missing ones."""
-    from mcgr.cli import CLIError
+    from mcgr._arguments import CLIError
     from mcgr.models import WEIGHTS_DIR, CheckpointError, load_model
 
     kinds = ("seg", "rf") if refine else ("seg",)
@@ -153,7 +153,7 @@ def _sigterm_as_interrupt():
 
 
 def run(args) -> int:
-    from mcgr.cli import CLIError
+    from mcgr._arguments import CLIError
     from mcgr.infer import archive
     from mcgr.infer.ttgpr import TTGPRConfig
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mcgr.eval.objects import clusters_of, components
+from mcgr.geometry import clusters_of, components
 
 
 def _np(x) -> np.ndarray:
