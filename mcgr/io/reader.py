@@ -13,7 +13,24 @@ Pixel spacing (mm at the breast): an explicit ``spacing=`` wins; then PixelSpaci
 EstimatedRadiographicMagnificationFactor (0018,1114) when present (the detector pitch is magnified
 by the geometry; MC sizes in the synthetic model are sizes in the breast); else a warning and
 ``DEFAULT_FILM_SPACING_MM`` = 0.05 mm (the CBIS-DDSM scanned films carry no spacing; DDSM's
-digitisers scanned at 42 to 50 um, 50 um being the LUMISYS scanner of most cases).
+digitisers scanned at 42 to 50 um, 50 um being the LUMISYS scanner of most cases). Only a MISSING
+tag is guessed: a PixelSpacing or ImagerPixelSpacing that is present but not two numbers within
+0.005 to 2.0 mm (0, negative, 0.001, one value, text) is an error naming the tag, since the standard
+gives these tags two values (row\\column) and a wrong one would silently rescale every size; pass
+``spacing=`` (``--spacing``) to read such a file anyway. The model grid the image will be resampled
+to is checked as soon as the spacing is known (:func:`mcgr.io.resample.check_model_grid`): a 640 x
+512 px image claiming 2.0 mm pixels is refused with its size at 0.07 mm and the memory it would take.
+
+Stored values: pydicom's blind masking of the bits above BitsStored is NOT used. Bits above it that
+hold one constant fill are masked off (PS3.5 8.1.1); values that vary above it mean a wrong header
+(the data use more bits: masking would wrap the bright end onto dark values and the detector fires
+all over the image), so the file is read with its real range and a loud warning, also kept in
+``meta["warnings"]`` (the archive writes it into the manifest and prints it). Signed data not
+sign-extended past BitsStored is sign-extended.
+
+Content: an image too small to hold a breast (a side under ``MIN_SIDE_PX`` px), blank (one value)
+or binary (two values only, e.g. a boolean mask) is refused: it is not a mammogram, and segmenting
+it would report detections that mean nothing.
 
 Orientation: the canonical image has the chest wall on the LEFT. Patient Orientation (0020,0020)
 decides when its row direction is A or P; otherwise the image decides (the side whose outer third
@@ -33,10 +50,13 @@ from pathlib import Path
 import numpy as np
 
 from mcgr import MODEL_SPACING_MM
-from mcgr.io.errors import MammogramReadError
+from mcgr.io.errors import MammogramReadError, MammogramWarning
 
 DEFAULT_FILM_SPACING_MM = 0.05
 MAX_SIDE_PX = 20000
+# Smallest side of an image taken as a mammogram: 16 px is 1.1 mm at the model spacing, less than the
+# smallest calcification cluster (2 mm); any real view is over 1000 px a side.
+MIN_SIDE_PX = 16
 _SPACING_RANGE_MM = (0.005, 2.0)
 # A damaged Rows/Columns must not make a decoder allocate gigabytes: past 64 MiB decoded, a
 # compression ratio over 1000:1 is taken as a damaged header (real mammograms compress < 20:1).
@@ -131,6 +151,22 @@ def _check_size(path: str, shape) -> None:
         raise MammogramReadError(path, f"image of {shape[0]} x {shape[1]} px is larger than {MAX_SIDE_PX} px a side")
 
 
+def _check_content(path: str, values: np.ndarray, lo: float, hi: float) -> None:
+    """Refuse what is not a mammogram: too small, blank (one value) or binary (two values)."""
+    h, w = values.shape[:2]
+    if min(h, w) < MIN_SIDE_PX:
+        raise MammogramReadError(path, f"not a mammogram: {h} x {w} px is too small to hold a breast "
+                                       f"(a side under {MIN_SIDE_PX} px)")
+    if not hi > lo:
+        raise MammogramReadError(path, f"not a mammogram: the image is blank (every pixel is {lo:g})")
+    # binary: no value strictly between the extremes (a coarse subsample answers for almost any real image)
+    for a in (values[::7, ::7], values):
+        if bool(((a > lo) & (a < hi)).any()):
+            return
+    raise MammogramReadError(path, f"not a mammogram: the image is binary (only the values {lo:g} and {hi:g}: "
+                                   f"a mask?)")
+
+
 def _normalise(path: str, values: np.ndarray, invert: bool) -> tuple[np.ndarray, float, float]:
     """Linear map of ``values`` onto [0, 1] by their min and max (float32); ``invert`` for MONOCHROME1."""
     if values.dtype.kind == "f" and not np.isfinite(values).all():
@@ -209,11 +245,23 @@ def read_mammogram(path, spacing: float | None = None, *, canonical: bool = True
             raise MammogramReadError(p, f"{kind} files carry no pixel spacing: pass spacing=<mm per pixel>")
         values = reader(p)
         image, lo, hi = _normalise(p, values, invert=False)
+        _check_content(p, values, lo, hi)
         lat, view = _text_laterality_view(Path(p).stem)
         m = Mammogram(image=image, spacing_mm=spacing, laterality=lat, view=view, source=p,
                       source_shape=tuple(image.shape), flipped=False, spacing_source="argument",
                       meta={"format": reader.__name__[6:], "dtype": str(values.dtype), "value_range": (lo, hi)})
+    _check_grid(m)
     return _canonicalise(m, canonical)
+
+
+def _check_grid(m: Mammogram) -> None:
+    """Refuse, with the numbers, an image whose model grid would not fit (before anything resamples it)."""
+    from mcgr.io.resample import check_model_grid
+
+    try:
+        check_model_grid(m.source_shape, m.spacing_mm, spacing_from=m.spacing_source)
+    except ValueError as exc:
+        raise MammogramReadError(m.source, str(exc)) from None
 
 
 def _canonicalise(m: Mammogram, canonical: bool) -> Mammogram:
@@ -255,7 +303,7 @@ def _grey_array(p: str, a: np.ndarray) -> np.ndarray:
         raise MammogramReadError(p, f"expected a 2-D grayscale image, got shape {tuple(a.shape)}")
     _check_size(p, a.shape)
     if a.dtype == np.bool_:
-        a = a.astype(np.uint8)
+        raise MammogramReadError(p, "not a mammogram: the image is binary (boolean pixels: a mask?)")
     if a.dtype.kind not in "uif":
         raise MammogramReadError(p, f"unsupported pixel type {a.dtype}")
     a = np.asarray(a)
@@ -301,25 +349,43 @@ def _read_tiff(p: str) -> np.ndarray:
     return _grey_array(p, a)
 
 
-def _dicom_spacing(ds) -> tuple[float | None, str, dict]:
+_SPACING_TAGS = {"PixelSpacing": "(0028,0030)", "ImagerPixelSpacing": "(0018,1164)"}
+
+
+def _dicom_spacing(p: str, ds, notes: list) -> tuple[float | None, str, dict]:
+    """``(spacing mm or None when no tag is present, tag used, info)``; a tag present with a value
+    that is not two pixel spacings in mm raises :class:`MammogramReadError` naming it."""
     from pydicom.multival import MultiValue
 
     info: dict = {}
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        raw = ds.get(keyword)
-        if raw is None:
-            continue
+    lo, hi = _SPACING_RANGE_MM
+    for keyword, tag in _SPACING_TAGS.items():
+        fix = "fix the header, or pass spacing= (--spacing MM) to override it"
         try:
-            vals = [float(v) for v in (raw if isinstance(raw, (list, tuple, MultiValue)) else [raw])]
+            raw = ds.get(keyword)
+        except Exception as exc:  # noqa: BLE001 - a damaged value cannot be parsed at all
+            raise MammogramReadError(p, f"{keyword} {tag} cannot be parsed ({type(exc).__name__}): {fix}") from None
+        if raw is None or (isinstance(raw, (str, bytes)) and not raw.strip()):
+            continue  # absent, or present without a value (Type 2): treated as missing
+        vals = list(raw) if isinstance(raw, (list, tuple, MultiValue)) else [raw]
+        if not vals:
+            continue
+        shown = "\\".join(str(v) for v in vals)
+        if len(vals) != 2:
+            raise MammogramReadError(p, f"{keyword} {tag} is {shown!r}: {len(vals)} value(s) where the standard "
+                                        f"gives two (row\\column spacing in mm); {fix}")
+        try:
+            f = [float(v) for v in vals]
         except (TypeError, ValueError):
-            continue
-        vals = [v for v in vals if np.isfinite(v)]
-        if not vals or not all(_SPACING_RANGE_MM[0] <= v <= _SPACING_RANGE_MM[1] for v in vals):
-            info[f"{keyword}_rejected"] = str(raw)
-            continue
-        if len(vals) >= 2 and abs(vals[0] - vals[1]) > 0.01 * max(vals[:2]):
-            warnings.warn(f"{keyword} {vals[:2]} is not square; using the mean", stacklevel=3)
-        s = float(np.mean(vals[:2]))
+            raise MammogramReadError(p, f"{keyword} {tag} is {shown!r}: not numbers; {fix}") from None
+        if not all(np.isfinite(v) and lo <= v <= hi for v in f):
+            raise MammogramReadError(p, f"{keyword} {tag} is {shown!r}: not a pixel spacing (each value must lie "
+                                        f"within {lo} to {hi} mm); {fix}")
+        if abs(f[0] - f[1]) > 0.01 * max(f):
+            msg = f"{os.path.basename(p)}: {keyword} {f} is not square; using the mean"
+            notes.append(msg)
+            warnings.warn(msg, MammogramWarning, stacklevel=5)
+        s = float(np.mean(f))
         if keyword == "ImagerPixelSpacing":
             try:
                 emf = float(ds.get("EstimatedRadiographicMagnificationFactor", 1.0) or 1.0)
@@ -330,6 +396,38 @@ def _dicom_spacing(ds) -> tuple[float | None, str, dict]:
                 s /= emf
         return s, keyword, info
     return None, "default", info
+
+
+def _fit_bits_stored(p: str, stored: np.ndarray, bits_stored: int, notes: list) -> np.ndarray:
+    """Stored integers read without pydicom's masking: kept when they fit ``bits_stored``; signed ones
+    not sign-extended past it are sign-extended; bits above it that hold one constant fill are
+    masked off; values that vary above it (a wrong BitsStored: the data use more bits) are kept as
+    they are, with a loud warning, instead of being wrapped onto dark values."""
+    nbits = stored.dtype.itemsize * 8
+    if stored.dtype.kind not in "ui" or not 1 <= bits_stored < nbits or stored.size == 0:
+        return stored
+    vmin, vmax = int(stored.min()), int(stored.max())
+    if stored.dtype.kind == "u":
+        top = (1 << bits_stored) - 1
+        if vmax <= top:
+            return stored
+        high = stored >> np.asarray(bits_stored, stored.dtype)
+        if int(high.min()) == int(high.max()):  # one constant fill above HighBit (PS3.5 8.1.1): not image data
+            return stored & np.asarray(top, stored.dtype)
+        used = f"values reach {vmax} (> {top}: {vmax.bit_length()} bits used)"
+    else:
+        half = 1 << (bits_stored - 1)
+        if -half <= vmin and vmax < half:
+            return stored
+        if vmin >= 0 and vmax < 2 * half:  # two's complement in bits_stored bits, not sign-extended
+            shift = nbits - bits_stored
+            return (stored << shift) >> shift
+        used = f"values span {vmin} to {vmax} (outside the {bits_stored}-bit range {-half} to {half - 1})"
+    msg = (f"{os.path.basename(p)}: BitsStored (0028,0101) is {bits_stored} but the pixel {used}: the header is "
+           f"wrong; using the stored values' real range {vmin} to {vmax} instead of wrapping them to {bits_stored} bits")
+    notes.append(msg)
+    warnings.warn(msg, MammogramWarning, stacklevel=5)
+    return stored
 
 
 def _dicom_text(ds, keyword: str) -> str:
@@ -424,6 +522,7 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
         if decoded > _MAX_BLIND_DECODE and decoded > _MAX_RATIO * stored_len:
             raise MammogramReadError(p, f"{rows} x {cols} px from {stored_len} bytes of compressed data: damaged header")
     try:
+        ds.pixel_array_options(correct_unused_bits=False)  # _fit_bits_stored decides what the high bits mean
         stored = ds.pixel_array
     except _PASS_THROUGH:
         raise
@@ -431,20 +530,27 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
         raise MammogramReadError(p, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
     if stored.shape != (rows, cols):
         raise MammogramReadError(p, f"decoded pixel array has shape {stored.shape}, header says {(rows, cols)}")
-    bits_stored = int(ds.get("BitsStored", ds.BitsAllocated))
-    if stored.dtype.kind == "u" and bits_stored < stored.dtype.itemsize * 8:
-        stored = stored & np.asarray((1 << bits_stored) - 1, stored.dtype)
+    notes: list[str] = []
+    try:
+        bits_stored = int(ds.get("BitsStored", ds.BitsAllocated))
+    except (TypeError, ValueError):
+        bits_stored = int(ds.BitsAllocated)
+    stored = _fit_bits_stored(p, stored, bits_stored, notes)
     values = apply_modality_lut(stored, ds)
     if voi:
         values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
     image, lo, hi = _normalise(p, values, invert=photometric == "MONOCHROME1")
+    _check_content(p, values, lo, hi)
 
-    s, s_source, s_info = _dicom_spacing(ds)
     if spacing is not None:
-        s, s_source = spacing, "argument"
-    elif s is None:
-        warnings.warn(f"{os.path.basename(p)}: no pixel spacing in the DICOM; assuming {DEFAULT_FILM_SPACING_MM} mm "
-                      f"(scanned film); pass spacing= to override", stacklevel=3)
+        s, s_source, s_info = spacing, "argument", {}
+    else:
+        s, s_source, s_info = _dicom_spacing(p, ds, notes)
+    if s is None:
+        msg = (f"{os.path.basename(p)}: no pixel spacing in the DICOM; assuming {DEFAULT_FILM_SPACING_MM} mm "
+               f"(scanned film); pass spacing= to override")
+        notes.append(msg)
+        warnings.warn(msg, MammogramWarning, stacklevel=4)
         s = DEFAULT_FILM_SPACING_MM
 
     lat = ""
@@ -473,6 +579,8 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
         "voi_applied": bool(voi), "value_range": (lo, hi), "manufacturer": _dicom_text(ds, "Manufacturer"),
         "patient_orientation_row": row_dir, "laterality_from": lat_from, **s_info,
     }
+    if notes:
+        meta["warnings"] = notes
     return Mammogram(image=image, spacing_mm=float(s), laterality=lat, view=view, source=p,
                      source_shape=(rows, cols), flipped=False, spacing_source=s_source, dicom=ref, meta=meta)
 

@@ -21,6 +21,15 @@ from mcgr import MODEL_SPACING_MM, _interop
 from mcgr._validate import check_range
 
 _MODES = ("area", "linear")
+# The model grid a file is resampled to is checked BEFORE resampling (check_model_grid): a small
+# image claiming large pixels (640 x 512 px at 2.0 mm) becomes a huge model grid (18286 x 14629 px).
+# 8192 px is 573 mm at 0.07 mm, about twice the largest mammography detector (24 x 30 cm).
+MAX_MODEL_SIDE_PX = 8192
+# Peak memory of the full pipeline (TT-GPR on) per model-grid pixel. Measured 2026-12-05 (peak RSS
+# over the loaded models, 1 CPU thread, shipped weights, a textured half-ellipse at 0.07 mm): 113 B/px
+# at 2048 x 2048 (fixed costs weigh more on small grids), 65 B/px at 4096 x 3072; 13 B/px without
+# TT-GPR at 4096 x 3072.
+PIPELINE_BYTES_PER_PX = 64
 
 
 def output_length(n_in: int, from_mm: float, to_mm: float) -> int:
@@ -258,6 +267,33 @@ class ModelTransform:
         return (row + 0.5) / s - 0.5, (col + 0.5) / s - 0.5
 
 
+def check_model_grid(shape, spacing_mm: float, model_mm: float = MODEL_SPACING_MM, *,
+                     spacing_from: str = "") -> tuple[int, int]:
+    """The model-grid shape of an image of ``shape`` (rows, cols) at ``spacing_mm``, checked before
+    anything is resampled: a ValueError with the sizes and the memory when a side exceeds
+    ``MAX_MODEL_SIDE_PX`` or the pipeline's estimated peak (``PIPELINE_BYTES_PER_PX`` per model-grid
+    pixel) exceeds the memory this machine has available. ``spacing_from`` (e.g. "PixelSpacing")
+    is named in the message."""
+    from mcgr._memory import available_bytes, format_bytes
+
+    h, w = (int(v) for v in shape[:2])
+    spacing_mm, model_mm = _check_spacings(spacing_mm, model_mm)
+    oh, ow = output_length(h, spacing_mm, model_mm), output_length(w, spacing_mm, model_mm)
+    need = float(oh) * ow * PIPELINE_BYTES_PER_PX
+    src = f" (from {spacing_from})" if spacing_from and spacing_from not in ("argument", "default") else ""
+    what = (f"{h} x {w} px at {spacing_mm:g} mm{src} is {h * spacing_mm:.0f} x {w * spacing_mm:.0f} mm: "
+            f"{oh} x {ow} px ({oh * ow / 1e6:.1f} Mpx) at the model spacing {model_mm:g} mm, about "
+            f"{format_bytes(need)} of memory to segment")
+    if max(oh, ow) > MAX_MODEL_SIDE_PX:
+        raise ValueError(f"{what}; the model grid is limited to {MAX_MODEL_SIDE_PX} px a side "
+                         f"({MAX_MODEL_SIDE_PX * model_mm:.0f} mm; a mammogram is at most about 300 mm): "
+                         f"check the pixel spacing (or pass --spacing MM)")
+    avail = available_bytes()
+    if avail is not None and need > avail:
+        raise ValueError(f"{what}; this machine has {format_bytes(avail)} available")
+    return oh, ow
+
+
 def to_model_spacing(m, model_mm: float = MODEL_SPACING_MM):
     """``(image, transform)``: the canonical image of Mammogram ``m`` resampled (area) to ``model_mm``.
 
@@ -269,6 +305,7 @@ def to_model_spacing(m, model_mm: float = MODEL_SPACING_MM):
     src_mm = float(m.spacing_mm)
     img = np.asarray(m.image, dtype=np.float32)
     h, w = img.shape
+    check_model_grid((h, w), src_mm, model_mm)
     if src_mm == model_mm:
         out = img
     else:
