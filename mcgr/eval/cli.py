@@ -254,8 +254,11 @@ def run(args) -> int:
                   f"Dice (breast, micro) {_fmt(g['pixel']['breast']['micro']['dice'])}")
         else:
             print(f"{m:>7}: no image evaluated")
-    print(f"wrote {', '.join(REPORT_FILES)} to {out} ({rep['evaluated']} case(s) evaluated, "
+    written = [name for name in REPORT_FILES if name != "froc.png" or rep["froc_png"]]
+    print(f"wrote {', '.join(written)} to {out} ({rep['evaluated']} case(s) evaluated, "
           f"{len(rep['failures'])} failure(s), {len(ds.skipped)} skipped)")
+    if not rep["froc_png"]:
+        print("froc.png not written: matplotlib is not installed (pip install matplotlib); the FROC is in report.json")
     if not any(rep["results"][m]["all"].get("images", 0) for m in args.methods):
         print(f"mcgr eval: error: no case could be evaluated (see {out / 'report.md'})")
         return 1

@@ -169,3 +169,20 @@ def test_eval_bad_arguments(tmp_path, capsys, argv, msg):
     rc = main(["eval", *argv, "--out", str(tmp_path / "o"), "--models", str(tmp_path / "none"), "--quiet"])
     err = capsys.readouterr().err
     assert rc != 0 and msg in err and "Traceback" not in err
+
+
+def test_eval_without_matplotlib_does_not_claim_froc_png(tmp_path, capsys, monkeypatch):
+    """matplotlib is optional for a user: without it the report says froc.png was not written, and so does the CLI."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    out = tmp_path / "report"
+    rc = main(["eval", "--synthetic", "1", "--size", "192x160", "--methods", "dog", "--out", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert not (out / "froc.png").exists()
+    wrote = next(line for line in printed.splitlines() if line.startswith("wrote "))
+    assert "froc.png" not in wrote and "gallery.png" in wrote and "report.json" in wrote
+    assert "froc.png not written: matplotlib is not installed" in printed
+    assert "(froc.png not written: matplotlib is not installed)" in (out / "report.md").read_text()
