@@ -90,6 +90,16 @@ class SynthPairs(IterableDataset):
     with_signal: also return ``signal`` [B, 1, H, W], the noise-free calcification signal
         ``I_clean - B`` (a second, noise-free inject of the same primitives when the batch draws
         noise): what an enhancing generator's target amplifies (mcgr.synth.enhance).
+    real_fraction: with ``backgrounds``, the share of patches cut from them (the rest procedural).
+    augment: True or a dict of :data:`mcgr.synth.augment.DEFAULT_AUGMENT` overrides: real and hard
+        negative crops are resampled over +-20 % pixel spacing and given a new site
+        (:func:`mcgr.synth.augment.site_augment`); None/False: crops are only flipped.
+    anatomy: probability that a procedural or real patch gets anatomy / artefacts drawn into it
+        (:func:`mcgr.synth.anatomy.add_anatomy`: pectoral edge, skin line, film edge, markers, vessels,
+        ligaments, scratches, dust).
+    hard_negatives: None, or float32 [M, H', W'] patches centred on false detections of an earlier
+        model (``mcgr train mine``); hard_fraction: the share of patches cut from them, each crop
+        holding the patch's centre (more weight than their share of the field).
     pattern_options, background_options: extra keyword arguments of
         :func:`~mcgr.synth.patterns.sample_calcifications` and
         :func:`~mcgr.synth.backgrounds.procedural_backgrounds`.
@@ -115,6 +125,11 @@ class SynthPairs(IterableDataset):
         with_signal: bool = False,
         pattern_options: dict | None = None,
         background_options: dict | None = None,
+        real_fraction: float = 1.0,
+        augment=None,
+        anatomy: float = 0.0,
+        hard_negatives=None,
+        hard_fraction: float = 0.0,
         _salt: int = _TRAIN_SALT,
     ):
         super().__init__()
@@ -149,6 +164,26 @@ class SynthPairs(IterableDataset):
             if float(bg.min()) < 0.0 or float(bg.max()) > 1.0:
                 raise ValueError(f"backgrounds must lie in [0, 1], got range [{float(bg.min())}, {float(bg.max())}]")
             self.backgrounds = bg.cpu()
+        self.real_fraction = check_range("real_fraction", real_fraction, 0.0, 1.0)
+        self.augment = (dict(augment) if isinstance(augment, dict) else {}) if augment else None
+        if self.augment is not None:
+            from mcgr.synth.augment import DEFAULT_AUGMENT
+
+            unknown = sorted(set(self.augment) - set(DEFAULT_AUGMENT))
+            if unknown:
+                raise ValueError(f"augment: unknown options {unknown}; known: {sorted(DEFAULT_AUGMENT)}")
+        self.anatomy = check_range("anatomy", anatomy, 0.0, 1.0)
+        self.hard_fraction = check_range("hard_fraction", hard_fraction, 0.0, 1.0)
+        self.hard_negatives = None
+        if hard_negatives is not None:
+            hn, _ = as_tensor(hard_negatives, "hard_negatives")
+            check_float_image(hn, "hard_negatives", ndims=(3,))
+            if hn.shape[0] == 0 or hn.shape[1] < patch_size or hn.shape[2] < patch_size:
+                raise ValueError(f"hard_negatives must be [M, H', W'] with M >= 1 and H', W' >= patch_size = "
+                                 f"{patch_size}, got {tuple(hn.shape)}")
+            self.hard_negatives = hn.cpu().clamp(0, 1)
+        elif self.hard_fraction > 0:
+            raise ValueError("hard_fraction > 0 needs hard_negatives")
         # fail now, not in a worker: one tiny draw with these options
         sample_calcifications(1, patch_size, patch_size, self.spacing_mm, torch.Generator().manual_seed(0), **self.pattern_options)
         if self.backgrounds is None:
@@ -181,6 +216,45 @@ class SynthPairs(IterableDataset):
         cols = ox[:, None] + torch.where(flip[:, 1:2], P - 1 - ar, ar)
         return src[idx[:, None, None], rows[:, :, None], cols[:, None, :]].contiguous()
 
+    def _mixed(self) -> bool:
+        return (self.augment is not None or self.anatomy > 0 or self.hard_negatives is not None
+                or (self.backgrounds is not None and self.real_fraction < 1))
+
+    def _mixed_backgrounds(self, g: torch.Generator, B: int) -> torch.Tensor:
+        """Per patch: a hard negative (``hard_fraction``), else a real crop (``real_fraction`` of the
+        rest, when there are real backgrounds), else procedural texture; then anatomy drawn into
+        procedural and real patches with probability ``anatomy``."""
+        from mcgr.synth.anatomy import add_anatomy
+        from mcgr.synth.augment import DEFAULT_AUGMENT, resampled_crop, site_augment
+
+        P = self.patch_size
+        u = torch.rand(B, 2, generator=g)
+        hard = (u[:, 0] < self.hard_fraction) if self.hard_negatives is not None else torch.zeros(B, dtype=torch.bool)
+        real = ~hard & (u[:, 1] < self.real_fraction) if self.backgrounds is not None else torch.zeros(B, dtype=torch.bool)
+        proc = ~hard & ~real
+        out = torch.empty(B, P, P)
+        if bool(proc.any()):
+            out[proc] = procedural_backgrounds(int(proc.sum()), P, P, g, spacing_mm=self.spacing_mm, **self.background_options)
+        scale = (self.augment or {}).get("scale", DEFAULT_AUGMENT["scale"]) if self.augment is not None else (1.0, 1.0)
+        for src, sel, centred in ((self.backgrounds, real, False), (self.hard_negatives, hard, True)):
+            idx = torch.nonzero(sel).flatten().tolist()
+            if not idx:
+                continue
+            pick = torch.randint(0, src.shape[0], (len(idx),), generator=g).tolist()
+            crops = torch.stack([resampled_crop(src, j, P, g, scale, centred=centred) for j in pick])
+            if self.augment is not None:
+                crops = site_augment(crops, g, self.augment)
+            else:
+                flip = torch.rand(len(idx), 2, generator=g) < 0.5
+                crops = torch.stack([c.flip(0) if f[0] else c for c, f in zip(crops, flip)])
+                crops = torch.stack([c.flip(1) if f[1] else c for c, f in zip(crops, flip)])
+            out[torch.tensor(idx)] = crops
+        if self.anatomy > 0:
+            keep = torch.nonzero(~hard).flatten()
+            if keep.numel():
+                out[keep] = add_anatomy(out[keep], g, self.anatomy, self.spacing_mm)[0]
+        return out.clamp(0, 1)
+
     def draw_params(self, g: torch.Generator) -> InjectParams:
         """One :class:`InjectParams` drawn uniformly within ``inject_ranges``."""
         u = torch.rand(len(self.inject_ranges), generator=g, dtype=torch.float64).tolist()
@@ -195,7 +269,9 @@ class SynthPairs(IterableDataset):
         calcs = sample_calcifications(B, P, P, self.spacing_mm, g, **self.pattern_options)
         mc_free = torch.rand(B, generator=g) < self.mc_free_fraction
         calcs = calcs.select(~mc_free)
-        if self.backgrounds is None:
+        if self._mixed():
+            bg = self._mixed_backgrounds(g, B)
+        elif self.backgrounds is None:
             bg = procedural_backgrounds(B, P, P, g, spacing_mm=self.spacing_mm, **self.background_options)
         else:
             bg = self._crop_backgrounds(g, B)

@@ -78,30 +78,69 @@ def breast_outline(height: int, width: int, generator: torch.Generator) -> torch
 
 def breast_phantom(height: int = 1536, width: int = 1152, spacing_mm: float = 0.07, seed: int = 0, *,
                    clusters=(3, 5), isolated=(4, 10), faint: bool = False, noise: float = 0.005,
-                   backend: str = "auto") -> Phantom:
+                   backend: str = "auto", anatomy: bool = False, texture: dict | None = None) -> Phantom:
     """A synthetic full-field mammogram ``height x width`` px at ``spacing_mm`` with known calcifications.
 
     The full-field size of a 0.07 mm detector is 3328 x 2560; the default is a smaller breast so that
     the CPU demo is quick. Every calcification lies inside the breast (rho < 0.88).
+    ``anatomy``: an MLO view: a pectoral muscle in the upper chest-wall corner (no calcification in
+    it), and vessels, ligaments, scratches, dust and a burnt-in label drawn by
+    :func:`mcgr.synth.anatomy.add_anatomy` into random 256 px windows. ``texture``: keyword arguments
+    of :func:`~mcgr.synth.backgrounds.procedural_backgrounds` overriding the phantom's tissue.
     """
     if min(height, width) < 128:
         raise ValueError(f"a phantom needs at least 128 px a side, got {height} x {width}")
     g = torch.Generator().manual_seed(int(seed))
     rho = breast_outline(height, width, g)
     breast = rho < 1.0
-    tex = procedural_backgrounds(1, height, width, g, spacing_mm=spacing_mm, fibres=(8, 20), mean=(0.3, 0.55))[0]
+    tex_kw = {"fibres": (8, 20), "mean": (0.3, 0.55), **(texture or {})}
+    tex = procedural_backgrounds(1, height, width, g, spacing_mm=spacing_mm, **tex_kw)[0]
     # tissue thins towards the skin line: intensity falls over the outer ~8 % of the radius
     prof = torch.clamp((1.0 - rho) / 0.08, 0.0, 1.0).sqrt()
     air = 0.02
     image = (air + (tex - air) * prof).clamp(0.0, 1.0)
+    pectoral = torch.zeros_like(breast)
+    if anatomy:
+        image, pectoral = _mlo_anatomy(image, breast, g, spacing_mm)
     style = FAINT if faint else REGULAR
     s = sample_calcifications(1, height, width, spacing_mm, g, clusters=clusters, isolated=isolated,
                               thickness_jitter=style["thickness_jitter"])
     cy = s.centres[:, 1].round().long().clamp(0, height - 1)
     cx = s.centres[:, 2].round().long().clamp(0, width - 1)
-    s = _keep_calcs(s, rho[cy, cx] < 0.88)
+    s = _keep_calcs(s, (rho[cy, cx] < 0.88) & ~pectoral[cy, cx])
     params = InjectParams(mu=style["mu"], contrast=style["contrast"], psf_sigma=0.6, local_sigma=8.0,
                           gamma=1.0, noise=noise, seed=int(seed) & 0xFFFFFFFF)
     img, truth = inject(image, s.prims, params, backend=backend)
     return Phantom(image=img, truth=truth, breast=breast, centres=s.centres[:, 1:3].clone(), cluster=s.cluster,
                    calcs=s, params=params, spacing_mm=spacing_mm, seed=int(seed), background=image)
+
+
+def _mlo_anatomy(image: torch.Tensor, breast: torch.Tensor, g: torch.Generator, spacing_mm: float):
+    """Pectoral muscle (a bright, striated triangle behind a slightly bowed edge from the top edge to
+    the chest wall) and local artefacts in random windows; returns (image, pectoral mask)."""
+    from mcgr.synth.anatomy import add_anatomy
+    from mcgr.synth.augment import gaussian_blur
+
+    H, W = image.shape
+    u = torch.rand(6, generator=g).tolist()
+    xt = (0.25 + 0.25 * u[0]) * W  # where the edge meets the top of the image
+    yl = (0.35 + 0.3 * u[1]) * H  # where it meets the chest wall
+    ys = torch.arange(H, dtype=torch.float32)[:, None]
+    xs = torch.arange(W, dtype=torch.float32)[None, :]
+    t = (ys / yl + xs / xt)  # < 1 inside the triangle
+    bow = 0.06 * (u[2] - 0.5) * torch.sin(math.pi * (ys / yl).clamp(0, 1))
+    d = (1 + bow - t) * min(xt, yl) / math.sqrt(2)  # ~ px inside the edge
+    inside = torch.sigmoid(d / (0.5 + 1.5 * u[3]))
+    stri = gaussian_blur(torch.randn(1, H, W, generator=g), 2.0)[0]
+    muscle = (0.7 + 0.25 * u[4] + 0.04 * stri / stri.std().clamp(min=1e-6)).clamp(0, 1)
+    image = image * (1 - inside) + (0.7 * muscle + 0.3 * image) * inside
+    pectoral = (d > -2) & breast
+    P = 256
+    if min(H, W) > P:
+        for _ in range(6):
+            v = torch.rand(2, generator=g).tolist()
+            y0, x0 = int(v[0] * (H - P)), int(v[1] * (W - P))
+            win = image[y0:y0 + P, x0:x0 + P][None]
+            kinds = ("vessel", "ligament", "scratch", "dust", "marker")
+            image[y0:y0 + P, x0:x0 + P] = add_anatomy(win, g, 1.0, spacing_mm, kinds=kinds)[0][0]
+    return image.clamp(0, 1), pectoral

@@ -31,7 +31,12 @@ class DataConfig:
     batch_size: int = 8
     spacing_mm: float = 0.07
     mc_free_fraction: float = 0.1
-    backgrounds: str | None = None  # None: procedural; else what SynthPairs accepts (e.g. a harvest dir)
+    backgrounds: str | None = None  # None: procedural; else .npy/.safetensors of real MC-free patches, or several joined by ","
+    real_fraction: float = 1.0  # with backgrounds: share of patches cut from them (the rest procedural)
+    augment: bool = False  # site augmentation of real / hard-negative crops (mcgr.synth.augment)
+    anatomy: float = 0.0  # probability of drawing anatomy / artefacts into a patch (mcgr.synth.anatomy)
+    hard_negatives: str | None = None  # .npy of patches centred on an earlier model's false detections
+    hard_fraction: float = 0.0  # share of patches cut from hard_negatives
     backend: str = "auto"
     val_n: int = 32
     val_patch_size: int = 256
@@ -109,6 +114,7 @@ class TrainConfig:
     kind: str = "seg"
     seed: int = 0
     threads: int = 0  # torch.set_num_threads; 0 = leave as is
+    init: str | None = None  # start from these weights: a model folder, or "shipped" (mcgr/weights/<kind>)
     model: UNetConfig = field(default_factory=UNetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -274,6 +280,10 @@ def _check(cfg: TrainConfig, source: str) -> None:
     if cfg.loss.faint_below_cnr and not cfg.loss.faint_below_cnr > cfg.loss.ignore_below_cnr:
         raise ConfigError(f"{source}: loss.faint_below_cnr must be 0 (off) or > loss.ignore_below_cnr, got "
                           f"{cfg.loss.faint_below_cnr}")
+    d = cfg.data
+    for name in ("real_fraction", "anatomy", "hard_fraction"):
+        if not 0 <= getattr(d, name) <= 1:
+            raise ConfigError(f"{source}: data.{name} must lie in [0, 1], got {getattr(d, name)}")
     if not cfg.loss.faint_weight >= 0:
         raise ConfigError(f"{source}: loss.faint_weight must be >= 0, got {cfg.loss.faint_weight}")
 

@@ -55,7 +55,13 @@ def _dataset_kwargs(cfg: TrainConfig) -> dict:
     kw = dict(patch_size=d.patch_size, batch_size=d.batch_size, spacing_mm=d.spacing_mm,
               mc_free_fraction=d.mc_free_fraction, backend=d.backend)
     if d.backgrounds is not None:
-        kw["backgrounds"] = load_backgrounds(d.backgrounds)
+        kw["backgrounds"] = torch.cat([load_backgrounds(p) for p in str(d.backgrounds).split(",")])
+        kw["real_fraction"] = d.real_fraction
+    if d.hard_negatives is not None:
+        kw["hard_negatives"] = load_backgrounds(d.hard_negatives)
+        kw["hard_fraction"] = d.hard_fraction
+    kw["augment"] = d.augment
+    kw["anatomy"] = d.anatomy
     if cfg.kind == "rf" and cfg.rf.target == "enhanced":
         kw["with_signal"] = True
     return kw
@@ -300,6 +306,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, device: torch.device, stop
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=o.lr, betas=(o.beta1, o.beta2), foreach=False)
+    if cfg.init and not resume:
+        _init_weights(model, cfg)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if o.ema > 0 else None
 
     start = 0
@@ -423,6 +431,17 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, device: torch.device, stop
         export_model(model, ema, out / "model", cfg, last_val)
     dist.barrier()  # every rank returns once rank 0's files are written
     return summary
+
+
+def _init_weights(model: UNet, cfg: TrainConfig) -> None:
+    """Load ``cfg.init`` (a model folder, or "shipped") into ``model``; the architectures must match."""
+    from mcgr.models import load_model, load_pretrained
+
+    src = load_pretrained(cfg.kind) if cfg.init == "shipped" else load_model(Path(cfg.init), kind=cfg.kind)
+    try:
+        model.load_state_dict(src.state_dict())
+    except RuntimeError as e:
+        raise ValueError(f"init {cfg.init!r}: its architecture differs from model: in the config ({e})") from None
 
 
 def _ema_swap(model: UNet, ema: dict | None, fn):
