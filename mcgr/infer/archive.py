@@ -351,20 +351,48 @@ def process_item(item: InputItem, pipeline, out: Path, settings: dict, run_id: s
     staged folder, removed from the line at commit). Never raises for a bad input.
     """
     t0 = time.perf_counter()
-    rec: dict = {"input": item.path, "key": item.key, "status": "error", "error": None,
-                 "settings": _settings_line(settings), "run_id": run_id,
-                 "worker": f"{socket.gethostname()}:{os.getpid()}", "timings": {}}
+    rec = new_record(item, settings, run_id)
     if item.error is not None:
         rec["error"] = item.error
         return rec
-    staging = None
     try:
         spacing = item.spacing if item.spacing is not None else settings.get("spacing")
         res = pipeline(item.path, spacing=spacing, refine=bool(settings.get("refine", True)))
-        timings = {k: round(float(v), 4) for k, v in res.timings.items()}
-        root = Path(out) / STAGING
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=root, prefix="r-"))
+        return stage_result(rec, item, res, out, t0)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one bad input is reported, the archive goes on
+        return record_error(rec, exc, t0)
+
+
+def new_record(item: InputItem, settings: dict, run_id: str) -> dict:
+    """The record of ``item`` before it is processed (status "error" until staged)."""
+    return {"input": item.path, "key": item.key, "status": "error", "error": None,
+            "settings": _settings_line(settings), "run_id": run_id,
+            "worker": f"{socket.gethostname()}:{os.getpid()}", "timings": {}}
+
+
+def record_error(rec: dict, exc: BaseException, t0: float) -> dict:
+    """``rec`` marked failed by ``exc`` (one line; a traceback tail when mcgr or torch failed)."""
+    rec["error"] = describe_error(exc)
+    from mcgr.io import MammogramReadError
+
+    if not isinstance(exc, (ValueError, OSError, MammogramReadError)):
+        # not a bad file but a failure inside mcgr or torch: keep where it happened
+        rec["detail"] = "".join(traceback.format_exception(exc, limit=-3)).strip()[-2000:]
+    rec["timings"]["total"] = round(time.perf_counter() - t0, 4)
+    return rec
+
+
+def stage_result(rec: dict, item: InputItem, res, out: Path, t0: float) -> dict:
+    """Write the pipeline result ``res`` of ``item`` and its ``.done`` into a fresh folder under
+    ``out/.mcgr-staging``; return ``rec`` completed ("ok", files, result_id, "staging"). Raises on a
+    write failure, leaving no staged folder behind."""
+    timings = {k: round(float(v), 4) for k, v in res.timings.items()}
+    root = Path(out) / STAGING
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix="r-"))
+    try:
         stem = item.key.rsplit("/", 1)[-1]
         t = time.perf_counter()
         from mcgr.io import write_outputs
@@ -389,17 +417,6 @@ def process_item(item: InputItem, pipeline, out: Path, settings: dict, run_id: s
         os.chmod(staging / DONE, 0o666 & ~_UMASK)
         rec["staging"] = str(staging)
         staging = None
-        return rec
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # noqa: BLE001 - one bad input is reported, the archive goes on
-        rec["error"] = describe_error(exc)
-        from mcgr.io import MammogramReadError
-
-        if not isinstance(exc, (ValueError, OSError, MammogramReadError)):
-            # not a bad file but a failure inside mcgr or torch: keep where it happened
-            rec["detail"] = "".join(traceback.format_exception(exc, limit=-3)).strip()[-2000:]
-        rec["timings"]["total"] = round(time.perf_counter() - t0, 4)
         return rec
     finally:
         if staging is not None:

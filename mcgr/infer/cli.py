@@ -198,7 +198,9 @@ def run(args) -> int:
                     torch.set_num_threads(args.threads)
                 pipe = Pipeline(models["seg"], models.get("rf"), config=cfg, device=device, backend=backend,
                                 tile=tile, overlap=overlap)
-                archive.run_local(items, pipe, runf, tally)
+                from mcgr.infer.stages import run_overlapped
+
+                run_overlapped(items, pipe, runf, tally)  # read ahead and write behind the networks
             else:
                 from mcgr.infer.ray_engine import run_ray
 

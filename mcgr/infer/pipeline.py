@@ -44,6 +44,29 @@ class Result:
     mammogram: object = None
 
 
+@dataclass
+class Prepared:
+    """An image made ready for the networks by :meth:`Pipeline.prepare` (all on the CPU but ``x``).
+
+    x: the reflect-padded canvas [H + 2 pad, W + 2 pad] at the model spacing, on the pipeline's device.
+    grid: its breast tiles. bm / keep: the breast mask and the kept region (breast less skin band,
+    film edge and scan lines) on the unpadded model grid; seed_region: ``keep`` padded like ``x``.
+    src_shape / model_shape: the input's grid and the model grid. timings: read, resample, mask, grid.
+    """
+
+    x: torch.Tensor
+    grid: object
+    bm: torch.Tensor
+    keep: torch.Tensor
+    seed_region: torch.Tensor
+    pad: int
+    src_shape: tuple
+    model_shape: tuple
+    spacing: float
+    mammogram: object = None
+    timings: dict = field(default_factory=dict)
+
+
 def _resample(x: torch.Tensor, shape: tuple[int, int], mode: str) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(shape):
         return x
@@ -189,6 +212,13 @@ class Pipeline:
         projector: optional callable replacing the RF projections (see :func:`mcgr.infer.ttgpr.run_field`);
         its window origins are given in model-spacing pixels of the input (the canvas is the input
         resampled to the model spacing and reflect-padded, so origins near a border are negative)."""
+        prep = self.prepare(image, spacing=spacing, breast_mask=breast_mask)
+        return self.finish(prep, self.network(prep, refine=refine, progress=progress, seeds=seeds, projector=projector))
+
+    def prepare(self, image, spacing: float | None = None, breast_mask=None) -> "Prepared":
+        """The CPU stages before the networks (read, resample, breast mask, kept region, padded canvas,
+        tile grid) for :meth:`network`; arguments as :meth:`__call__`. Holds no state of the
+        pipeline's, so it may run in another thread while the networks run on an earlier image."""
         timings: dict = {}
         t = time.perf_counter()
         mammo = None
@@ -255,6 +285,13 @@ class Pipeline:
         grid = tile_grid(tuple(x.shape), tile=self.tile, overlap=self.overlap, breast_mask=bm_run)
         timings["grid"] = time.perf_counter() - t
         seed_region = torch.nn.functional.pad(keep, (pad, pad, pad, pad)) if pad > 0 else keep
+        return Prepared(x=x, grid=grid, bm=bm, keep=keep, seed_region=seed_region, pad=pad, src_shape=src_shape,
+                        model_shape=model_shape, spacing=spacing, mammogram=mammo, timings=timings)
+
+    def network(self, prep: "Prepared", refine: bool = True, progress=None, seeds=None, projector=None):
+        """The segmentor and TT-GPR on a :meth:`prepare`'d image: the canvas's field result (logits,
+        uncertainty, timings), for :meth:`finish`. ``seeds``/``projector`` as :meth:`__call__`."""
+        pad, src_shape, model_shape = prep.pad, prep.src_shape, prep.model_shape
         canvas_seeds = None
         if seeds is not None:
             sd = torch.as_tensor(np.asarray(seeds, dtype=np.float64)).reshape(-1, 2)
@@ -267,9 +304,17 @@ class Pipeline:
             sd = torch.stack([((sd[:, 0] + 0.5) * ry - 0.5).clamp(0, model_shape[0] - 1),
                               ((sd[:, 1] + 0.5) * rx - 0.5).clamp(0, model_shape[1] - 1)], 1)
             canvas_seeds = (sd + max(pad, 0)).float().to(self.device)
-        fr = run_field(x, grid, self.seg, self.gen, self.config, refine_on=refine, backend=self.backend,
-                       autocast=self.autocast, progress=progress, seed_region=seed_region, seeds=canvas_seeds,
+        fr = run_field(prep.x, prep.grid, self.seg, self.gen, self.config, refine_on=refine, backend=self.backend,
+                       autocast=self.autocast, progress=progress, seed_region=prep.seed_region, seeds=canvas_seeds,
                        projector=_shifted(projector, max(pad, 0)) if projector is not None else None)
+        return fr
+
+    def finish(self, prep: "Prepared", fr) -> Result:
+        """Probability, mask, calcifications and clusters on the input's grid from :meth:`network`'s
+        result (CPU-side post-processing; may run in another thread than :meth:`network`)."""
+        pad, src_shape, model_shape, spacing = prep.pad, prep.src_shape, prep.model_shape, prep.spacing
+        bm, keep, mammo = prep.bm, prep.keep, prep.mammogram
+        timings = dict(prep.timings)
         for k, v in fr.timings.items():
             timings[k] = timings.get(k, 0.0) + v
         t = time.perf_counter()
