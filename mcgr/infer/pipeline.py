@@ -208,7 +208,7 @@ class Pipeline:
         anchor to the base logits (``TTGPRConfig(refine=RefineParams(lambda_a=0.0, lambda_e=0.0),
         refine_steps=60)``): with seeds at the true calcifications of the held-out faint phantoms
         it gave recall +0.074 / Dice +0.004 against +0.043 / +0.016 at the defaults, which are
-        tuned for seeds from the prediction (docs/design.md, Session 5).
+        tuned for seeds from the prediction (docs/design.md, "Where the limits are").
         projector: optional callable replacing the RF projections (see :func:`mcgr.infer.ttgpr.run_field`);
         its window origins are given in model-spacing pixels of the input (the canvas is the input
         resampled to the model spacing and reflect-padded, so origins near a border are negative)."""
