@@ -22,13 +22,23 @@ result folder has its manifest line. ``--resume`` keeps the manifest lines whose
 still verifies (``.done`` names the same result id, every file exists with the recorded size),
 drops the rest (errors, lines of folders that were never moved into place, a line cut by a kill)
 and redoes those inputs; inputs whose folder verifies are skipped without a new line, so no input
-is ever listed twice.
+is ever listed twice. A result verifies when its input still has the content it was computed from
+(``input_sha256``: the sha256 of the input file, streamed) and every output still has its recorded
+size and sha256 (``sha256``: {file name: digest}, in ``.done`` and the manifest line): an input
+replaced by another image, or a result overwritten (even by zeros of the same size), is redone.
+
+Folder scanning stays inside the folder given: a symlink to a folder outside it is not followed
+(a symlink to a single file is, as the file was named by whoever made the link). mcgr's own outputs
+are never taken as inputs: result folders (holding ``.done``), files named like
+:func:`mcgr.io.write_outputs`' and ``mcgr demo``'s outputs (``OUTPUT_SUFFIXES``), so pointing a run at
+a results folder, or at a study folder holding one, reads only the mammograms.
 """
 from __future__ import annotations
 
 import csv
 import fcntl
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -49,6 +59,9 @@ STAGING = ".mcgr-staging"
 DONE = ".done"
 LOCK = ".mcgr.lock"
 _RESERVED = {MANIFEST, RUN_FILE}
+# Files mcgr writes (write_outputs, mcgr demo): never inputs of a folder scan.
+OUTPUT_SUFFIXES = (".seg.dcm", ".prob.npy", ".uncertainty.npy", ".mask.png", ".overlay.png", ".truth.png",
+                   ".compare.png")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _GLOB_CHARS = set("*?[")
@@ -103,9 +116,17 @@ def is_mammogram_file(path: str) -> bool:
     """Whether a file found in a folder is taken as an input: a known image extension, or any other
     name holding a DICOM preamble (archives often store DICOM without extension or under UIDs)."""
     name = os.path.basename(path)
+    if is_mcgr_output(name):
+        return False
     if name.lower().endswith(IMAGE_SUFFIXES):
         return True
     return _is_dicom_file(path)
+
+
+def is_mcgr_output(name: str) -> bool:
+    """Whether a file name is one mcgr writes (a result, a run's manifest or settings)."""
+    low = name.lower()
+    return low.endswith(OUTPUT_SUFFIXES) or name in _RESERVED
 
 
 def _key_from_rel(rel: str) -> str:
@@ -124,16 +145,23 @@ def _check_key(key: str) -> str | None:
     return None
 
 
+def _inside(real: str, root_real: str) -> bool:
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
 def walk_folder(root: str, exclude: Iterable[str] = ()) -> Iterator[str]:
     """Mammogram files under ``root``, depth first in name order, one folder listing at a time
-    (never the whole tree in memory). Hidden entries and the folders in ``exclude`` are skipped."""
+    (never the whole tree in memory). Hidden entries, the folders in ``exclude``, symlinks to
+    folders outside ``root``, mcgr result folders (holding ``.done``) and mcgr's own output files
+    are skipped."""
     excluded = {os.path.realpath(e) for e in exclude}
+    root_real = os.path.realpath(root)
     seen: set[str] = set()
     stack = [root]
     while stack:
         d = stack.pop()
         real = os.path.realpath(d)
-        if real in excluded or real in seen:
+        if real in excluded or real in seen or not _inside(real, root_real):
             continue
         seen.add(real)
         try:
@@ -141,12 +169,16 @@ def walk_folder(root: str, exclude: Iterable[str] = ()) -> Iterator[str]:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError:
             continue
+        if any(e.name == DONE for e in entries):
+            continue  # an mcgr result folder
         dirs = []
         for e in entries:
             if e.name.startswith("."):
                 continue
             try:
                 if e.is_dir():
+                    if e.is_symlink() and not _inside(os.path.realpath(e.path), root_real):
+                        continue  # never leave the tree given
                     dirs.append(e.path)
                 elif e.is_file() and is_mammogram_file(e.path):
                     yield e.path
@@ -304,18 +336,42 @@ def read_done(folder: Path) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
+def file_sha256(path) -> str:
+    """sha256 of a file's content (hex), streamed in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_unchanged(record: dict) -> bool:
+    """Whether the input file of ``record`` still holds the content its result was computed from
+    (``input_sha256``); a missing input cannot be redone, so its result stands."""
+    path, digest = record.get("input"), record.get("input_sha256")
+    if not isinstance(path, str) or not isinstance(digest, str):
+        return False
+    try:
+        return file_sha256(path) == digest
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 def verify_result(folder: Path, record: dict) -> bool:
     """Whether ``folder`` holds exactly the result ``record`` describes: its ``.done`` names the same
-    input and result id, and every listed file exists with the recorded size."""
+    input and result id, and every listed file exists with the recorded size and sha256."""
     done = read_done(folder)
     if done is None or done.get("result_id") != record.get("result_id") or done.get("input") != record.get("input"):
         return False
-    files = done.get("files")
-    if not isinstance(files, dict) or not files:
+    files, sums = done.get("files"), done.get("sha256")
+    if not isinstance(files, dict) or not files or not isinstance(sums, dict) or set(sums) != set(files):
         return False
     for name, size in files.items():
+        p = Path(folder) / name
         try:
-            if os.stat(Path(folder) / name).st_size != size:
+            if os.stat(p).st_size != size or file_sha256(p) != sums[name]:
                 return False
         except OSError:
             return False
@@ -323,12 +379,29 @@ def verify_result(folder: Path, record: dict) -> bool:
 
 
 def is_complete(out: Path, item: InputItem) -> bool:
-    """Whether ``item``'s result folder under ``out`` is complete and verified (used by --resume)."""
+    """Whether ``item``'s result folder under ``out`` is complete and verified, and was computed from
+    the input's present content (used by --resume)."""
     if item.error is not None or not item.key:
         return False
     folder = Path(out) / item.key
     done = read_done(folder)
-    return done is not None and done.get("status") == "ok" and verify_result(folder, done)
+    return (done is not None and done.get("status") == "ok" and done.get("input") == item.path
+            and verify_result(folder, done) and input_unchanged(done))
+
+
+def committed_in_run(out: Path, item: InputItem, run_id: str) -> dict | None:
+    """What ``commit`` would say about ``item`` when its output folder already holds a result of this
+    run (two inputs with one output name, or one input given twice), checked BEFORE computing it:
+    ``{"status": "skipped" | "error", "error": why}``, or None when the input is to be computed."""
+    if item.error is not None or not item.key:
+        return None
+    prev = read_done(Path(out) / item.key)
+    if prev is None or prev.get("run_id") != run_id:
+        return None
+    if prev.get("input") == item.path:
+        return {"status": "skipped", "error": "the same input was given twice; its result is already written"}
+    return {"status": "error", "error": f"output folder {item.key!r} already holds the result of {prev.get('input')} "
+            f"(two inputs map to one name: give them as a folder, or in a manifest with an id column)"}
 
 
 def _fsync_write(path: Path, text: str) -> None:
@@ -411,6 +484,11 @@ def stage_result(rec: dict, item: InputItem, res, out: Path, t0: float) -> dict:
                    spacing_from=getattr(res.mammogram, "spacing_source", None),
                    refined_fraction=round(float(res.refined_fraction), 6), n_detections=len(res.detections),
                    n_clusters=len(res.clusters), files=files, result_id=uuid.uuid4().hex)
+        rec["sha256"] = {name: file_sha256(staging / name) for name in files}
+        rec["input_sha256"] = file_sha256(item.path)
+        notes = (getattr(res.mammogram, "meta", None) or {}).get("warnings")
+        if notes:
+            rec["warnings"] = [str(n) for n in notes]
         timings["total"] = round(time.perf_counter() - t0, 4)
         rec["timings"] = timings
         _fsync_write(staging / DONE, json.dumps(rec, sort_keys=True) + "\n")
@@ -555,8 +633,12 @@ class RunFolder:
         out = self.out
         if out.exists() and not out.is_dir():
             raise ArchiveError(f"--out {out} exists and is not a folder")
-        out.mkdir(parents=True, exist_ok=True)
-        lock = open(out / LOCK, "a+")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = open(out / LOCK, "a+")
+        except OSError as e:
+            raise ArchiveError(f"--out {out} cannot be written: {e.strerror or e}"
+                               + (f" ({e.filename})" if e.filename and str(e.filename) != str(out) else "")) from None
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -565,6 +647,9 @@ class RunFolder:
         self._lock = lock
         try:
             self._prepare()
+        except OSError as e:
+            self.close()
+            raise ArchiveError(f"--out {out} cannot be written: {e.strerror or e}") from None
         except BaseException:
             self.close()
             raise
@@ -615,7 +700,8 @@ class RunFolder:
                     self.dropped += 1
                     continue
                 if isinstance(rec, dict) and rec.get("status") == "ok" and isinstance(rec.get("key"), str) \
-                        and _check_key(rec["key"]) is None and verify_result(self.out / rec["key"], rec):
+                        and _check_key(rec["key"]) is None and verify_result(self.out / rec["key"], rec) \
+                        and input_unchanged(rec):
                     dst.write(json.dumps(rec, sort_keys=True) + "\n")
                     self.kept += 1
                 else:
@@ -629,6 +715,10 @@ class RunFolder:
             self.manifest.close()
             self.manifest = None
         if self._lock is not None:
+            try:
+                (self.out / STAGING).rmdir()  # only when empty: what a crash left stays for the next run
+            except OSError:
+                pass
             self._lock.close()
             self._lock = None
 
@@ -651,6 +741,8 @@ class Tally:
 
     def add(self, rec: dict) -> None:
         st = rec.get("status")
+        for note in rec.get("warnings") or ():
+            self._say(f"mcgr infer: warning: {note}")
         if st == "ok":
             self.ok += 1
         elif st == "skipped":
@@ -686,6 +778,12 @@ def run_local(items: Iterable[InputItem], pipeline, run: RunFolder, tally: Tally
     for item in items:
         if run.resume and is_complete(run.out, item):
             tally.add_complete()
+            continue
+        dup = committed_in_run(run.out, item, run.run_id)
+        if dup is not None:
+            tally.add(commit(dict(process_item(InputItem(item.path, item.key, item.spacing, item.origin, dup["error"]),
+                                               None, run.out, run.settings, run.run_id), status=dup["status"]),
+                             run.out, run.manifest, run.run_id))
             continue
         rec = process_item(item, pipeline, run.out, run.settings, run.run_id)
         tally.add(commit(rec, run.out, run.manifest, run.run_id))

@@ -3,8 +3,8 @@ files, on this machine (``--engine local``) or on a Ray cluster (``--engine ray`
 
 Per input: the files of :func:`mcgr.io.write_outputs` in ``DIR/<key>/`` and one line of
 ``DIR/manifest.jsonl`` (see :mod:`mcgr.infer.archive` for the layout, the commit protocol and
-``--resume``). A bad input is reported and skipped; the exit status is non-zero only when nothing
-could be done.
+``--resume``). A bad input is reported and the run goes on; the exit status tells a scheduler how
+the run went (``EXIT_STATUS``).
 """
 from __future__ import annotations
 
@@ -17,6 +17,15 @@ import threading
 from pathlib import Path
 
 ENGINES = ("local", "ray")
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+EXIT_STATUS = (f"exit status: {EXIT_OK} every input done (or already complete); {EXIT_SOME_FAILED} some inputs "
+               f"failed (the others are done; reasons in the manifest); {EXIT_ERROR} nothing done (every input "
+               f"failed, no input found, or a bad --out / option); {EXIT_USAGE} bad command line; "
+               f"{EXIT_INTERRUPTED} interrupted (Ctrl-C); {EXIT_TERMINATED} stopped by SIGTERM (--resume continues)")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: unwinds like Ctrl-C, and the run exits with 143 (128 + SIGTERM)."""
 
 
 def spacing_mm(text: str) -> float:
@@ -35,6 +44,7 @@ def spacing_mm(text: str) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from mcgr._arguments import nonnegative_float, positive_int
 
+    p.epilog = EXIT_STATUS
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="mammogram files (DICOM with or without extension, PNG, TIFF, NPY), folders (searched "
                         "recursively), globs, or manifest files (.csv with a path column and optional spacing/id "
@@ -141,7 +151,7 @@ def load_models(models_dir: str | None, refine: bool) -> tuple[dict, dict]:
 
 
 def _raise_interrupt(*_):
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def _sigterm_as_interrupt():
@@ -174,9 +184,7 @@ def run(args) -> int:
                 "engine": args.engine, "threads": args.threads if args.engine == "local" else args.cpus_per_worker,
                 "models": model_info, "ttgpr": cfg.to_dict(), "tile": tile, "overlap": overlap}
     out = Path(args.out)
-    for spec in args.inputs:
-        if os.path.isfile(spec) and Path(spec).resolve() == (out / archive.MANIFEST).resolve():
-            raise CLIError(f"{spec} is the manifest this run writes; to redo a run's inputs, write into another --out")
+    check_out(out, args.inputs)
 
     try:
         from tqdm import tqdm
@@ -209,6 +217,10 @@ def run(args) -> int:
                         cpus_per_worker=args.cpus_per_worker, tile=tile, overlap=overlap, config=cfg)
     except archive.ArchiveError as e:
         raise CLIError(str(e)) from None
+    except Terminated:
+        print(f"mcgr infer: stopped by SIGTERM after {tally.ok} done, {tally.error} failed; "
+              f"continue with --resume", file=sys.stderr)
+        return EXIT_TERMINATED
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
@@ -223,10 +235,41 @@ def run(args) -> int:
     if tally.total == 0:
         print("mcgr infer: error: no mammogram found in the inputs "
               "(files: DICOM, PNG, TIFF, NPY; folders are searched recursively)", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     print(f"mcgr infer: {', '.join(parts)}; manifest: {manifest}")
     if tally.ok + tally.skipped + tally.complete == 0:
         print("mcgr infer: error: nothing could be done: every input failed (reasons above and in the manifest)",
               file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_ERROR
+    if tally.error:
+        print(f"mcgr infer: error: {tally.error} input(s) failed (reasons above and in the manifest)", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def check_out(out: Path, inputs) -> None:
+    """Refuse, before anything is computed or created, an --out that would mix results into the
+    inputs (the input folder itself, the manifest this run writes) and two input files with one
+    output name. (An --out inside an input folder is fine: the scan skips it.)"""
+    from mcgr._arguments import CLIError
+    from mcgr.infer import archive
+
+    out_real = os.path.realpath(out)
+    names: dict[str, str] = {}
+    for spec in inputs:
+        spec = os.path.expanduser(str(spec))
+        if os.path.isdir(spec):
+            if os.path.realpath(spec) == out_real:
+                raise CLIError(f"--out {out} is the input folder {spec}: results would be mixed with the inputs; "
+                               f"choose an --out outside it (or a new folder inside it)")
+        elif os.path.isfile(spec):
+            if os.path.realpath(spec) == os.path.realpath(out / archive.MANIFEST):
+                raise CLIError(f"{spec} is the manifest this run writes; to redo a run's inputs, write into another --out")
+            if archive.is_manifest_file(spec):
+                continue
+            key = archive._key_from_rel(os.path.basename(spec))
+            real = os.path.realpath(spec)
+            if key in names and names[key] != real:
+                raise CLIError(f"{names[key]} and {real} both map to the output folder {key!r}: give them as a "
+                               f"folder, or in a manifest with an id column")
+            names[key] = real

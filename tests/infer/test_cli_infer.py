@@ -29,7 +29,7 @@ def _infer(archive, *args):
 
 def test_folder_with_a_corrupted_file(archive, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _infer(archive, archive["root"] / "in", "--out", out, "--spacing", SPACING) == 0
+    assert _infer(archive, archive["root"] / "in", "--out", out, "--spacing", SPACING) == 3  # some failed
     cap = capsys.readouterr()
     assert "Traceback" not in cap.err
     assert "bad.dcm" in cap.err and "1 failed" in cap.out and "4 done" in cap.out
@@ -67,7 +67,7 @@ def test_manifest_files_globs_and_per_row_spacing(archive, tmp_path):
                                          + json.dumps(str(archive["root"] / "in" / "nothing.png")) + "\n{not json\n")
     out = tmp_path / "out"
     glob = str(archive["root"] / "in" / "sub" / "deep" / "*.dcm")
-    assert _infer(archive, tmp_path / "list.csv", tmp_path / "list.jsonl", glob, "--out", out, "--spacing", SPACING) == 0
+    assert _infer(archive, tmp_path / "list.csv", tmp_path / "list.jsonl", glob, "--out", out, "--spacing", SPACING) == 3
     lines = manifest(out)
     ok = {r["key"]: r for r in lines if r["status"] == "ok"}
     assert sorted(ok) == ["a", "case-b", "d", "site1/c"]
@@ -82,18 +82,27 @@ def test_manifest_files_globs_and_per_row_spacing(archive, tmp_path):
     assert any("list.jsonl line 3" in e and "JSON" in e for e in errors)
 
 
-def test_same_file_twice_and_name_collisions(archive, tmp_path):
+def test_same_file_twice_and_name_collisions(archive, tmp_path, capsys):
     a = archive["inputs"]["good"]["a"]
     other = tmp_path / "other"
     other.mkdir()
     (other / "a.npy").write_bytes(a.read_bytes())
     out = tmp_path / "out"
-    assert _infer(archive, a, a, other / "a.npy", "--out", out, "--spacing", SPACING) == 0
+    assert _infer(archive, a, a, "--out", out, "--spacing", SPACING) == 0
     st = [(r["status"], r["input"]) for r in manifest(out)]
-    assert st[0] == ("ok", str(a)) and st[1] == ("skipped", str(a))
-    assert st[2] == ("error", str(other / "a.npy"))
-    assert "already holds the result of" in manifest(out)[2]["error"]
+    assert st == [("ok", str(a)), ("skipped", str(a))]
     assert json.loads((out / "a" / ".done").read_text())["input"] == str(a)
+    # two files with one stem, given as files: refused before anything is computed or created
+    out2 = tmp_path / "out2"
+    assert _infer(archive, a, other / "a.npy", "--out", out2, "--spacing", SPACING) == 1
+    assert "both map to the output folder 'a'" in capsys.readouterr().err
+    assert not out2.exists()
+    # the same collision through a manifest is found before the second input is computed
+    (tmp_path / "two.jsonl").write_text(json.dumps(str(a)) + "\n" + json.dumps(str(other / "a.npy")) + "\n")
+    out3 = tmp_path / "out3"
+    assert _infer(archive, tmp_path / "two.jsonl", "--out", out3, "--spacing", SPACING) == 3
+    rec = manifest(out3)[1]
+    assert rec["status"] == "error" and "already holds the result of" in rec["error"] and "files" not in rec
 
 
 def test_spacing_is_needed_for_png_and_nothing_done_exits_nonzero(archive, tmp_path, capsys):
@@ -124,7 +133,7 @@ def test_missing_input_is_reported_and_the_rest_done(archive, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "MISSING.dcm: no such file or folder" in err and "Traceback" not in err
     assert _infer(archive, tmp_path / "MISSING2.dcm", archive["inputs"]["good"]["a"], "--out", tmp_path / "o2",
-                  "--spacing", SPACING) == 0
+                  "--spacing", SPACING) == 3
     assert [r["status"] for r in manifest(tmp_path / "o2")] == ["error", "ok"]
 
 
@@ -170,7 +179,7 @@ def test_a_previous_run_needs_resume_and_the_same_settings(archive, tmp_path, ca
 def test_inputs_may_follow_options(archive, tmp_path, capsys):
     out = tmp_path / "o"
     assert _infer(archive, tmp_path / "MISSING.dcm", "--out", out, archive["inputs"]["good"]["a"],
-                  "--spacing", SPACING) == 0
+                  "--spacing", SPACING) == 3
     rows = manifest(out)
     assert [r["status"] for r in rows] == ["error", "ok"]
     assert main(["infer", str(archive["inputs"]["good"]["a"]), "--out", str(tmp_path / "o3"), "--bogus"]) == 2

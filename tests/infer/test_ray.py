@@ -35,8 +35,8 @@ def _summary(out):
 
 def test_ray_engine_equals_local_engine(cluster, tmp_path):
     local, dist = tmp_path / "local", tmp_path / "ray"
-    assert main(_argv(cluster, local, "--device", "cpu", "--threads", "1")) == 0
-    assert main(_argv(cluster, dist, "--engine", "ray", "--workers", "2", "--cpus-per-worker", "1")) == 0
+    assert main(_argv(cluster, local, "--device", "cpu", "--threads", "1")) == 3  # bad.dcm
+    assert main(_argv(cluster, dist, "--engine", "ray", "--workers", "2", "--cpus-per-worker", "1")) == 3
     assert _summary(dist) == _summary(local)
     recs = {r["key"]: r for r in manifest(dist)}
     assert recs.pop("bad")["status"] == "error"
@@ -53,12 +53,12 @@ def test_ray_engine_equals_local_engine(cluster, tmp_path):
 
 def test_ray_resume_redoes_only_what_is_missing(cluster, tmp_path):
     out = tmp_path / "out"
-    assert main(_argv(cluster, out, "--engine", "ray", "--workers", "2")) == 0
+    assert main(_argv(cluster, out, "--engine", "ray", "--workers", "2")) == 3
     before = {r["key"]: r.get("result_id") for r in manifest(out)}
     shutil.rmtree(out / "sub" / "b")
     p = out / "a" / "a.mask.png"
     p.write_bytes(p.read_bytes()[:-10])
-    assert main(_argv(cluster, out, "--engine", "ray", "--workers", "2", "--resume")) == 0
+    assert main(_argv(cluster, out, "--engine", "ray", "--workers", "2", "--resume")) == 3
     lines = manifest(out)
     assert sorted(r["key"] for r in lines) == sorted(before), "an input is missing or listed twice"
     after = {r["key"]: r.get("result_id") for r in lines}
