@@ -45,9 +45,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _png_bytes(img) -> bytes:
+# zlib level of the overlay PNG: measured on a 1743 x 1600 full-field overlay (2026-12-05, 2-core EPYC):
+# level 6 (PIL's default) 0.47 s / 1.01 MB, level 3 0.18 s / 1.04 MB, level 1 0.14 s / 1.17 MB.
+# The binary mask keeps level 6 (0.08 s / 15 KB; level 1 is 3x larger for 0.03 s).
+OVERLAY_PNG_LEVEL = 3
+
+
+def _png_bytes(img, compress_level: int = 6) -> bytes:
     buf = _io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 
@@ -152,7 +158,7 @@ def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask
 
     det_rows, cl_rows = _records(t, dets, cls)
     p = out / f"{stem}.overlay.png"
-    _atomic_write(p, _png_bytes(_overlay(mammogram, mask_src, det_rows, cl_rows)))
+    _atomic_write(p, _png_bytes(_overlay(mammogram, mask_src, det_rows, cl_rows), OVERLAY_PNG_LEVEL))
     paths["overlay"] = str(p)
 
     if mammogram.dicom is not None:
