@@ -1,27 +1,42 @@
-"""Archive throughput of `mcgr infer`: images per minute for the local and the Ray engines.
+"""Archive throughput of `mcgr infer` against the best loop a user would write, in one run.
 
-    python -m benchmarks.bench_archive [--n 8] [--size 1280 1024] [--refine] [--engines local,ray]
-                                       [--workers W] [--json PATH]
+    python -m benchmarks.bench_archive [--n 4] [--size 3328 2560] [--threads 1] [--reps 2]
+        [--sides peer,base,ttgpr,base-serial] [--device cpu|cuda] [--gpu-sample] [--json PATH]
 
-Writes N synthetic mammograms (16-bit DICOM, a breast phantom with texture) into a temporary
-folder, then runs ``mcgr infer`` on it with each engine and reports, per engine: wall time of the
-run (engine start included), the steady-state rate from the manifest's commit times (first result
-to last), and the median per-image stage times. Models: the shipped weights when present;
-otherwise random weights with the shipped architecture (the default preset's U-Nets, same compute
-per tile; the segmentor's output bias is lowered so that a random net marks a few spots rather
-than half the breast, keeping detection and overlay costs realistic) -- the row says which.
+Writes N synthetic full-field mammograms (16-bit DICOM, 2560 x 3328 at 0.07 mm, a breast phantom
+with texture) into a temporary folder and runs, side by side, with the same torch threads:
 
-Local engine: one process with all cores as torch threads. Ray engine: a local Ray instance with
-W workers (default: one per core) of one thread each. On a GPU host pass ``--device cuda`` and
-``--gpus-per-worker G`` (e.g. 0.5: two workers share a GPU so one's CPU stages overlap the
-other's GPU work).
+- ``peer``: what a user writes with pydicom and MONAI: ``pydicom.dcmread`` + ``pixel_array`` scaled
+  to [0, 1]; MONAI ``sliding_window_inference`` (roi 256, overlap 0.25, Gaussian, sw_batch 4: the
+  faster of 4 and 16 here) over the whole image with the SAME segmentor (the shipped weights) in
+  channels-last under bf16 autocast; sigmoid >= 0.5; the mask as PNG (PIL, default compression)
+  and a JSON of the connected components (centroid, area, peak probability; scipy.ndimage).
+  Serial, one image after the other.
+- ``base`` / ``ttgpr``: ``mcgr infer FOLDER --out OUT [--no-refine] --threads T`` in this process
+  (the local engine: prefetch reader and write-behind writer around the networks; every output:
+  mask PNG, probability map, overlay, JSON, DICOM SEG, manifest).
+- ``base-serial``: the same pipeline and outputs through the serial engine
+  (``mcgr.infer.archive.run_local``), to show what the overlap buys.
+- ``ray``: ``mcgr infer --engine ray`` with one worker per core (optional).
+
+Per side: wall time from the first read to the last output written (model loading and a one-image
+warm-up excluded, the same for every side), images/s, per-stage median seconds, and the peak
+resident memory of the process while the side ran (``/proc/self/status`` VmRSS sampled every 20
+ms; ``peak_cuda_mib`` too on a GPU). ``--gpu-sample`` samples ``nvidia-smi``'s utilization.gpu
+every 100 ms while each side runs and reports the busy fraction (share of samples > 0 %) and mean.
+Sides run in turn, ``--reps`` times, the fastest rep kept per side; ratios are peer wall / side wall.
+Models: whatever is shipped in mcgr/weights (a retrained, larger model is measured as it ships);
+random weights of the default architecture only when nothing is shipped (the row says so).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import statistics
+import subprocess
+import threading
 import sys
 import tempfile
 import time
@@ -87,78 +102,252 @@ def make_models(root: Path) -> tuple[Path | None, str]:
     return root, "random weights, default architecture (no shipped weights yet)"
 
 
-def run_engine(engine: str, inputs: Path, out: Path, models: Path | None, args) -> dict:
-    from mcgr.cli import main
+class PeakMemory:
+    """Peak resident memory (MiB) of this process between start() and stop(), sampled from
+    /proc/self/status every ``every`` s (ru_maxrss cannot be reset between sides)."""
 
-    argv = ["infer", str(inputs), "--out", str(out), "--quiet", "--device", args.device]
-    if models is not None:
-        argv += ["--models", str(models)]
-    if not args.refine:
-        argv.append("--no-refine")
-    if engine == "local":
-        argv += ["--threads", str(args.threads or os.cpu_count())]
+    def __init__(self, every: float = 0.02):
+        self.every, self.peak, self._stop = every, 0.0, threading.Event()
+
+    @staticmethod
+    def rss_mib() -> float:
+        try:
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, self.rss_mib())
+
+    def __enter__(self):
+        self.peak = self.rss_mib()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.rss_mib())
+
+
+class GpuBusy:
+    """nvidia-smi utilization.gpu sampled every 100 ms while the block runs (None when unavailable)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.samples, self.proc = enabled, [], None
+
+    def __enter__(self):
+        if self.enabled:
+            try:
+                self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                              "-lms", "100"], stdout=subprocess.PIPE, text=True)
+                self._t = threading.Thread(target=self._read, daemon=True)
+                self._t.start()
+            except OSError:
+                self.proc = None
+        return self
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                self.samples.append(float(line.strip().split(",")[0]))
+            except ValueError:
+                pass
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+            self._t.join(2)
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {}
+        return {"gpu_busy_fraction": round(sum(v > 0 for v in self.samples) / len(self.samples), 3),
+                "gpu_util_mean": round(statistics.fmean(self.samples), 1), "gpu_samples": len(self.samples)}
+
+
+def peer_loop(paths: list[Path], out: Path, seg, device: torch.device, sw_batch: int = 4) -> dict:
+    """The loop a user writes: pydicom read, MONAI sliding window (bf16 + channels-last), mask PNG + JSON.
+    Returns the stage seconds summed over the images."""
+    import pydicom
+    from monai.inferers import sliding_window_inference
+    from PIL import Image
+    from scipy import ndimage
+
+    from mcgr.models.segmentor import segment_logits
+
+    def predictor(b):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return segment_logits(seg, b.contiguous(memory_format=torch.channels_last)).float()
+
+    out.mkdir(parents=True, exist_ok=True)
+    st = {"read": 0.0, "network": 0.0, "write": 0.0}
+    for p in paths:
+        t = time.perf_counter()
+        ds = pydicom.dcmread(p)
+        img = ds.pixel_array.astype(np.float32) / float(2 ** int(ds.BitsStored) - 1)
+        x = torch.from_numpy(img)[None, None].to(device)
+        st["read"] += time.perf_counter() - t
+        t = time.perf_counter()
+        with torch.inference_mode():
+            logits = sliding_window_inference(x, roi_size=(256, 256), sw_batch_size=sw_batch, predictor=predictor,
+                                              overlap=0.25, mode="gaussian")
+            prob = torch.sigmoid(logits)[0, 0].float().cpu().numpy()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        st["network"] += time.perf_counter() - t
+        t = time.perf_counter()
+        mask = prob >= 0.5
+        Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{p.stem}.mask.png")
+        lab, n = ndimage.label(mask)
+        idx = np.arange(1, n + 1)
+        dets = []
+        if n:
+            cents = ndimage.center_of_mass(mask, lab, idx)
+            areas = ndimage.sum_labels(mask, lab, idx)
+            peaks = ndimage.maximum(prob, lab, idx)
+            dets = [{"row": float(c[0]), "col": float(c[1]), "area_px": int(a), "peak_prob": float(q)}
+                    for c, a, q in zip(cents, areas, peaks)]
+        (out / f"{p.stem}.json").write_text(json.dumps({"source": str(p), "shape": list(prob.shape),
+                                                        "n_detections": n, "detections": dets}))
+        st["write"] += time.perf_counter() - t
+    return st
+
+
+def mcgr_side(side: str, inputs: Path, out: Path, models: Path | None, args) -> dict:
+    """One ``mcgr infer`` run (``base``, ``ttgpr``: the CLI; ``base-serial``: the serial engine)."""
+    from mcgr.cli import main as mcgr_main
+
+    refine = side.startswith("ttgpr")
+    if side == "base-serial":
+        from mcgr.infer import archive
+        from mcgr.infer.cli import load_models
+        from mcgr.infer.pipeline import Pipeline
+
+        torch.set_num_threads(args.threads)
+        ms, _ = load_models(str(models) if models else None, False)
+        pipe = Pipeline(ms["seg"], None, device=args.device)
+        t = time.perf_counter()
+        with archive.RunFolder(out, {"refine": False}, resume=False) as run:
+            archive.run_local(archive.iter_inputs([str(inputs)], exclude=[out]), pipe, run, archive.Tally())
+        rc = 0
     else:
-        argv += ["--engine", "ray", "--workers", str(args.workers or os.cpu_count()), "--cpus-per-worker", "1"]
-        if args.gpus_per_worker is not None:
-            argv += ["--num-gpus-per-worker", str(args.gpus_per_worker)]
-        argv[argv.index("--device") + 1] = "cuda" if args.device.startswith("cuda") else "cpu"
-    t = time.perf_counter()
-    rc = main(argv)
+        argv = ["infer", str(inputs), "--out", str(out), "--quiet", "--device", args.device, "--threads", str(args.threads)]
+        if models is not None:
+            argv += ["--models", str(models)]
+        if not refine:
+            argv.append("--no-refine")
+        if side == "ray":
+            argv = [a for a in argv if a not in ("--threads", str(args.threads))]
+            argv += ["--engine", "ray", "--workers", str(os.cpu_count()), "--cpus-per-worker", "1"]
+        t = time.perf_counter()
+        rc = mcgr_main(argv)
     wall = time.perf_counter() - t
     lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     ok = [r for r in lines if r["status"] == "ok"]
     if rc != 0 or len(ok) != len(lines):
-        raise RuntimeError(f"{engine}: exit {rc}, {len(ok)}/{len(lines)} ok: {[r.get('error') for r in lines if r['status'] != 'ok'][:3]}")
-    ts = sorted(r["finished_unix"] for r in ok)
-    steady = (len(ts) - 1) / (ts[-1] - ts[0]) * 60 if len(ts) > 1 and ts[-1] > ts[0] else float("nan")
+        raise RuntimeError(f"{side}: exit {rc}, {len(ok)}/{len(lines)} ok: {[r.get('error') for r in lines if r['status'] != 'ok'][:3]}")
     stages = sorted({k for r in ok for k in r["timings"]})
     med = {k: round(statistics.median(r["timings"].get(k, 0.0) for r in ok), 3) for k in stages}
-    sizes = statistics.median(sum(r["files"].values()) for r in ok)
-    return {"images": len(ok), "wall_s": round(wall, 2), "images_per_min": round(len(ok) / wall * 60, 2),
-            "steady_images_per_min": round(steady, 2), "median_stage_s": med,
+    return {"images": len(ok), "wall_s": wall, "median_stage_s": med,
             "refined_fraction": round(statistics.median(r["refined_fraction"] for r in ok), 3),
-            "output_bytes_per_image": int(sizes)}
+            "output_bytes_per_image": int(statistics.median(sum(r["files"].values()) for r in ok))}
 
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=8, help="images (default 8)")
-    ap.add_argument("--size", type=int, nargs=2, default=(1280, 1024), metavar=("H", "W"),
-                    help="image size in px at 0.07 mm (default 1280 1024; a full field is 3328 2560)")
-    ap.add_argument("--refine", action="store_true", help="TT-GPR on (default: base segmentor only)")
-    ap.add_argument("--engines", default="local,ray")
+    ap.add_argument("--n", type=int, default=4, help="images (default 4)")
+    ap.add_argument("--size", type=int, nargs=2, default=(3328, 2560), metavar=("H", "W"),
+                    help="image size in px at 0.07 mm (default 3328 2560: a full field)")
+    ap.add_argument("--sides", default="peer,base,ttgpr,base-serial",
+                    help="comma-separated: peer, base, ttgpr, base-serial, ray (default peer,base,ttgpr,base-serial)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None, help="local engine torch threads (default: all cores)")
-    ap.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per core)")
-    ap.add_argument("--gpus-per-worker", type=float, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of every side (default 1)")
+    ap.add_argument("--reps", type=int, default=1, help="runs of every side, in turn; the fastest is kept")
+    ap.add_argument("--peer-batch", type=int, default=4, help="the peer loop's sw_batch_size (default 4)")
+    ap.add_argument("--gpu-sample", action="store_true", help="sample nvidia-smi utilization while each side runs")
     ap.add_argument("--json", metavar="PATH", help="append the rows to this JSON file")
     args = ap.parse_args(argv)
-    machine = machine_info(torch.device(args.device))
-    rows = []
+    if args.n < 1 or args.threads < 1 or args.reps < 1:
+        ap.error("--n, --threads and --reps must be >= 1")
+    sides = [s for s in args.sides.split(",") if s]
+    unknown = set(sides) - {"peer", "base", "ttgpr", "base-serial", "ray"}
+    if unknown:
+        ap.error(f"unknown sides {sorted(unknown)}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but torch sees no CUDA device")
+    torch.set_num_threads(args.threads)
+    machine = machine_info(device)
+    shape = f"{args.n}x{args.size[0]}x{args.size[1]} {args.device} threads {args.threads}"
+    best: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="mcgr-bench-archive-") as tmp:
         tmp = Path(tmp)
         write_archive(tmp / "in", args.n, tuple(args.size))
+        write_archive(tmp / "warm", 1, tuple(args.size), seed=1)
         models, note = make_models(tmp / "models")
-        shape = f"{args.n}x{args.size[0]}x{args.size[1]} {'ttgpr' if args.refine else 'base'} {args.device}"
-        for engine in args.engines.split(","):
-            if engine == "ray":
-                try:
+        from mcgr.models import load_model, load_pretrained
+
+        seg = (load_pretrained("seg", device=device) if models is None else load_model(models / "seg", device=device, kind="seg"))
+        seg = seg.eval().to(memory_format=torch.channels_last)
+        paths = sorted((tmp / "in").glob("*.dcm"))
+        # one-image warm-up of each side (oneDNN / cuDNN primitive creation, imports), not timed
+        for side in sides:
+            if side == "peer":
+                peer_loop(sorted((tmp / "warm").glob("*.dcm")), tmp / "warm-peer", seg, device, args.peer_batch)
+            elif side != "ray":
+                mcgr_side(side, tmp / "warm", tmp / f"warm-{side}", models, args)
+        for rep in range(args.reps):
+            for side in sides:
+                out = tmp / f"out-{side}-{rep}"
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                if side == "ray":
                     import ray
-                except ImportError:
-                    print("ray: not installed (pip install 'mcgr[distributed]'); skipped")
-                    continue
-                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-            try:
-                res = run_engine(engine, tmp / "in", tmp / f"out-{engine}", models, args)
-            finally:
-                if engine == "ray":
-                    ray.shutdown()
-            row = {"op": "archive", "backend": engine, "shape": shape, "median_ms": round(60000 / res["images_per_min"], 1),
-                   "note": note, **res}
-            rows.append(row)
-            print(f"{engine:5s} {shape}: {res['images_per_min']:.1f} img/min overall ({res['wall_s']} s for "
-                  f"{res['images']}), steady {res['steady_images_per_min']:.1f} img/min; median stages (s) "
-                  f"{res['median_stage_s']}; {res['output_bytes_per_image'] / 1e6:.1f} MB written per image [{note}]")
+
+                    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                             logging_level="WARNING")
+                try:
+                    with PeakMemory() as mem, GpuBusy(args.gpu_sample) as gpu:
+                        if side == "peer":
+                            t = time.perf_counter()
+                            st = peer_loop(paths, out, seg, device, args.peer_batch)
+                            wall = time.perf_counter() - t
+                            res = {"images": len(paths), "wall_s": wall,
+                                   "median_stage_s": {k: round(v / len(paths), 3) for k, v in st.items()},
+                                   "output_bytes_per_image": int(sum(f.stat().st_size for f in out.iterdir()) / len(paths))}
+                        else:
+                            res = mcgr_side(side, tmp / "in", out, models, args)
+                finally:
+                    if side == "ray":
+                        ray.shutdown()
+                res["peak_rss_mib"] = round(mem.peak, 1)
+                if device.type == "cuda":
+                    res["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+                res.update(gpu.summary())
+                res["images_per_s"] = round(res["images"] / res["wall_s"], 4)
+                print(f"rep {rep} {side:12s} {res['wall_s']:7.2f} s  {res['images_per_s']:.3f} img/s  "
+                      f"stages (median s/img) {res['median_stage_s']}  peak RSS {res['peak_rss_mib']:.0f} MiB"
+                      + (f"  GPU busy {res['gpu_busy_fraction']:.0%}" if "gpu_busy_fraction" in res else ""), flush=True)
+                if side not in best or res["wall_s"] < best[side]["wall_s"]:
+                    best[side] = res
+                shutil.rmtree(out, ignore_errors=True)
+    rows = []
+    peer = best.get("peer")
+    for side, res in best.items():
+        ratio = round(peer["wall_s"] / res["wall_s"], 3) if peer else None
+        rows.append({"op": "archive", "backend": side, "shape": shape, "median_ms": round(1e3 * res["wall_s"] / res["images"], 1),
+                     "ratio_vs_ref": ratio, "gbps": None, "note": note, **{k: (round(v, 2) if k == "wall_s" else v) for k, v in res.items()}})
+        print(f"{side:12s} {res['images_per_s']:.3f} img/s" + (f"  {ratio:.2f}x the peer loop" if ratio else ""))
     if args.json:
         append_json(args.json, machine, rows)
     return rows
