@@ -55,6 +55,7 @@ def _synth(args) -> int:
 
     from mcgr.synth.shards import write_shards
 
+    check_synth_memory(args)
     bgs = None
     if args.backgrounds:
         try:
@@ -79,6 +80,24 @@ def _synth(args) -> int:
     )
     print(f"wrote {man['n']} pairs in {len(man['shards'])} shard(s) and {len(man['previews'])} preview(s) to {args.out}")
     return 0
+
+
+# Peak memory of `mcgr synth` per pixel of a generation batch (the image formation's float32 layers):
+# measured 2026-12-05 as 31 B/px at 32 x 512^2 and 25 B/px at 16 x 1024^2 (peak RSS, 1 thread); a
+# shard's pairs are held until written (uint16 image, uint8 mask, optional uint16 background) and
+# concatenated once more on writing.
+SYNTH_BYTES_PER_BATCH_PX = 32
+SYNTH_BYTES_PER_SHARD_PX = 2 * (2 + 1 + 2)
+
+
+def check_synth_memory(args) -> None:
+    """Refuse, with the memory they would need, patch / batch / shard sizes that would not fit."""
+    from mcgr._memory import check_fits
+
+    px = float(args.patch) ** 2
+    need = (min(args.batch_size, args.n) * px * SYNTH_BYTES_PER_BATCH_PX
+            + min(args.shard_size, args.n) * px * SYNTH_BYTES_PER_SHARD_PX)
+    check_fits(need, f"--patch {args.patch} with --batch-size {args.batch_size} and --shard-size {args.shard_size}")
 
 
 @subcommand
@@ -112,6 +131,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--models", default=None, metavar="DIR", help="load seg/ and rf/ from DIR instead of the shipped weights")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's; fewer than cores on a shared machine)")
+    p.add_argument("--force", action="store_true", help="overwrite the phantom.* and demo.json files already in DIR")
     p.set_defaults(handler=_demo)
 
 
@@ -137,7 +157,7 @@ def _demo(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     run_demo(args.out, seed=args.seed, size=_size(args.size), faint=not args.regular, device=args.device,
-             backend=args.backend, models=args.models)
+             backend=args.backend, models=args.models, force=args.force)
     return 0
 
 

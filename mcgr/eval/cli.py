@@ -153,15 +153,26 @@ def _pipeline(args):
 
 
 def _prepare_out(out: Path, force: bool) -> None:
+    """Check and create the report folder before anything is computed: one-line errors for a file in
+    the way, a non-empty folder without --force, and a folder that cannot be written (a parent that
+    is a file, a read-only filesystem, no permission)."""
+    import tempfile
+
+    from mcgr._arguments import CLIError
+
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise FileExistsError(f"--out {out} is not empty; pass --force to overwrite its report files")
-        for name in REPORT_FILES:
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"--out {out} is not empty; pass --force to overwrite its report files")
+    try:
+        for name in REPORT_FILES if out.is_dir() else ():
             if (out / name).is_file():
                 (out / name).unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise CLIError(f"--out {out} cannot be written: {e.strerror or e}") from None
 
 
 def command_line(args) -> str:

@@ -268,12 +268,12 @@ class ModelTransform:
 
 
 def check_model_grid(shape, spacing_mm: float, model_mm: float = MODEL_SPACING_MM, *,
-                     spacing_from: str = "") -> tuple[int, int]:
+                     spacing_from: str = "", advice: str = "check the pixel spacing (or pass --spacing MM)") -> tuple[int, int]:
     """The model-grid shape of an image of ``shape`` (rows, cols) at ``spacing_mm``, checked before
     anything is resampled: a ValueError with the sizes and the memory when a side exceeds
     ``MAX_MODEL_SIDE_PX`` or the pipeline's estimated peak (``PIPELINE_BYTES_PER_PX`` per model-grid
     pixel) exceeds the memory this machine has available. ``spacing_from`` (e.g. "PixelSpacing")
-    is named in the message."""
+    is named in the message, ``advice`` ends it."""
     from mcgr._memory import available_bytes, format_bytes
 
     h, w = (int(v) for v in shape[:2])
@@ -286,11 +286,10 @@ def check_model_grid(shape, spacing_mm: float, model_mm: float = MODEL_SPACING_M
             f"{format_bytes(need)} of memory to segment")
     if max(oh, ow) > MAX_MODEL_SIDE_PX:
         raise ValueError(f"{what}; the model grid is limited to {MAX_MODEL_SIDE_PX} px a side "
-                         f"({MAX_MODEL_SIDE_PX * model_mm:.0f} mm; a mammogram is at most about 300 mm): "
-                         f"check the pixel spacing (or pass --spacing MM)")
+                         f"({MAX_MODEL_SIDE_PX * model_mm:.0f} mm; a mammogram is at most about 300 mm): {advice}")
     avail = available_bytes()
     if avail is not None and need > avail:
-        raise ValueError(f"{what}; this machine has {format_bytes(avail)} available")
+        raise ValueError(f"{what}; this machine has {format_bytes(avail)} available: {advice}")
     return oh, ow
 
 
