@@ -125,7 +125,7 @@ def run_demo(out: str | Path = "mcgr-demo", seed: int = 0, size: tuple[int, int]
                       source=f"phantom(seed={seed})", source_shape=tuple(ph.image.shape), flipped=False,
                       spacing_source="argument")
     paths = write_outputs(out, "phantom", mammo, res.prob, res.mask, res.detections, res.clusters,
-                          uncertainty=res.uncertainty)
+                          uncertainty=res.uncertainty, excluded={"pectoral": res.pectoral})
     Image.fromarray((ph.truth.numpy() * 255).astype(np.uint8)).save(out / "phantom.truth.png")
     panel = side_by_side(ph.image.numpy(), ph.truth.numpy(), (res.base_prob >= thr).numpy(), res.mask.numpy())
     Image.fromarray(panel).save(out / "phantom.compare.png")

@@ -471,7 +471,7 @@ def stage_result(rec: dict, item: InputItem, res, out: Path, t0: float) -> dict:
         from mcgr.io import write_outputs
 
         write_outputs(staging, stem, res.mammogram, res.prob, res.mask, res.detections, res.clusters,
-                      uncertainty=res.uncertainty)
+                      uncertainty=res.uncertainty, excluded={"pectoral": res.pectoral})
         timings["write"] = round(time.perf_counter() - t, 4)
         # temporary names are created private (0600/0700); results are for the archive's readers
         os.chmod(staging, 0o777 & ~_UMASK)

@@ -42,6 +42,7 @@ class Result:
     refined_fraction: float = 0.0
     seeds: int = 0
     mammogram: object = None
+    pectoral: dict | None = None  # {"found", "contrast", "boundary": [[row, col], ...] in px of prob's grid}
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Prepared:
     spacing: float
     mammogram: object = None
     timings: dict = field(default_factory=dict)
+    pectoral: dict | None = None
 
 
 def _resample(x: torch.Tensor, shape: tuple[int, int], mode: str) -> torch.Tensor:
@@ -143,7 +145,7 @@ class Pipeline:
     def __init__(self, segmentor, generator=None, config: TTGPRConfig | None = None, device="cpu",
                  backend: str = "auto", tile: int = 256, overlap: float = 0.25, autocast: bool | None = None,
                  skin_margin_mm: float = 1.5, border_pad: int = 32, border_margin_mm: float = 1.0,
-                 drop_scan_lines: bool = True):
+                 drop_scan_lines: bool = True, exclude_pectoral: bool = True, pectoral_margin_mm: float = 1.0):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
@@ -169,6 +171,10 @@ class Pipeline:
         self.border_margin_mm = float(border_margin_mm)
         self.border_pad = int(border_pad)
         self.drop_scan_lines = bool(drop_scan_lines)
+        self.exclude_pectoral = bool(exclude_pectoral)
+        if not pectoral_margin_mm >= 0:
+            raise ValueError(f"pectoral_margin_mm must be >= 0, got {pectoral_margin_mm}")
+        self.pectoral_margin_mm = float(pectoral_margin_mm)
 
     def _skin_excluded(self, bm: torch.Tensor) -> torch.Tensor:
         """The breast mask less a ``skin_margin_mm`` band inside the skin line (not along the image border).
@@ -271,6 +277,23 @@ class Pipeline:
             lines = scan_lines(x.float().cpu().numpy(), bm.numpy())
             if lines.any():
                 keep = keep & ~torch.from_numpy(lines)
+        pectoral = None
+        if self.exclude_pectoral:  # MLO views: the muscle and its edge are not searched (mcgr.io.pectoral)
+            from mcgr.io.pectoral import find_pectoral
+
+            pec = find_pectoral(x.float().cpu().numpy(), bm.numpy(), MODEL_SPACING_MM)
+            pectoral = {"found": pec.found, "contrast": round(pec.contrast, 2), "boundary": []}
+            if pec.found:
+                pm = pec.mask
+                r = self.pectoral_margin_mm / MODEL_SPACING_MM
+                if r > 0:
+                    from scipy import ndimage
+
+                    pm = ndimage.distance_transform_edt(~pm) <= r
+                keep = keep & ~torch.from_numpy(pm)
+                ry, rx = src_shape[0] / model_shape[0], src_shape[1] / model_shape[1]
+                pectoral["boundary"] = [[round((py + 0.5) * ry - 0.5, 1), round((px + 0.5) * rx - 0.5, 1)]
+                                        for py, px in pec.boundary]
         timings["mask"] = time.perf_counter() - t
         t = time.perf_counter()
         # Reflect-pad the canvas: where tissue runs into the image border (the chest wall), a tile
@@ -286,7 +309,7 @@ class Pipeline:
         timings["grid"] = time.perf_counter() - t
         seed_region = torch.nn.functional.pad(keep, (pad, pad, pad, pad)) if pad > 0 else keep
         return Prepared(x=x, grid=grid, bm=bm, keep=keep, seed_region=seed_region, pad=pad, src_shape=src_shape,
-                        model_shape=model_shape, spacing=spacing, mammogram=mammo, timings=timings)
+                        model_shape=model_shape, spacing=spacing, mammogram=mammo, timings=timings, pectoral=pectoral)
 
     def network(self, prep: "Prepared", refine: bool = True, progress=None, seeds=None, projector=None):
         """The segmentor and TT-GPR on a :meth:`prepare`'d image: the canvas's field result (logits,
@@ -338,4 +361,4 @@ class Pipeline:
         timings["detect"] = time.perf_counter() - t
         return Result(prob=prob, mask=mask, uncertainty=unc, base_prob=base, detections=dets, clusters=clusters,
                       spacing_mm=spacing, breast_mask=bm_src.cpu(), timings=timings,
-                      refined_fraction=fr.refined_fraction, seeds=fr.seeds, mammogram=mammo)
+                      refined_fraction=fr.refined_fraction, seeds=fr.seeds, mammogram=mammo, pectoral=prep.pectoral)

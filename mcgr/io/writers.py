@@ -110,7 +110,7 @@ def _num(v):
 
 
 def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask_canonical, detections, clusters,
-                  *, uncertainty=None, model_mm: float = MODEL_SPACING_MM) -> dict:
+                  *, uncertainty=None, model_mm: float = MODEL_SPACING_MM, excluded: dict | None = None) -> dict:
     """Write the results for one mammogram into ``out_dir``; return ``{kind: path}``.
 
     ``prob_canonical`` (float [h, w] in [0, 1]) and ``mask_canonical`` (bool [h, w]) are on the
@@ -119,6 +119,9 @@ def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask
     "confidence"]}`` with y, x in canonical model-grid pixels and area in model-grid pixels;
     ``clusters``: dicts ``{"id", "members", "y", "x"}``. Keys of the result: mask, prob, overlay,
     json, uncertainty (if given), seg (DICOM input only).
+    ``excluded``: regions the pipeline did not search, e.g. ``{"pectoral": {"found", "contrast",
+    "boundary": [[y, x], ...]}}`` with the boundary on ``prob_canonical``'s grid: written to the JSON
+    in source pixels and outlined (green) on the overlay.
     """
     if not isinstance(mammogram, Mammogram):
         raise TypeError(f"mammogram must be a Mammogram, got {type(mammogram).__name__}")
@@ -157,8 +160,9 @@ def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask
         paths["uncertainty"] = str(p)
 
     det_rows, cl_rows = _records(t, dets, cls)
+    excl = _excluded_records(t, excluded)
     p = out / f"{stem}.overlay.png"
-    _atomic_write(p, _png_bytes(_overlay(mammogram, mask_src, det_rows, cl_rows), OVERLAY_PNG_LEVEL))
+    _atomic_write(p, _png_bytes(_overlay(mammogram, mask_src, det_rows, cl_rows, excl), OVERLAY_PNG_LEVEL))
     paths["overlay"] = str(p)
 
     if mammogram.dicom is not None:
@@ -174,7 +178,7 @@ def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask
         "model_spacing_mm": float(t.model_mm), "coordinates": "row/col: source pixel indices (pixel centres) of the "
         "input file as stored; y_mm/x_mm: row/col * spacing_mm; y/x: canonical model-grid pixels",
         "mcgr_version": __version__, "n_detections": len(det_rows), "n_clusters": len(cl_rows),
-        "detections": det_rows, "clusters": cl_rows,
+        "detections": det_rows, "clusters": cl_rows, "excluded": excl,
         "files": {k: os.path.basename(v) for k, v in paths.items()},
     }
     _atomic_write(p, json.dumps(doc, indent=1).encode())
@@ -208,13 +212,29 @@ def _records(t: ModelTransform, dets: list[dict], cls: list[dict]) -> tuple[list
     return rows, crow
 
 
+def _excluded_records(t: ModelTransform, excluded: dict | None) -> dict:
+    """Excluded regions with their boundaries mapped to source pixels (row, col)."""
+    out = {}
+    for name, reg in (excluded or {}).items():
+        if reg is None:
+            continue
+        rec = {k: v for k, v in reg.items() if k != "boundary"}
+        rec["boundary_rowcol"] = [[round(float(a), 1) for a in t.model_to_source_px(float(y), float(x))]
+                                  for y, x in reg.get("boundary", [])]
+        if name == "pectoral":
+            rec["rule"] = ("MLO pectoral muscle found from the image (mcgr.io.pectoral); no calcification is reported "
+                           "on it or within the pipeline's pectoral_margin_mm of its edge")
+        out[name] = rec
+    return out
+
+
 def _outline(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
-def _overlay(m: Mammogram, mask_src: np.ndarray, dets: list[dict], cls: list[dict]):
+def _overlay(m: Mammogram, mask_src: np.ndarray, dets: list[dict], cls: list[dict], excluded: dict | None = None):
     """Overview (source orientation, downsized) with outlines and circled clusters, then the crops."""
     from PIL import Image, ImageDraw
 
@@ -231,6 +251,11 @@ def _overlay(m: Mammogram, mask_src: np.ndarray, dets: list[dict], cls: list[dic
     rgb[_outline(small_mask)] = (255, 40, 40)
     overview = Image.fromarray(rgb)
     draw = ImageDraw.Draw(overview)
+    for name, reg in (excluded or {}).items():  # what was not searched, and why, where a reader can see it
+        pts = [((c[1]) / f, (c[0]) / f) for c in reg.get("boundary_rowcol", [])]
+        if len(pts) >= 2:
+            draw.line(pts, fill=(60, 220, 90), width=2)
+            draw.text((pts[0][0] + 4, pts[0][1] + 4), f"{name} (not searched)", fill=(60, 220, 90))
     radius = max(6.0, 5.0 / view_mm)  # 5 mm circles around clusters
     for c in cls:
         y, x = c["row"] / f, c["col"] / f
