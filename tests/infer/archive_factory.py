@@ -83,7 +83,7 @@ def expected_outputs(models: Path, inputs: dict, out: Path, refine: bool = False
         for key, path in inputs.items():
             r = pipe(str(path), spacing=SPACING, refine=refine)
             write_outputs(out / key, key.rsplit("/", 1)[-1], r.mammogram, r.prob, r.mask, r.detections, r.clusters,
-                          uncertainty=r.uncertainty)
+                          uncertainty=r.uncertainty, excluded={"pectoral": r.pectoral})
     finally:
         torch.set_num_threads(threads)
     return out
