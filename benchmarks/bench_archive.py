@@ -23,7 +23,8 @@ Per side: wall time from the first read to the last output written (model loadin
 warm-up excluded, the same for every side), images/s, per-stage median seconds, and the peak
 resident memory of the process while the side ran (``/proc/self/status`` VmRSS sampled every 20
 ms; ``peak_cuda_mib`` too on a GPU). ``--gpu-sample`` samples ``nvidia-smi``'s utilization.gpu
-every 100 ms while each side runs and reports the busy fraction (share of samples > 0 %) and mean.
+every 100 ms while each side runs and reports the busy fraction (mean utilization / 100: the share of
+the wall time a kernel ran) and the share of idle samples.
 Sides run in turn, ``--reps`` times, the fastest rep kept per side; ratios are peer wall / side wall.
 Models: whatever is shipped in mcgr/weights (a retrained, larger model is measured as it ships);
 random weights of the default architecture only when nothing is shipped (the row says so).
@@ -171,8 +172,11 @@ class GpuBusy:
     def summary(self) -> dict:
         if not self.samples:
             return {}
-        return {"gpu_busy_fraction": round(sum(v > 0 for v in self.samples) / len(self.samples), 3),
-                "gpu_util_mean": round(statistics.fmean(self.samples), 1), "gpu_samples": len(self.samples)}
+        # utilization.gpu is the share of each sample period in which a kernel ran: its mean over the
+        # side's samples is the share of the wall time the GPU was busy
+        return {"gpu_busy_fraction": round(statistics.fmean(self.samples) / 100, 3),
+                "gpu_samples_idle": round(sum(v == 0 for v in self.samples) / len(self.samples), 3),
+                "gpu_samples": len(self.samples)}
 
 
 def peer_loop(paths: list[Path], out: Path, seg, device: torch.device, sw_batch: int = 4) -> dict:
@@ -209,14 +213,14 @@ def peer_loop(paths: list[Path], out: Path, seg, device: torch.device, sw_batch:
         mask = prob >= 0.5
         Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{p.stem}.mask.png")
         lab, n = ndimage.label(mask)
-        idx = np.arange(1, n + 1)
         dets = []
-        if n:
-            cents = ndimage.center_of_mass(mask, lab, idx)
-            areas = ndimage.sum_labels(mask, lab, idx)
-            peaks = ndimage.maximum(prob, lab, idx)
-            dets = [{"row": float(c[0]), "col": float(c[1]), "area_px": int(a), "peak_prob": float(q)}
-                    for c, a, q in zip(cents, areas, peaks)]
+        # per-object crops (find_objects): ndimage.maximum / center_of_mass with an index array take
+        # seconds on a full field (measured 2026-12-05: 9.7 s and 1.1 s for 168 objects, loaded box)
+        for k, sl in enumerate(ndimage.find_objects(lab), 1):
+            own = lab[sl] == k
+            rows, cols = np.nonzero(own)
+            dets.append({"row": float(rows.mean() + sl[0].start), "col": float(cols.mean() + sl[1].start),
+                         "area_px": int(own.sum()), "peak_prob": float(prob[sl][own].max())})
         (out / f"{p.stem}.json").write_text(json.dumps({"source": str(p), "shape": list(prob.shape),
                                                         "n_detections": n, "detections": dets}))
         st["write"] += time.perf_counter() - t
