@@ -51,6 +51,25 @@ class TTGPRConfig:
     seed_radius (r): local-maximum window half size in px.
     max_seeds: cap per tile on average: at most max_seeds x tiles seeds over the field (the strongest
         are kept).
+    proposer: where seeds come from. "logits": local maxima of the stitched logits with
+        p >= tau_seed (the segmentor proposes: it cannot seed what it gave p < 0.01). "fused":
+        :func:`mcgr.infer.proposals.propose_seeds`, maxima of the image evidence (DoG / top-hat
+        over their local robust noise) and of the logits, ranked by a mix of both ranks, at most
+        seeds_per_tile per tile-stride cell; where refine_rule is "add" the base detections are not
+        seeded (a seed there can change nothing).
+    seeds_per_tile: the fused proposer's budget per tile-stride cell (more = recall of the seeds,
+        and RF time and false-object risk).
+    evidence_floor: the lowest evidence (local signal-to-noise ratio) that proposes a seed; a
+        candidate above neither this nor tau_seed is never seeded (the gating that keeps flat
+        tissue free of RF work).
+    evidence_weight: weight of the logits' rank in the fused score (1 - weight: the evidence's).
+    refine_rule: "free" lets the refinement move every pixel of a refined tile; "add" keeps the base
+        logits on the base model's detections (p >= threshold) and a 1 px ring around them, so
+        TT-GPR only adds calcifications: the ones the base found are unchanged pixel for pixel
+        (never grown, eroded, split or merged), and Dice on them is not spent.
+    accept_q: with refine_rule "add", a pixel may rise above its base logit only where the mean of
+        sigmoid(f(x_m)) over the M projections (not raised by the current probability) is at least
+        this (0 = off): a seed the projections do not re-render as a calcification adds nothing.
     seed_sigma: seed dot sigma in px (as in training).
     refine_steps: gradient steps on the energy per outer iteration.
     zbar_every: refresh zbar (the stitched canvas of the tiles' current logits) every this many
@@ -87,6 +106,12 @@ class TTGPRConfig:
     seed_radius: int = 3
     max_seeds: int = 32
     seed_sigma: float = 1.5
+    proposer: str = "logits"
+    seeds_per_tile: int = 4
+    evidence_floor: float = 4.0
+    evidence_weight: float = 0.5
+    refine_rule: str = "free"
+    accept_q: float = 0.0
     refine_steps: int = 20
     zbar_every: int = 5
     window: int = 64
@@ -112,6 +137,12 @@ class TTGPRConfig:
         need(0.0 < float(self.tau_seed) < 1.0, f"tau_seed must be in (0, 1), got {self.tau_seed!r}")
         need(isinstance(self.seed_radius, int) and self.seed_radius >= 1, f"seed_radius must be >= 1, got {self.seed_radius!r}")
         need(isinstance(self.max_seeds, int) and self.max_seeds >= 1, f"max_seeds must be >= 1, got {self.max_seeds!r}")
+        need(self.proposer in ("logits", "fused"), f"proposer must be 'logits' or 'fused', got {self.proposer!r}")
+        need(isinstance(self.seeds_per_tile, int) and self.seeds_per_tile >= 1, f"seeds_per_tile must be an integer >= 1, got {self.seeds_per_tile!r}")
+        need(float(self.evidence_floor) > 0, f"evidence_floor must be > 0, got {self.evidence_floor!r}")
+        need(0.0 <= float(self.evidence_weight) <= 1.0, f"evidence_weight must be in [0, 1], got {self.evidence_weight!r}")
+        need(0.0 <= float(self.accept_q) < 1.0, f"accept_q must be in [0, 1) (0 = off), got {self.accept_q!r}")
+        need(self.refine_rule in ("free", "add"), f"refine_rule must be 'free' or 'add', got {self.refine_rule!r}")
         need(float(self.seed_sigma) > 0, f"seed_sigma must be > 0, got {self.seed_sigma!r}")
         need(isinstance(self.refine_steps, int) and self.refine_steps >= 1, f"refine_steps must be >= 1, got {self.refine_steps!r}")
         need(isinstance(self.zbar_every, int) and self.zbar_every >= 0, f"zbar_every must be an integer >= 0, got {self.zbar_every!r}")
@@ -222,6 +253,43 @@ def seed_windows(seeds: list[torch.Tensor], shape, win: int) -> list[tuple[int, 
     return out
 
 
+def found_by_base(base_logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The base model's detections (logit >= logit(threshold)) grown by a 1 px ring (3 x 3 maximum):
+    where refine_rule "add" keeps the base logits. With the ring a new component cannot touch a base
+    one (8-connectivity), so none is grown or merged into another."""
+    on = (base_logits >= math.log(threshold / (1.0 - threshold))).float()
+    return F.max_pool2d(on[None, None], 3, stride=1, padding=1)[0, 0] > 0.5
+
+
+def keep_found(refined: torch.Tensor, base_logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """refine_rule "add": the refined logits outside the base detections' ring, the base logits inside."""
+    return torch.where(found_by_base(base_logits, threshold), base_logits, refined)
+
+
+def field_seeds(score: torch.Tensor, image: torch.Tensor, region: torch.Tensor, cfg: "TTGPRConfig", grid: TileGrid,
+                base_logits: torch.Tensor | None = None, evidence: torch.Tensor | None = None) -> torch.Tensor:
+    """The seeds [K, 2] (y, x canvas px, strongest first) of one outer iteration, by ``cfg.proposer``.
+
+    score: the canvas logits seeds are read from; image: the canvas [H, W] in [0, 1]; region: bool
+    [H, W], where seeds may lie; base_logits: the base canvas (for refine_rule "add"); evidence:
+    :func:`mcgr.infer.proposals.evidence_map` of the image, computed here when None and needed."""
+    P = int(grid.origins.shape[0])
+    if cfg.proposer == "logits":
+        return seed_points(score[None], math.log(cfg.tau_seed / (1 - cfg.tau_seed)), cfg.seed_radius,
+                           cfg.max_seeds * P, region=region[None])[0]
+    from mcgr import MODEL_SPACING_MM
+    from mcgr.infer.proposals import evidence_map, propose_seeds
+
+    if evidence is None:
+        evidence = evidence_map(image, region, MODEL_SPACING_MM)
+    exclude = None
+    if cfg.refine_rule == "add" and base_logits is not None:
+        exclude = found_by_base(base_logits, cfg.threshold)
+    return propose_seeds(score, evidence, region, budget=cfg.seeds_per_tile, cell=int(grid.stride),
+                         tau=cfg.tau_seed, floor=cfg.evidence_floor, radius=cfg.seed_radius,
+                         weight=cfg.evidence_weight, exclude=exclude, max_total=cfg.max_seeds * P)
+
+
 @dataclass
 class FieldResult:
     """Outputs on the model-spacing canvas [H, W]."""
@@ -269,11 +337,21 @@ def _projected(projector, ys: torch.Tensor, chunk: list) -> torch.Tensor:
     return out.to(ys.device, torch.float32).clamp(0, 1)
 
 
+def _evidence(image, region, timings, dev, t):
+    from mcgr import MODEL_SPACING_MM
+    from mcgr.infer.proposals import evidence_map
+
+    ev = evidence_map(image, region, MODEL_SPACING_MM)
+    _timed(timings, "evidence", dev, t)
+    return ev
+
+
 @torch.inference_mode()
 def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConfig | None = None,
               refine_on: bool = True, backend: str = "auto", autocast: bool = False,
               progress=None, seed_region: torch.Tensor | None = None,
-              seeds: torch.Tensor | None = None, projector=None) -> FieldResult:
+              seeds: torch.Tensor | None = None, projector=None, base_tiles: torch.Tensor | None = None,
+              evidence: torch.Tensor | None = None) -> FieldResult:
     """Base segmentation and (``refine_on``) TT-GPR of one canvas ``image`` [H, W] in [0, 1].
 
     seed_region: optional bool [H, W], where seeds may lie (the pipeline passes the pixels its
@@ -287,7 +365,11 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
     ``projector(windows, origins, seeds) -> renderings``, windows ``[n, 1, h, w]`` canvas crops in
     [0, 1], origins n (y0, x0) canvas px, seeds n tensors [K, 2] of window px; renderings
     ``[M', n, 1, h, w]`` (M' draws; ``[n, 1, h, w]`` is one) in [0, 1], passed through the frozen
-    segmentor exactly as the generator's projections are."""
+    segmentor exactly as the generator's projections are.
+    base_tiles: optional [P, T, T] base logits of ``grid``'s tiles of this image (a base pass already
+    run, e.g. to compare TT-GPR settings without repeating it); None = computed here.
+    evidence: optional [H, W] :func:`mcgr.infer.proposals.evidence_map` of the canvas for the
+    fused proposer (computed here when None)."""
     from mcgr.models.sampling import sample
 
     cfg = (cfg or TTGPRConfig()).validated()
@@ -307,7 +389,12 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
     Y = gather_tiles(image, gdev, backend=backend)  # [P, T, T]
     t = _timed(timings, "tiles", dev, t)
     bt = cfg.batch if dev.type == "cuda" else cfg.cpu_batch
-    Z0 = segment_tiles(seg, Y, bt, autocast)
+    if base_tiles is not None:
+        if tuple(base_tiles.shape) != tuple(Y.shape):
+            raise ValueError(f"base_tiles must be {list(Y.shape)} (the grid's tiles), got {list(base_tiles.shape)}")
+        Z0 = base_tiles.to(dev, torch.float32).clone()
+    else:
+        Z0 = segment_tiles(seg, Y, bt, autocast)
     t = _timed(timings, "base", dev, t)
     base = stitch(Z0, gdev, weights, backend=backend)
     t = _timed(timings, "stitch", dev, t)
@@ -341,6 +428,7 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
             raise ValueError(f"seed_region must be [{H}, {W}], got {tuple(seed_region.shape)}")
         region = inside & seed_region.to(dev, torch.bool)
     qsum = torch.zeros_like(base)
+    Qlast = None
     usum = torch.zeros_like(base)
     cnt = torch.zeros_like(base)
     U = None
@@ -359,8 +447,10 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
             score = torch.where(at_clamp, base, canvas)
         z_c = torch.where(inside, score, torch.full_like(canvas, -1e4))
         if seeds is None:
-            found = seed_points(z_c[None], math.log(cfg.tau_seed / (1 - cfg.tau_seed)), cfg.seed_radius,
-                                cfg.max_seeds * P, region=region[None])
+            if cfg.proposer == "fused" and evidence is None:
+                evidence = _evidence(image, region, timings, dev, t)
+                t = time.perf_counter()
+            found = [field_seeds(z_c, image, region, cfg, grid, base_logits=base, evidence=evidence)]
         else:
             found = [seeds]
         windows = seed_windows(found, (H, W), win)
@@ -404,6 +494,7 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
         cov_c = cnt > 0
         q_c = qsum / cnt.clamp(min=1.0)
         u_c = usum / cnt.clamp(min=1.0)
+        Qlast = torch.where(cov_c, q_c, torch.zeros_like(q_c))  # the projections' own vote (0 outside windows)
         covT = gather_tiles(cov_c.float(), gdev, backend=backend) > 0.5
         gated = covT.flatten(1).any(1).nonzero().flatten()
         if gated.numel() == 0:
@@ -432,5 +523,10 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
         t = _timed(timings, "refine", dev, t)
         canvas = stitch(Z, gdev, weights, backend=backend)
         t = _timed(timings, "stitch", dev, t)
+    if cfg.refine_rule == "add":
+        if cfg.accept_q > 0 and Qlast is not None:
+            # the generator must say yes: new pixels only where the projections' mean vote is high
+            canvas = torch.where(Qlast >= cfg.accept_q, canvas, torch.minimum(canvas, base))
+        canvas = keep_found(canvas, base, cfg.threshold)
     unc = U if U is not None else torch.zeros_like(base)
     return FieldResult(base, canvas, unc, grid, float(refined.float().mean()) if P else 0.0, n_seeds, timings)
