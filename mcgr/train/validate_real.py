@@ -108,13 +108,14 @@ def score_images(pipe, images: list[dict], with_dog: bool = True) -> dict:
     out = {"images": len(images), "n_calcifications": int(sum(len(i) for i in ignores)),
            "n_visible": int(sum(int((~i).sum()) for i in ignores)),
            "dice": round(2 * inter / tot, 4) if tot else 1.0}
-    thr = np.r_[np.linspace(0.02, 0.98, 49), 0.99, 0.995, 0.999]
+    thr = np.unique(np.round(np.r_[np.linspace(0.02, 0.98, 49), 0.99, 0.995, 0.999, THRESHOLDS], 4))
     f_all = froc(probs, truths, MODEL_SPACING_MM, thresholds=thr, rates=RATES, duplicates="ignore")
     f_vis = froc(probs, truths, MODEL_SPACING_MM, thresholds=thr, rates=RATES, truth_ignore=ignores, duplicates="ignore")
     out["sensitivity_all"] = {k: round(v, 4) for k, v in f_all["at_rates"].items()}
     out["sensitivity_visible"] = {k: round(v, 4) for k, v in f_vis["at_rates"].items()}
     i05 = int(np.argmin(np.abs(np.asarray(f_all["thresholds"]) - pipe.config.threshold)))
     out["false_objects_per_image_at_threshold"] = round(f_all["fp_per_image"][i05], 2)
+    out["sensitivity_visible_at_threshold"] = round(f_vis["sensitivity"][i05], 4)
     if with_dog:
         best = (0.0, None)
         for th in np.linspace(0.05, 0.95, 19):
@@ -133,6 +134,43 @@ def _dice_pooled(pairs) -> float:
     return 2 * inter / tot if tot else 1.0
 
 
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
+
+
+def read_view(view: str) -> np.ndarray:
+    """A ``sfm-benign-0`` view, canonical, at model spacing."""
+    from mcgr.io import read_mammogram, to_model_spacing
+    from mcgr.train.real import FILM_SPACING_MM, benign_views
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = read_mammogram(benign_views()[view], spacing=FILM_SPACING_MM)
+    img, _ = to_model_spacing(m, MODEL_SPACING_MM)
+    return np.ascontiguousarray(img, dtype=np.float32)
+
+
+def counts_by_threshold(prob: np.ndarray, thresholds=THRESHOLDS) -> dict:
+    """Detections and clusters on an MC-free view at each threshold (components re-extracted)."""
+    from mcgr.infer.detect import clusters_from_detections, detections_from_prob
+
+    out = {}
+    for t in thresholds:
+        d = detections_from_prob(prob, MODEL_SPACING_MM, t)
+        out[f"{t:g}"] = {"detections": len(d), "clusters": len(clusters_from_detections(d, MODEL_SPACING_MM))}
+    return out
+
+
+def operating_threshold(per_view: list[dict], max_clusters: float = 0.25, max_detections: float = 2.0) -> float:
+    """The lowest threshold of :data:`THRESHOLDS` at which MC-free views average at most
+    ``max_clusters`` clusters and ``max_detections`` detections (the highest threshold if none does)."""
+    for t in THRESHOLDS:
+        k = f"{t:g}"
+        if (np.mean([v[k]["clusters"] for v in per_view]) <= max_clusters
+                and np.mean([v[k]["detections"] for v in per_view]) <= max_detections):
+            return t
+    return THRESHOLDS[-1]
+
+
 def load_pipe(model_dir: str):
     from mcgr.infer.pipeline import Pipeline
     from mcgr.models import load_model, load_pretrained
@@ -142,16 +180,18 @@ def load_pipe(model_dir: str):
 
 
 def validate_fold(view: str, model_dir: str, injections: int = 2) -> dict:
-    from mcgr.io import read_mammogram, to_model_spacing
-    from mcgr.train.real import FILM_SPACING_MM, benign_views
+    """One fold: the held-out ``view`` scored with the model trained without it, at threshold 0.5 and
+    at the operating threshold chosen on the fold's training views alone (nothing injected there)."""
+    from dataclasses import replace
+
+    from mcgr.train.real import VIEWS, benign_views
 
     path = benign_views()[view]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = read_mammogram(path, spacing=FILM_SPACING_MM)
-    img, _ = to_model_spacing(m, MODEL_SPACING_MM)
-    img = np.ascontiguousarray(img, dtype=np.float32)
+    img = read_view(view)
     pipe = load_pipe(model_dir)
+    train_counts = {v: counts_by_threshold(pipe(torch.from_numpy(read_view(v)), spacing=MODEL_SPACING_MM,
+                                                refine=False).prob.numpy()) for v in VIEWS if v != view}
+    t_op = operating_threshold(list(train_counts.values()))
     raw = pipe(torch.from_numpy(img), spacing=MODEL_SPACING_MM, refine=False)
     bm, region = search_region(img)
     images = []
@@ -160,8 +200,17 @@ def validate_fold(view: str, model_dir: str, injections: int = 2) -> dict:
         images.append({"image": im, "truth": truth, "background": bg, "breast": bm})
     out = {"view": view, "file": Path(path).name, "model": model_dir,
            "raw_detections": len(raw.detections), "raw_clusters": len(raw.clusters),
-           "pectoral_found": bool(raw.pectoral and raw.pectoral["found"])}
+           "pectoral_found": bool(raw.pectoral and raw.pectoral["found"]),
+           "raw_by_threshold": counts_by_threshold(raw.prob.numpy()), "training_views_by_threshold": train_counts}
     out.update(score_images(pipe, images))
+    pipe.config = replace(pipe.config, threshold=t_op)
+    at = score_images(pipe, images, with_dog=False)
+    out["operating"] = {"threshold": t_op, "rule": "lowest threshold at which the fold's training views (nothing "
+                        "injected) average <= 0.25 clusters and <= 2 detections", "dice": at["dice"],
+                        "false_objects_per_image": at["false_objects_per_image_at_threshold"],
+                        "sensitivity_visible": at["sensitivity_visible_at_threshold"],
+                        "raw_clusters": out["raw_by_threshold"][f"{t_op:g}"]["clusters"],
+                        "raw_detections": out["raw_by_threshold"][f"{t_op:g}"]["detections"]}
     return out
 
 

@@ -104,3 +104,19 @@ def test_dice_closed_form():
     b[0, 1:] = True
     assert _dice(a, b) == pytest.approx(2 * 2 / 6)
     assert _dice(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
+
+
+def test_counts_by_threshold_and_operating_threshold():
+    from mcgr.train.validate_real import counts_by_threshold, operating_threshold
+
+    p = np.zeros((400, 400), np.float32)
+    # three blobs 2 mm apart (a cluster at 0.5) with peaks 0.55, 0.75, 0.95, and one isolated at 0.92
+    for (y, x), v in zip([(100, 100), (100, 130), (130, 100), (300, 300)], [0.55, 0.75, 0.95, 0.92]):
+        p[y - 1:y + 2, x - 1:x + 2] = v
+    c = counts_by_threshold(p, thresholds=(0.5, 0.7, 0.9, 0.97))
+    assert c == {"0.5": {"detections": 4, "clusters": 1}, "0.7": {"detections": 3, "clusters": 0},
+                 "0.9": {"detections": 2, "clusters": 0}, "0.97": {"detections": 0, "clusters": 0}}
+    views = [counts_by_threshold(p)] * 3
+    # 0.5 keeps the cluster, 0.6 and 0.7 three detections; 0.8 leaves the two strongest
+    assert operating_threshold(views) == 0.8
+    assert operating_threshold(views, max_clusters=1, max_detections=4) == 0.5
