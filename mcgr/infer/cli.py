@@ -178,7 +178,9 @@ def run(args) -> int:
             raise CLIError(f"--device must be auto, cpu or cuda, got {args.device!r}")
         device = args.device
     models, model_info = load_models(args.models, refine)
-    cfg = TTGPRConfig()
+    from mcgr.infer.pipeline import operating_config
+
+    cfg = operating_config(models["seg"], TTGPRConfig())
     tile, overlap = 256, 0.25
     settings = {"refine": refine, "spacing": args.spacing, "device": device, "backend": backend,
                 "engine": args.engine, "threads": args.threads if args.engine == "local" else args.cpus_per_worker,

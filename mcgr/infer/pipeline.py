@@ -126,6 +126,17 @@ def deeper_than(mask: np.ndarray, r: float, block: int = 64) -> np.ndarray:
     return out
 
 
+def operating_config(segmentor, config: TTGPRConfig | None = None) -> TTGPRConfig:
+    """``config`` (default :class:`TTGPRConfig`) at the segmentor's operating threshold: the
+    ``operating_threshold`` its weights were shipped with (chosen on MC-free real views, see the model
+    card), else the config's own threshold."""
+    from dataclasses import replace
+
+    cfg = config or TTGPRConfig()
+    t = (getattr(segmentor, "config", None) or {}).get("operating_threshold")
+    return replace(cfg, threshold=float(t)) if t is not None else cfg
+
+
 def _shifted(projector, pad: int):
     """``projector`` seen from the canvas: window origins moved from canvas px to input px."""
     def call(windows, origins, seeds):
@@ -196,12 +207,13 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, device="cpu", backend: str = "auto", config: TTGPRConfig | None = None, **kw) -> "Pipeline":
-        """The pipeline with the weights shipped in the package (trained on synthetic data only)."""
+        """The pipeline with the weights shipped in the package (trained on synthetic calcifications only),
+        at the segmentor's operating threshold (:func:`operating_config`) unless ``config`` is given."""
         from mcgr.models import load_pretrained
 
         seg = load_pretrained("seg", device=device)
         gen = load_pretrained("rf", device=device)
-        return cls(seg, gen, config=config, device=device, backend=backend, **kw)
+        return cls(seg, gen, config=config or operating_config(seg), device=device, backend=backend, **kw)
 
     def __call__(self, image, spacing: float | None = None, refine: bool = True, breast_mask=None,
                  progress=None, seeds=None, projector=None) -> Result:
