@@ -169,3 +169,31 @@ def test_fused_seeds_reach_a_miss_and_add_keeps_the_found_one_whole():
                         TTGPRConfig(proposer="fused", refine_rule="add", seeds_per_tile=2), grid,
                         base_logits=cur.base_logits)
     assert not bool(((seeds[:, 0] - 41).abs() <= 2).logical_and((seeds[:, 1] - 41).abs() <= 2).any())
+
+
+def test_the_acceptance_gate_adds_only_where_the_projections_agree():
+    from mcgr.ops import RefineParams
+
+    g = torch.Generator().manual_seed(8)
+    img = (0.3 + 0.005 * torch.randn(128, 128, generator=g)).clamp(0, 1)
+    img += _blob((128, 128), 90, 80, 0.06, 1.5)
+    grid = tile_grid((128, 128), tile=128, overlap=0.25)
+    refine = RefineParams(eta=1.0, lambda_a=0.0, lambda_e=0.0, lambda_o=0.0)
+
+    def half(windows, origins, seeds):  # two draws, one renders a calcification and one not: q = 1/2
+        return torch.stack([torch.ones_like(windows), torch.zeros_like(windows)])
+
+    def run(accept_q):
+        cfg = TTGPRConfig(proposer="fused", refine_rule="add", accept_q=accept_q, seeds_per_tile=2, projections=2,
+                          steps=1, refine_steps=60, window=32, refine=refine, surrogate="mean")
+        return run_field(img, grid, _StepSeg(), None, cfg, backend="reference", projector=half)
+
+    for accept_q, rises in ((0.4, True), (0.9, False)):
+        r = run(accept_q)
+        base = r.base_logits
+        # refined towards q = 1/2 (logit 0) from far below: the pixel rises only when the gate lets it
+        assert (float(r.logits[90, 80]) > float(base[90, 80]) + 1.0) is rises
+        if not rises:  # the gate closed: no pixel anywhere rose above its base logit
+            assert bool((r.logits <= base + 1e-5).all())
+    with pytest.raises(ValueError, match="accept_q"):
+        TTGPRConfig(accept_q=1.0).validated()
