@@ -12,7 +12,7 @@ film edges, markers and burnt-in text, vessels, ligaments, scratches, dust and f
 ``vessel``    a long tube (elliptic cross-profile, 0.5-3 mm wide), sometimes beaded;
 ``ligament``  thin bright curves (0.1-0.3 mm) that cross one another;
 ``scratch``   long, sharp 1 px lines, bright or dark;
-``dust``      dark specks and thin hairs (lint) with sharp edges.
+``dust``      sharp specks (bright: dust blocks a film scanner's light; some dark) and thin hairs (lint).
 
 Everything here is MC-free: patches keep an empty mask unless the injector adds calcifications
 afterwards (the injector stays the only source of labels). Sizes are in mm and converted with
@@ -181,14 +181,28 @@ def _scratch(y, g, px_mm):
     return y
 
 
+def specks(y: torch.Tensor, g: torch.Generator, n: int, bright: float = 1.0) -> torch.Tensor:
+    """``n`` sharp specks of 1 to ~7 px (a random subset of a disc of radius 0.5-1.5 px), not blurred
+    by the system PSF: dust on the film or the digitiser's glass. Dust blocks the scanner's light, so
+    on a scanned film it is bright after canonicalisation (``bright`` of them, the rest dark) and
+    looks like a punctate calcification but sharper than any detail the breast's image can hold."""
+    P = y.shape[-1]
+    yy, xx = _grid(P)
+    for _ in range(n):
+        u = _u(g, 6)
+        r = 0.5 + 1.0 * u[0]
+        cy, cx = u[1] * (P - 1), u[2] * (P - 1)
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r
+        keep = torch.rand(P, P, generator=g) < 0.6 + 0.4 * u[3]
+        spot = (disc & (keep | ((yy - round(cy)) ** 2 + (xx - round(cx)) ** 2 == 0))).float()
+        a = 0.1 + 0.5 * u[4]
+        y = y + spot * a * (1 - y) if u[5] < bright else y * (1 - spot * a)
+    return y
+
+
 def _dust(y, g, px_mm):
     P = y.shape[0]
-    yy, xx = _grid(P)
-    for _ in range(3 + int(_u(g)[0] * 12)):
-        u = _u(g, 4)
-        r = 0.7 + 2.0 * u[0]
-        spot = (((yy - u[1] * P) ** 2 + (xx - u[2] * P) ** 2) < r * r).float()
-        y = y * (1 - spot * (0.3 + 0.6 * u[3]))  # dust on film is opaque: dark after canonicalisation
+    y = specks(y, g, 2 + int(_u(g)[0] * 10), bright=0.7)
     if _u(g)[0] < 0.5:  # a hair: a thin sharp curve, dark or bright
         d, _ = _curve_distance(P, g, length=P * (0.2 + 0.5 * _u(g)[0]))
         hair = (d < 0.6).float()

@@ -12,7 +12,8 @@ what varies between sites and that the segmentor must not read as a calcificatio
   read back (quantisation, and the inversion round trip of MONOCHROME1);
 * noise re-synthesised at a dose: signal-dependent Gaussian noise ``sigma sqrt(I + 0.05)``;
 * film grain: Gaussian noise correlated over ``grain_px`` px;
-* scanner lines: a few 1-2 px rows or columns shifted by a small constant.
+* scanner lines: a few 1-2 px rows or columns shifted by a small constant;
+* dust: a few sharp bright specks (:func:`mcgr.synth.anatomy.specks`), added after the blur.
 
 Labels are untouched: calcifications are injected after this (DESIGN.md 2), so the injector
 stays the only source of masks. Every draw comes from the caller's generator.
@@ -36,6 +37,7 @@ DEFAULT_AUGMENT = {
     "line_amplitude": 0.03,  # max shift of a scanner line
     "bits": (10, 12, 14, 16),
     "scale": (0.8, 1.2),  # pixel-spacing resampling factor of the crop
+    "speck_probability": 0.5,  # share of patches given 1-4 sharp dust specks (mcgr.synth.anatomy.specks)
 }
 
 
@@ -125,6 +127,10 @@ def site_augment(x: torch.Tensor, g: torch.Generator, options: dict | None = Non
         y = y + (u[11] * o["grain"]) * grain
         if float(torch.rand(1, generator=g)) < o["line_probability"]:
             y = _scanner_lines(y, g, o["line_amplitude"])
+        if float(torch.rand(1, generator=g)) < o["speck_probability"]:  # after the blur: dust is sharp
+            from mcgr.synth.anatomy import specks
+
+            y = specks(y, g, int(torch.randint(1, 5, (1,), generator=g)))
         # storage: MONOCHROME1 or 2 integers of some bit depth, read back to the canonical domain
         v = torch.rand(2, generator=g).tolist()
         bits = o["bits"][int(v[0] * len(o["bits"])) % len(o["bits"])]

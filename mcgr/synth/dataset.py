@@ -106,7 +106,8 @@ class SynthPairs(IterableDataset):
 
     Each batch is a dict: ``image`` [B, 1, H, W] float32 in [0, 1]; ``mask`` [B, 1, H, W] float32 in
     {0, 1}; ``background`` [B, 1, H, W] (the MC-free input); ``centres`` list of B float32 tensors
-    [K_b, 2] (cy, cx in px, one per calcification); ``index`` [B] int64 global sample ids ``k B + b``.
+    [K_b, 2] (cy, cx in px, one per calcification); ``index`` [B] int64 global sample ids ``k B + b``;
+    ``hard`` [B] bool, the patches cut from ``hard_negatives``.
     """
 
     def __init__(
@@ -220,7 +221,7 @@ class SynthPairs(IterableDataset):
         return (self.augment is not None or self.anatomy > 0 or self.hard_negatives is not None
                 or (self.backgrounds is not None and self.real_fraction < 1))
 
-    def _mixed_backgrounds(self, g: torch.Generator, B: int) -> torch.Tensor:
+    def _mixed_backgrounds(self, g: torch.Generator, B: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per patch: a hard negative (``hard_fraction``), else a real crop (``real_fraction`` of the
         rest, when there are real backgrounds), else procedural texture; then anatomy drawn into
         procedural and real patches with probability ``anatomy``."""
@@ -253,7 +254,7 @@ class SynthPairs(IterableDataset):
             keep = torch.nonzero(~hard).flatten()
             if keep.numel():
                 out[keep] = add_anatomy(out[keep], g, self.anatomy, self.spacing_mm)[0]
-        return out.clamp(0, 1)
+        return out.clamp(0, 1), hard
 
     def draw_params(self, g: torch.Generator) -> InjectParams:
         """One :class:`InjectParams` drawn uniformly within ``inject_ranges``."""
@@ -269,8 +270,9 @@ class SynthPairs(IterableDataset):
         calcs = sample_calcifications(B, P, P, self.spacing_mm, g, **self.pattern_options)
         mc_free = torch.rand(B, generator=g) < self.mc_free_fraction
         calcs = calcs.select(~mc_free)
+        hard = torch.zeros(B, dtype=torch.bool)
         if self._mixed():
-            bg = self._mixed_backgrounds(g, B)
+            bg, hard = self._mixed_backgrounds(g, B)
         elif self.backgrounds is None:
             bg = procedural_backgrounds(B, P, P, g, spacing_mm=self.spacing_mm, **self.background_options)
         else:
@@ -284,6 +286,7 @@ class SynthPairs(IterableDataset):
             "background": bg.unsqueeze(1),
             "centres": calcs.centres_per_patch(),
             "index": k * B + torch.arange(B, dtype=torch.int64),
+            "hard": hard,
         }
         if self.with_signal:
             clean = image

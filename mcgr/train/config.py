@@ -75,6 +75,7 @@ class LossConfig:
     ignore_below_cnr: float = 0.0
     faint_below_cnr: float = 0.0
     faint_weight: float = 1.0
+    hard_weight: float = 1.0  # weight of every pixel of a hard-negative patch (data.hard_negatives) in both terms
 
 
 @dataclass
@@ -284,6 +285,8 @@ def _check(cfg: TrainConfig, source: str) -> None:
     for name in ("real_fraction", "anatomy", "hard_fraction"):
         if not 0 <= getattr(d, name) <= 1:
             raise ConfigError(f"{source}: data.{name} must lie in [0, 1], got {getattr(d, name)}")
+    if not cfg.loss.hard_weight > 0:
+        raise ConfigError(f"{source}: loss.hard_weight must be > 0, got {cfg.loss.hard_weight}")
     if not cfg.loss.faint_weight >= 0:
         raise ConfigError(f"{source}: loss.faint_weight must be >= 0, got {cfg.loss.faint_weight}")
 

@@ -154,16 +154,23 @@ def _loss_weight(batch: dict, cfg: TrainConfig) -> torch.Tensor | None:
     """The segmentor's per-pixel loss weights (None: all 1); see LossConfig.ignore_below_cnr and
     faint_below_cnr."""
     lc = cfg.loss
-    if lc.ignore_below_cnr <= 0 and lc.faint_below_cnr <= 0:
+    hard = batch.get("hard")
+    hard_on = lc.hard_weight != 1.0 and hard is not None and bool(hard.any())
+    if lc.ignore_below_cnr <= 0 and lc.faint_below_cnr <= 0 and not hard_on:
         return None
-    from mcgr.synth.visibility import band_rule, component_weight, difficult_rule
+    w = torch.ones_like(batch["mask"])
+    if lc.ignore_below_cnr > 0 or lc.faint_below_cnr > 0:
+        from mcgr.synth.visibility import band_rule, component_weight, difficult_rule
 
-    rules = [difficult_rule(lc.ignore_below_cnr)] if lc.ignore_below_cnr > 0 else []
-    if lc.faint_below_cnr > 0:
-        rules.append(band_rule(lc.ignore_below_cnr, lc.faint_below_cnr, lc.faint_weight))
-    # one labelling and CNR pass for both rules
-    w = component_weight(batch["image"].cpu(), batch["background"].cpu(), batch["mask"].cpu(), rules)
-    return w.to(batch["mask"].device)
+        rules = [difficult_rule(lc.ignore_below_cnr)] if lc.ignore_below_cnr > 0 else []
+        if lc.faint_below_cnr > 0:
+            rules.append(band_rule(lc.ignore_below_cnr, lc.faint_below_cnr, lc.faint_weight))
+        # one labelling and CNR pass for both rules
+        w = component_weight(batch["image"].cpu(), batch["background"].cpu(), batch["mask"].cpu(), rules)
+        w = w.to(batch["mask"].device)
+    if hard_on:  # an earlier model's false detections weigh more (mcgr.train.mine)
+        w = w * torch.where(hard.to(w.device), lc.hard_weight, 1.0).view(-1, 1, 1, 1)
+    return w
 
 
 def compute_loss(model: UNet, batch: dict, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:

@@ -120,3 +120,24 @@ def test_counts_by_threshold_and_operating_threshold():
     # 0.5 keeps the cluster, 0.6 and 0.7 three detections; 0.8 leaves the two strongest
     assert operating_threshold(views) == 0.8
     assert operating_threshold(views, max_clusters=1, max_detections=4) == 0.5
+
+
+def test_hard_weight_scales_the_hard_patches_in_the_loss():
+    from mcgr.models.segmentor import segmentation_loss
+    from mcgr.train.trainer import _loss_weight
+
+    cfg = load_config("seg", "tiny")
+    cfg.loss.hard_weight = 4.0
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(3, 1, 8, 8, generator=g) < 0.2).float()
+    batch = {"mask": mask, "image": torch.rand(3, 1, 8, 8, generator=g), "background": torch.rand(3, 1, 8, 8, generator=g),
+             "hard": torch.tensor([False, True, False])}
+    w = _loss_weight(batch, cfg)
+    assert torch.equal(w[:, 0, 0, 0], torch.tensor([1.0, 4.0, 1.0])) and bool((w == w[:, :, :1, :1]).all())
+    cfg.loss.hard_weight = 1.0
+    assert _loss_weight(batch, cfg) is None
+    logits = torch.randn(3, 1, 8, 8, generator=g)
+    # the weighted BCE is the weighted mean: the hard patch counts four times
+    l_w = segmentation_loss(logits, mask, 1.0, 0.0, weight=w)
+    rep = torch.cat([logits[:1], logits[1:2].repeat(4, 1, 1, 1), logits[2:]]), torch.cat([mask[:1], mask[1:2].repeat(4, 1, 1, 1), mask[2:]])
+    torch.testing.assert_close(l_w, segmentation_loss(rep[0], rep[1], 1.0, 0.0))
