@@ -20,7 +20,7 @@ from mcgr.models.unet import UNet, UNetConfig
 
 KINDS = ("seg", "rf")
 FORMAT = 1
-_CONFIG_KEYS = {"kind", "model", "format", "train", "metrics", "ema", "source"}
+_CONFIG_KEYS = {"kind", "model", "format", "train", "metrics", "ema", "source", "operating_threshold"}
 
 
 class CheckpointError(ValueError):
