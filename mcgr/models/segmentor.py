@@ -23,11 +23,13 @@ def segment_logits(model: UNet, image: torch.Tensor) -> torch.Tensor:
 def soft_dice(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
               weight: torch.Tensor | None = None) -> torch.Tensor:
     """Soft Dice over the whole batch (one ratio, so MC-free patches do not each score 0 or 1);
-    ``weight`` (same shape, >= 0) scales each pixel's share of the three sums."""
-    if weight is not None:
-        prob, target = prob * weight, target * weight
-    inter = (prob * target).sum()
-    return (2 * inter + smooth) / (prob.sum() + target.sum() + smooth)
+    ``weight`` (same shape, >= 0) scales each pixel's share of the three sums (once: a pixel of
+    weight w counts as w copies of it, so the ratio stays in [0, 1])."""
+    if weight is None:
+        inter = (prob * target).sum()
+        return (2 * inter + smooth) / (prob.sum() + target.sum() + smooth)
+    inter = (prob * target * weight).sum()
+    return (2 * inter + smooth) / ((prob * weight).sum() + (target * weight).sum() + smooth)
 
 
 def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, bce_weight: float = 1.0,

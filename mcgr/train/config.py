@@ -35,7 +35,7 @@ class DataConfig:
     real_fraction: float = 1.0  # with backgrounds: share of patches cut from them (the rest procedural)
     augment: bool = False  # site augmentation of real / hard-negative crops (mcgr.synth.augment)
     anatomy: float = 0.0  # probability of drawing anatomy / artefacts into a patch (mcgr.synth.anatomy)
-    hard_negatives: str | None = None  # .npy of patches centred on an earlier model's false detections
+    hard_negatives: str | None = None  # .npy of patches centred on an earlier model's false detections (several: ",")
     hard_fraction: float = 0.0  # share of patches cut from hard_negatives
     backend: str = "auto"
     val_n: int = 32

