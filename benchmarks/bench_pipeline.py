@@ -194,7 +194,7 @@ def rows_for(backend: str, shape: str, st: dict, res, mem: dict, anchor_s: float
 def run_benchmark(device: torch.device, size=(3328, 2560), ttgpr_size=None, variants=("default",), monai: bool = True,
                   weights: str | None = None, reps: int = 1, quick: bool = False, log=print) -> list[dict]:
     """All rows of the pipeline benchmark (see the module docstring)."""
-    from mcgr.ops.tiling import tile_grid
+    from mcgr.ops._tiling import tile_grid
     from mcgr.synth.phantom import breast_phantom
 
     if quick:

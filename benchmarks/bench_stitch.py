@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: find `benchmarks` without shad
     sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._harness import Case, main  # noqa: E402
-from mcgr.ops.tiling import gaussian_weights, tile_grid  # noqa: E402
+from mcgr.ops._tiling import gaussian_weights, tile_grid  # noqa: E402
 from mcgr.ops.stitch import stitch, stitch_ref  # noqa: E402
 
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from mcgr import MODEL_SPACING_MM
 from mcgr.infer.ttgpr import TTGPRConfig, field_seeds, keep_found, run_field, segment_tiles
 from mcgr.ops import gather_tiles, stitch
-from mcgr.ops.tiling import gaussian_weights
+from mcgr.ops._tiling import gaussian_weights
 
 VIEWS = ("rcc", "lcc", "rmlo", "lmlo")
 SEED0 = 900001

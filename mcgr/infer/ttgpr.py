@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn.functional as F
 
-from mcgr.ops.tiling import TileGrid, gaussian_weights
+from mcgr.ops._tiling import TileGrid, gaussian_weights
 from mcgr.models import make_seed_map
 from mcgr.models.rf import from_flow, generator_condition, to_flow, velocity
 from mcgr.models.segmentor import segment_logits

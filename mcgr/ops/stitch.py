@@ -5,7 +5,7 @@ Triton) which must equal it. Conventions (every backend):
 
 * Tile ``p`` of side ``T`` at origin ``o_p = (y0, x0)`` covers canvas pixels
   ``[y0, y0 + T) x [x0, x0 + T)``; the part of a tile past the bottom or right border is dropped
-  (tiles larger than the image, see :mod:`mcgr.ops.tiling`). Origins must lie in the canvas:
+  (tiles larger than the image, see :mod:`mcgr.ops._tiling`). Origins must lie in the canvas:
   ``0 <= y0 < H``, ``0 <= x0 < W``.
 * ``canvas(x) = sum_p w(x - o_p) tiles_p(x - o_p) / sum_p w(x - o_p)`` over the tiles that cover
   ``x`` (the sliding-window average with importance weights ``w``, MONAI's
@@ -28,7 +28,7 @@ import torch
 
 from mcgr import _backends
 from mcgr._interop import as_tensor, to_kind
-from mcgr.ops.tiling import TileGrid
+from mcgr.ops._tiling import TileGrid
 
 __all__ = ["stitch", "stitch_ref", "gather_tiles", "gather_tiles_ref"]
 
@@ -182,10 +182,10 @@ def stitch(tiles, grid, weights, out_shape=None, *, out=None, backend: str = "au
     """Blend per-tile maps into one canvas with overlap weights (DESIGN.md 5, TT-GPR's zbar).
 
     tiles: [P, T, T] or [B, P, T, T] float32 (torch, NumPy or CuPy): per-tile maps (logits or
-        probabilities). grid: a :class:`mcgr.ops.tiling.TileGrid` or origins int64 [P, 2]
+        probabilities). grid: a :class:`mcgr.ops._tiling.TileGrid` or origins int64 [P, 2]
         ``(y0, x0)`` in px, each inside the canvas (CPU origins are copied to the tiles' device;
         keep a ``grid.to(device)`` for repeated calls). weights: [T, T] float32, every weight > 0
-        (:func:`mcgr.ops.tiling.gaussian_weights`). out_shape: canvas ``(H, W)`` in px (may be
+        (:func:`mcgr.ops._tiling.gaussian_weights`). out_shape: canvas ``(H, W)`` in px (may be
         omitted with a TileGrid). out: optional contiguous float32 [H, W] / [B, H, W] to write
         into (reuse it in loops: a fresh full-field canvas costs page faults).
     backend: "auto", "reference", "cpu", "triton" or "cuda".

@@ -13,8 +13,7 @@
    procedural texture, anatomy drawn into half of all patches, a fifth of the patches hard
    negatives) from the start into ``OUT/run/model``.
 
-Views of ``sfm-benign-0``: rcc, lcc, rmlo, lmlo. The other case of the package, ``sfm-malign-0``,
-is never read here.
+Views of ``sfm-benign-0``: rcc, lcc, rmlo, lmlo; the package's other case is never read here.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from mcgr.infer.proposals import evidence_map, propose_seeds
 from mcgr.infer.ttgpr import TTGPRConfig, field_seeds, keep_found, run_field
-from mcgr.ops.tiling import tile_grid
+from mcgr.ops._tiling import tile_grid
 
 
 def _blob(shape, cy, cx, amp, s):

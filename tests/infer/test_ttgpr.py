@@ -7,7 +7,7 @@ import torch
 from archive_factory import make_models
 from scipy import ndimage
 
-from mcgr.ops.tiling import tile_grid
+from mcgr.ops._tiling import tile_grid
 from mcgr.infer.ttgpr import TTGPRConfig, run_field, seed_points
 from mcgr.models import load_model
 

@@ -8,7 +8,7 @@ from conftest import backend_or_skip
 from helpers import assert_close
 from tolerances import TOLERANCES
 
-from mcgr.ops.tiling import TileGrid, gaussian_weights, tile_grid
+from mcgr.ops._tiling import TileGrid, gaussian_weights, tile_grid
 from mcgr.ops import gather_tiles, gather_tiles_ref, stitch, stitch_ref
 
 BACKENDS = ("cpu", "triton", "cuda")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.signal.windows import gaussian as scipy_gaussian
 
-from mcgr.ops.tiling import TileGrid, gaussian_weights, tile_grid
+from mcgr.ops._tiling import TileGrid, gaussian_weights, tile_grid
 
 
 def coverage(grid: TileGrid) -> torch.Tensor:
