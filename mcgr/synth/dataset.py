@@ -98,7 +98,7 @@ class SynthPairs(IterableDataset):
         (:func:`mcgr.synth.anatomy.add_anatomy`: pectoral edge, skin line, film edge, markers, vessels,
         ligaments, scratches, dust).
     hard_negatives: None, or float32 [M, H', W'] patches centred on false detections of an earlier
-        model (``mcgr train mine``); hard_fraction: the share of patches cut from them, each crop
+        model (``python -m mcgr.train.mine``); hard_fraction: the share of patches cut from them, each crop
         holding the patch's centre (more weight than their share of the field).
     pattern_options, background_options: extra keyword arguments of
         :func:`~mcgr.synth.patterns.sample_calcifications` and

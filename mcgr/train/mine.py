@@ -1,6 +1,6 @@
 """Hard-negative mining: the segmentor's false detections on MC-free images, cut out for training.
 
-``mcgr train mine --weights DIR --films F [F ...] --spacing 0.05 --phantoms N --out hard.npy``
+``python -m mcgr.train.mine --weights DIR --films F [F ...] --spacing 0.05 --phantoms N --out hard.npy``
 runs the segmentor (base model, full field, the pipeline's own breast / skin / scan-line handling,
 the pectoral exclusion off so that muscle false positives are mined too) over mammograms that hold
 no calcification, the real negative views given and N procedural MLO fields with anatomy
@@ -102,7 +102,7 @@ def mine(weights: str | None, films=(), spacing: float | None = None, phantoms: 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="mcgr train mine", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m mcgr.train.mine", description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", default=None, help="segmentor folder (default: the shipped weights)")
     ap.add_argument("--films", nargs="*", default=[], help="MC-free mammograms (DICOM / PNG / TIFF / NPY)")
     ap.add_argument("--spacing", type=float, default=None, help="pixel spacing of the films in mm (if not in the files)")
