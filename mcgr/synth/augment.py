@@ -25,6 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mcgr.ops import _filters
+
 DEFAULT_AUGMENT = {
     "blur_px": 1.0,  # max Gaussian sigma of the extra blur (drawn in [0, blur_px] half the time)
     "window": 0.12,  # window ends drawn within +-window of (0, 1)
@@ -41,23 +43,12 @@ DEFAULT_AUGMENT = {
 }
 
 
-def _gauss1d(sigma: float, device) -> torch.Tensor:
-    r = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=torch.float32, device=device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
-
-
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``x`` [B, H, W] (reflect padding); sigma in px, 0 returns ``x``."""
+    """Separable Gaussian blur of ``x`` [B, H, W] (reflect padding, taps to ceil(3 sigma));
+    :func:`mcgr.ops._filters.gaussian_blur` on one channel. Sigma in px; 0 returns ``x``."""
     if sigma <= 0:
         return x
-    k = _gauss1d(sigma, x.device)
-    r = (k.numel() - 1) // 2
-    y = x[:, None]
-    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
-    return y[:, 0]
+    return _filters.gaussian_blur(x[:, None], sigma, "reflect")[:, 0]
 
 
 def resampled_crop(src: torch.Tensor, index: int, size: int, g: torch.Generator, scale=(0.8, 1.2),

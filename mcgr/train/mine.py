@@ -35,9 +35,9 @@ def _patches_at(img: np.ndarray, centres, p: int) -> list[np.ndarray]:
     return [pad[int(round(y)):int(round(y)) + p, int(round(x)):int(round(x)) + p].copy() for y, x in centres]
 
 
-def mine_image(pipe, img: np.ndarray, name: str, p: int, per_image: int, guard=None) -> tuple[list, list]:
+def mine_image(pipe, img: np.ndarray, name: str, p: int, per_image: int, guard=None) -> tuple[list, list, dict]:
     """False detections of ``pipe`` (base model) on one MC-free canonical image at model spacing:
-    (patches, records)."""
+    (patches, records, summary of the image's counts)."""
     res = pipe(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)), spacing=MODEL_SPACING_MM, refine=False)
     dets = res.detections
     kept, guarded = [], 0
