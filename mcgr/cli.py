@@ -161,6 +161,61 @@ def _demo(args) -> int:
     return 0
 
 
+ADAPT_EPILOG = """\
+What to give: normal (MC-free) screening views of one site, as they come from its scanner: DICOM,
+PNG, TIFF or NPY (--spacing for files without a pixel size), every view the site takes (CC and
+MLO, left and right). Four views adapt (the shipped weights: the four views of one scanned-film
+case); eight or more make the validation worth its name (one fold per image up to 8, then 8 folds).
+
+A few real calcifications among them: a harvested window that holds a calcification-like spot
+(a 0.5 mm top-hat 12 robust sigmas above the image's level, on two or more pixels) is not used,
+and a mined false detection on such a spot is not taught as a negative; the card gives how many
+windows the guard refused. Many calcifications (a diagnostic series) would still teach the
+segmentor to ignore some: give normal views.
+
+Time on a 2-core CPU with the defaults, four views: adaptation about 40-70 min, validation about
+30-60 min more; --quick is a few minutes (tests, a first try; its models are not for use).
+Every stage resumes where it stopped (--resume)."""
+
+
+@subcommand
+def _add_adapt(sub) -> None:
+    p = sub.add_parser("adapt", help="fit both networks to a site from its MC-free mammograms, validate and calibrate",
+                       description="Harvest, measure the site, mine, fine-tune the segmentor and the generator, "
+                                   "validate leaving images out, calibrate the operating threshold, write the "
+                                   "models and cards into --out (use them with mcgr infer --models OUT).",
+                       epilog=ADAPT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="NEGATIVES", help="files, folders, globs or manifests of MC-free mammograms")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="the adapted model folder (seg/, rf/, work/)")
+    p.add_argument("--spacing", type=positive_float, default=None, help="pixel size in mm of files that carry none")
+    p.add_argument("--fp-per-image", type=positive_float, default=1.0,
+                   help="false objects per image of the operating threshold (default 1)")
+    p.add_argument("--init", default="start", help="start from: 'start' (procedural-only pair, default), 'shipped', "
+                   "or a folder with seg/ and rf/")
+    p.add_argument("--quick", action="store_true", help="a tiny schedule (minutes): for tests and a first try")
+    p.add_argument("--seg-steps", type=positive_int, default=None, help="segmentor fine-tuning steps (default 2000)")
+    p.add_argument("--rf-steps", type=positive_int, default=None, help="generator fine-tuning steps (default 3000)")
+    p.add_argument("--fold-steps", type=positive_int, default=None, help="steps of each validation fold's model (default 600)")
+    p.add_argument("--resume", action="store_true", help="continue an adaptation in --out where it stopped")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=nonnegative_int, default=0, help="torch threads (default: torch's own)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_adapt)
+
+
+def _adapt(args) -> int:
+    from mcgr.train.adapt import main
+
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise CLIError(f"--device must be cpu or cuda, got {args.device!r}")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError("--device cuda: no CUDA device is available to torch")
+    return main(args)
+
+
 @subcommand
 def _add_train(sub) -> None:
     from mcgr.train.cli import add_arguments

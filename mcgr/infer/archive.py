@@ -412,7 +412,8 @@ def _fsync_write(path: Path, text: str) -> None:
 
 
 def _settings_line(settings: dict) -> dict:
-    return {k: settings.get(k) for k in ("refine", "spacing", "device", "backend", "engine", "threads")}
+    return {k: settings.get(k) for k in ("refine", "spacing", "device", "backend", "engine", "threads", "models",
+                                         "operating_point")}
 
 
 def process_item(item: InputItem, pipeline, out: Path, settings: dict, run_id: str) -> dict:
@@ -471,7 +472,8 @@ def stage_result(rec: dict, item: InputItem, res, out: Path, t0: float) -> dict:
         from mcgr.io import write_outputs
 
         write_outputs(staging, stem, res.mammogram, res.prob, res.mask, res.detections, res.clusters,
-                      uncertainty=res.uncertainty, excluded={"pectoral": res.pectoral})
+                      uncertainty=res.uncertainty, excluded={"pectoral": res.pectoral},
+                      provenance={k: rec["settings"].get(k) for k in ("models", "operating_point")})
         timings["write"] = round(time.perf_counter() - t, 4)
         # temporary names are created private (0600/0700); results are for the archive's readers
         os.chmod(staging, 0o777 & ~_UMASK)

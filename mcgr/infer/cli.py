@@ -42,7 +42,7 @@ def spacing_mm(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from mcgr._arguments import nonnegative_float, positive_int
+    from mcgr._arguments import nonnegative_float, positive_float, positive_int
 
     p.epilog = EXIT_STATUS
     p.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="kernel backend: auto, reference, cpu, triton, cuda (default auto)")
     p.add_argument("--models", metavar="DIR", default=None,
                    help="use the models in DIR/seg and DIR/rf (model.safetensors + config.json) instead of the shipped weights")
+    p.add_argument("--fp-per-image", type=positive_float, default=None, metavar="X",
+                   help="operating point: the threshold of the models' calibration curve (mcgr adapt's leave-image-out "
+                        "FROC, in DIR/seg/card.md) at X false objects per image (default: the models' own threshold)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out: skip inputs whose results are complete and verified, redo the rest")
     p.add_argument("--engine", choices=ENGINES, default="local", help="local (this process) or ray (a Ray cluster)")
@@ -178,13 +181,18 @@ def run(args) -> int:
             raise CLIError(f"--device must be auto, cpu or cuda, got {args.device!r}")
         device = args.device
     models, model_info = load_models(args.models, refine)
-    from mcgr.infer.pipeline import operating_config
+    from mcgr.infer.pipeline import operating_config, operating_point
 
-    cfg = operating_config(models["seg"], TTGPRConfig())
+    try:
+        point = operating_point(models["seg"], args.fp_per_image)
+    except ValueError as exc:
+        raise CLIError(f"--fp-per-image: {exc}") from None
+    cfg = operating_config(models["seg"], TTGPRConfig(), fp_per_image=args.fp_per_image)
+    point["threshold"] = cfg.threshold
     tile, overlap = 256, 0.25
     settings = {"refine": refine, "spacing": args.spacing, "device": device, "backend": backend,
                 "engine": args.engine, "threads": args.threads if args.engine == "local" else args.cpus_per_worker,
-                "models": model_info, "ttgpr": cfg.to_dict(), "tile": tile, "overlap": overlap}
+                "models": model_info, "operating_point": point, "ttgpr": cfg.to_dict(), "tile": tile, "overlap": overlap}
     out = Path(args.out)
     check_out(out, args.inputs)
 

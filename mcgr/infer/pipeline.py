@@ -126,14 +126,37 @@ def deeper_than(mask: np.ndarray, r: float, block: int = 64) -> np.ndarray:
     return out
 
 
-def operating_config(segmentor, config: TTGPRConfig | None = None) -> TTGPRConfig:
-    """``config`` (default :class:`TTGPRConfig`) at the segmentor's operating threshold: the
-    ``operating_threshold`` its weights were shipped with (chosen on MC-free real views, see the model
-    card), else the config's own threshold."""
+def operating_point(segmentor, fp_per_image: float | None = None) -> dict:
+    """The threshold the segmentor's weights prescribe: ``{"threshold", "source"[, "fp_per_image"]}``.
+
+    Without ``fp_per_image``: the ``operating_threshold`` its config carries (``mcgr adapt`` chooses it
+    on its leave-image-out FROC; the shipped weights carry one too), else None. With it: the lowest
+    threshold of the weights' calibration curve (``operating_points``, written by ``mcgr adapt``) whose
+    measured false objects per image are <= ``fp_per_image``; weights without a curve raise ValueError."""
+    cfg = getattr(segmentor, "config", None) or {}
+    if fp_per_image is None:
+        t = cfg.get("operating_threshold")
+        return {"threshold": None if t is None else float(t), "source": "weights" if t is not None else "default"}
+    if not (isinstance(fp_per_image, (int, float)) and not isinstance(fp_per_image, bool) and fp_per_image > 0):
+        raise ValueError(f"fp_per_image must be a number > 0, got {fp_per_image!r}")
+    pts = cfg.get("operating_points")
+    if not pts or not pts.get("thresholds"):
+        raise ValueError("these weights carry no calibration curve (operating_points); fp_per_image needs "
+                         "weights written by mcgr adapt, or give a threshold in the config")
+    ok = [t for t, f in zip(pts["thresholds"], pts["fp_per_image"]) if f <= fp_per_image]
+    t = min(ok) if ok else max(pts["thresholds"])
+    i = pts["thresholds"].index(t)
+    return {"threshold": float(t), "source": "calibration", "fp_per_image_target": float(fp_per_image),
+            "fp_per_image_measured": round(float(pts["fp_per_image"][i]), 3)}
+
+
+def operating_config(segmentor, config: TTGPRConfig | None = None, fp_per_image: float | None = None) -> TTGPRConfig:
+    """``config`` (default :class:`TTGPRConfig`) at the segmentor's operating threshold
+    (:func:`operating_point`), else the config's own threshold."""
     from dataclasses import replace
 
     cfg = config or TTGPRConfig()
-    t = (getattr(segmentor, "config", None) or {}).get("operating_threshold")
+    t = operating_point(segmentor, fp_per_image)["threshold"]
     return replace(cfg, threshold=float(t)) if t is not None else cfg
 
 
@@ -207,14 +230,28 @@ class Pipeline:
         return keep
 
     @classmethod
-    def from_pretrained(cls, device="cpu", backend: str = "auto", config: TTGPRConfig | None = None, **kw) -> "Pipeline":
-        """The pipeline with the weights shipped in the package (trained on synthetic calcifications only),
-        at the segmentor's operating threshold (:func:`operating_config`) unless ``config`` is given."""
-        from mcgr.models import load_pretrained
+    def from_pretrained(cls, models=None, device="cpu", backend: str = "auto", config: TTGPRConfig | None = None,
+                        fp_per_image: float | None = None, **kw) -> "Pipeline":
+        """The pipeline with the models in folder ``models`` (``seg/`` and ``rf/``, e.g. written by
+        ``mcgr adapt``), or with the weights shipped in the package when None; at the segmentor's
+        operating threshold, or at the point of its calibration curve for ``fp_per_image`` false
+        objects per image (:func:`operating_point`), unless ``config`` is given."""
+        from pathlib import Path
 
-        seg = load_pretrained("seg", device=device)
-        gen = load_pretrained("rf", device=device)
-        return cls(seg, gen, config=config or operating_config(seg), device=device, backend=backend, **kw)
+        from mcgr.models import load_model, load_pretrained
+
+        if models is None:
+            seg = load_pretrained("seg", device=device)
+            gen = load_pretrained("rf", device=device)
+        else:
+            root = Path(models)
+            for k in ("seg", "rf"):
+                if not (root / k / "model.safetensors").is_file() or not (root / k / "config.json").is_file():
+                    raise FileNotFoundError(f"models {root}: no {k} model in {root / k} (model.safetensors + config.json)")
+            seg = load_model(root / "seg", device=device, kind="seg")
+            gen = load_model(root / "rf", device=device, kind="rf")
+        return cls(seg, gen, config=config or operating_config(seg, fp_per_image=fp_per_image), device=device,
+                   backend=backend, **kw)
 
     def __call__(self, image, spacing: float | None = None, refine: bool = True, breast_mask=None,
                  progress=None, seeds=None, projector=None) -> Result:

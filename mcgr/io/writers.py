@@ -110,7 +110,8 @@ def _num(v):
 
 
 def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask_canonical, detections, clusters,
-                  *, uncertainty=None, model_mm: float = MODEL_SPACING_MM, excluded: dict | None = None) -> dict:
+                  *, uncertainty=None, model_mm: float = MODEL_SPACING_MM, excluded: dict | None = None,
+                  provenance: dict | None = None) -> dict:
     """Write the results for one mammogram into ``out_dir``; return ``{kind: path}``.
 
     ``prob_canonical`` (float [h, w] in [0, 1]) and ``mask_canonical`` (bool [h, w]) are on the
@@ -121,7 +122,8 @@ def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask
     json, uncertainty (if given), seg (DICOM input only).
     ``excluded``: regions the pipeline did not search, e.g. ``{"pectoral": {"found", "contrast",
     "boundary": [[y, x], ...]}}`` with the boundary on ``prob_canonical``'s grid: written to the JSON
-    in source pixels and outlined (green) on the overlay.
+    in source pixels and outlined (green) on the overlay. ``provenance``: what produced the result
+    (the models' folders and sha256, the operating point), written to the JSON as ``model``.
     """
     if not isinstance(mammogram, Mammogram):
         raise TypeError(f"mammogram must be a Mammogram, got {type(mammogram).__name__}")
@@ -181,6 +183,8 @@ def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask
         "detections": det_rows, "clusters": cl_rows, "excluded": excl,
         "files": {k: os.path.basename(v) for k, v in paths.items()},
     }
+    if provenance is not None:
+        doc["model"] = provenance
     _atomic_write(p, json.dumps(doc, indent=1).encode())
     paths["json"] = str(p)
     return paths

@@ -20,7 +20,8 @@ from mcgr.models.unet import UNet, UNetConfig
 
 KINDS = ("seg", "rf")
 FORMAT = 1
-_CONFIG_KEYS = {"kind", "model", "format", "train", "metrics", "ema", "source", "operating_threshold"}
+_CONFIG_KEYS = {"kind", "model", "format", "train", "metrics", "ema", "source", "operating_threshold",
+                "operating_points", "adapted"}
 
 
 class CheckpointError(ValueError):

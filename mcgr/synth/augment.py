@@ -52,11 +52,13 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def resampled_crop(src: torch.Tensor, index: int, size: int, g: torch.Generator, scale=(0.8, 1.2),
-                   centred: bool = False) -> torch.Tensor:
+                   centred: bool = False, where: list | None = None) -> torch.Tensor:
     """A ``size`` x ``size`` crop of ``src[index]`` seen at a pixel spacing ``s`` times the source's,
     ``s`` log-uniform in ``scale`` (clipped to what the source holds): a window of ``round(size * s)``
     px resampled to ``size`` (area mean when shrinking, bilinear when enlarging). ``centred``: the
-    window holds the source's centre pixel at least a quarter window from its edges."""
+    window holds the source's centre pixel at least a quarter window from its edges. ``where``: a list
+    that receives ``(oy, ox, w)``, the window's origin and side in source pixels (no random draw
+    depends on it)."""
     _, Hs, Ws = src.shape
     lo, hi = scale
     s = math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * float(torch.rand(1, generator=g)))
@@ -70,15 +72,20 @@ def resampled_crop(src: torch.Tensor, index: int, size: int, g: torch.Generator,
         oy = int(torch.randint(0, Hs - w + 1, (1,), generator=g))
         ox = int(torch.randint(0, Ws - w + 1, (1,), generator=g))
     win = src[index, oy:oy + w, ox:ox + w]
+    if where is not None:
+        where.append((oy, ox, w))
     if w == size:
         return win.clone()
     mode = {"mode": "area"} if w > size else {"mode": "bilinear", "align_corners": False}
     return F.interpolate(win[None, None], size=(size, size), **mode)[0, 0]
 
 
-def site_augment(x: torch.Tensor, g: torch.Generator, options: dict | None = None) -> torch.Tensor:
+def site_augment(x: torch.Tensor, g: torch.Generator, options: dict | None = None,
+                 turns: list | None = None) -> torch.Tensor:
     """Redraw the site of each background patch ``x`` [B, P, P] (float32 in [0, 1], square);
-    returns a new [B, P, P] tensor in [0, 1]. ``options`` override :data:`DEFAULT_AUGMENT`."""
+    returns a new [B, P, P] tensor in [0, 1]. ``options`` override :data:`DEFAULT_AUGMENT`.
+    ``turns``: a list that receives, per patch, ``(k, flipped)``: the patch was turned by
+    ``torch.rot90(., k, (0, 1))`` and then mirrored left-right when ``flipped`` (see :func:`turned_point`)."""
     o = dict(DEFAULT_AUGMENT)
     if options:
         unknown = sorted(set(options) - set(o))
@@ -94,6 +101,8 @@ def site_augment(x: torch.Tensor, g: torch.Generator, options: dict | None = Non
         y = torch.rot90(x[b], int(u[0] * 4) % 4, (0, 1))
         if u[1] < 0.5:
             y = y.flip(1)
+        if turns is not None:
+            turns.append((int(u[0] * 4) % 4, u[1] < 0.5))
         y = y[None]
         if u[2] < 0.5:
             y = gaussian_blur(y, u[3] * o["blur_px"])
@@ -130,6 +139,16 @@ def site_augment(x: torch.Tensor, g: torch.Generator, options: dict | None = Non
         y = 1 - torch.round((1 - y) * q) / q if v[1] < 0.5 else torch.round(y * q) / q
         out[b] = y[0]
     return out
+
+
+def turned_point(y: float, x: float, size: int, k: int, flipped: bool) -> tuple[float, float]:
+    """Where pixel ``(y, x)`` of a ``size`` px square lands after ``torch.rot90(., k, (0, 1))`` and,
+    when ``flipped``, a left-right mirror (the geometry of :func:`site_augment`)."""
+    for _ in range(k % 4):
+        y, x = size - 1 - x, y
+    if flipped:
+        x = size - 1 - x
+    return y, x
 
 
 def _scanner_lines(y: torch.Tensor, g: torch.Generator, amplitude: float) -> torch.Tensor:

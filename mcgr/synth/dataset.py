@@ -107,7 +107,8 @@ class SynthPairs(IterableDataset):
     Each batch is a dict: ``image`` [B, 1, H, W] float32 in [0, 1]; ``mask`` [B, 1, H, W] float32 in
     {0, 1}; ``background`` [B, 1, H, W] (the MC-free input); ``centres`` list of B float32 tensors
     [K_b, 2] (cy, cx in px, one per calcification); ``index`` [B] int64 global sample ids ``k B + b``;
-    ``hard`` [B] bool, the patches cut from ``hard_negatives``.
+    ``hard`` [B] bool, the patches cut from ``hard_negatives``; ``hard_centre`` [B, 2] float32, where
+    in each hard patch its mined detection (the source patch's centre pixel) lies (NaN elsewhere).
     """
 
     def __init__(
@@ -221,12 +222,12 @@ class SynthPairs(IterableDataset):
         return (self.augment is not None or self.anatomy > 0 or self.hard_negatives is not None
                 or (self.backgrounds is not None and self.real_fraction < 1))
 
-    def _mixed_backgrounds(self, g: torch.Generator, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mixed_backgrounds(self, g: torch.Generator, B: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per patch: a hard negative (``hard_fraction``), else a real crop (``real_fraction`` of the
         rest, when there are real backgrounds), else procedural texture; then anatomy drawn into
         procedural and real patches with probability ``anatomy``."""
         from mcgr.synth.anatomy import add_anatomy
-        from mcgr.synth.augment import DEFAULT_AUGMENT, resampled_crop, site_augment
+        from mcgr.synth.augment import DEFAULT_AUGMENT, resampled_crop, site_augment, turned_point
 
         P = self.patch_size
         u = torch.rand(B, 2, generator=g)
@@ -237,24 +238,34 @@ class SynthPairs(IterableDataset):
         if bool(proc.any()):
             out[proc] = procedural_backgrounds(int(proc.sum()), P, P, g, spacing_mm=self.spacing_mm, **self.background_options)
         scale = (self.augment or {}).get("scale", DEFAULT_AUGMENT["scale"]) if self.augment is not None else (1.0, 1.0)
+        centre = torch.full((B, 2), float("nan"))
         for src, sel, centred in ((self.backgrounds, real, False), (self.hard_negatives, hard, True)):
             idx = torch.nonzero(sel).flatten().tolist()
             if not idx:
                 continue
             pick = torch.randint(0, src.shape[0], (len(idx),), generator=g).tolist()
-            crops = torch.stack([resampled_crop(src, j, P, g, scale, centred=centred) for j in pick])
+            where: list = []
+            crops = torch.stack([resampled_crop(src, j, P, g, scale, centred=centred, where=where) for j in pick])
+            turns: list = []
             if self.augment is not None:
-                crops = site_augment(crops, g, self.augment)
+                crops = site_augment(crops, g, self.augment, turns=turns)
             else:
                 flip = torch.rand(len(idx), 2, generator=g) < 0.5
                 crops = torch.stack([c.flip(0) if f[0] else c for c, f in zip(crops, flip)])
                 crops = torch.stack([c.flip(1) if f[1] else c for c, f in zip(crops, flip)])
+                turns = [(2, True) if f[0] else (0, False) for f in flip.tolist()]  # flip(0) == rot 180 + flip(1)
+                turns = [(k, fl != bool(f[1])) for (k, fl), f in zip(turns, flip.tolist())]
             out[torch.tensor(idx)] = crops
+            if centred:  # where the mined detection (the source patch's centre pixel) now lies
+                for i, (oy, ox, w), (k, fl) in zip(idx, where, turns):
+                    cy = (src.shape[1] // 2 - oy + 0.5) * P / w - 0.5
+                    cx = (src.shape[2] // 2 - ox + 0.5) * P / w - 0.5
+                    centre[i] = torch.tensor(turned_point(cy, cx, P, k, fl))
         if self.anatomy > 0:
             keep = torch.nonzero(~hard).flatten()
             if keep.numel():
                 out[keep] = add_anatomy(out[keep], g, self.anatomy, self.spacing_mm)[0]
-        return out.clamp(0, 1), hard
+        return out.clamp(0, 1), hard, centre
 
     def draw_params(self, g: torch.Generator) -> InjectParams:
         """One :class:`InjectParams` drawn uniformly within ``inject_ranges``."""
@@ -271,8 +282,9 @@ class SynthPairs(IterableDataset):
         mc_free = torch.rand(B, generator=g) < self.mc_free_fraction
         calcs = calcs.select(~mc_free)
         hard = torch.zeros(B, dtype=torch.bool)
+        hard_centre = torch.full((B, 2), float("nan"))
         if self._mixed():
-            bg, hard = self._mixed_backgrounds(g, B)
+            bg, hard, hard_centre = self._mixed_backgrounds(g, B)
         elif self.backgrounds is None:
             bg = procedural_backgrounds(B, P, P, g, spacing_mm=self.spacing_mm, **self.background_options)
         else:
@@ -287,6 +299,7 @@ class SynthPairs(IterableDataset):
             "centres": calcs.centres_per_patch(),
             "index": k * B + torch.arange(B, dtype=torch.int64),
             "hard": hard,
+            "hard_centre": hard_centre,
         }
         if self.with_signal:
             clean = image

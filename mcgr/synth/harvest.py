@@ -54,7 +54,7 @@ def spot_map(image: np.ndarray, breast: np.ndarray, spacing_mm: float, spot_sigm
 def harvest_backgrounds(folder, patch_size: int = 256, *, per_image: int = 64, max_patches: int | None = None,
                         stride: int | None = None, model_mm: float = MODEL_SPACING_MM, spacing: float | None = None,
                         seed: int = 0, reject_spots: bool = True, spot_sigmas: float = 12.0,
-                        margin_mm: float = 1.0) -> torch.Tensor:
+                        margin_mm: float = 1.0, stats: dict | None = None) -> torch.Tensor:
     """MC-free background patches from the negative mammograms in ``folder``.
 
     ``folder``: a directory (files ending in .dcm/.dicom/.png/.tif/.tiff/.npy, sorted by name, not
@@ -63,7 +63,9 @@ def harvest_backgrounds(folder, patch_size: int = 256, *, per_image: int = 64, m
     among the windows on a ``stride`` grid (default P // 2) that lie wholly inside the breast, at
     least ``margin_mm`` from its outline, and hold no calcification-like spot (``reject_spots``). ``max_patches``: cap on the total.
     ``spacing``: pixel spacing of the files in mm (needed for PNG/TIFF/NPY; wins over DICOM tags).
-    Files that cannot be read are skipped with a warning naming them.
+    Files that cannot be read are skipped with a warning naming them. ``stats``: a dict that receives
+    ``candidates`` (windows on the grid inside the breast) and ``rejected_spots`` (those of them the
+    spot guard refused), summed over the files.
 
     Returns a float32 CPU tensor [M, P, P] in [0, 1] (canonical domain: bright = attenuating,
     chest wall on the left), ready for ``SynthPairs(backgrounds=...)``. Raises ValueError if no
@@ -101,8 +103,12 @@ def harvest_backgrounds(folder, patch_size: int = 256, *, per_image: int = 64, m
         k = int(np.ceil(margin_mm / model_mm))
         air = np.pad(~breast, k, mode="constant", constant_values=False)
         ok = _window_sums(air, p + 2 * k) == 0
+        n_inside = int(ok[::stride, ::stride].sum())
         if reject_spots:
             ok &= _window_sums(spot_map(img, breast, model_mm, spot_sigmas), p) == 0
+        if stats is not None:
+            stats["candidates"] = stats.get("candidates", 0) + n_inside
+            stats["rejected_spots"] = stats.get("rejected_spots", 0) + n_inside - int(ok[::stride, ::stride].sum())
         ys, xs = np.nonzero(ok[::stride, ::stride])
         if ys.size == 0:
             continue

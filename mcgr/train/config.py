@@ -37,6 +37,7 @@ class DataConfig:
     anatomy: float = 0.0  # probability of drawing anatomy / artefacts into a patch (mcgr.synth.anatomy)
     hard_negatives: str | None = None  # .npy of patches centred on an earlier model's false detections (several: ",")
     hard_fraction: float = 0.0  # share of patches cut from hard_negatives
+    psf_sigma: tuple | None = None  # (min, max) px of the injector's PSF per batch; None: (0.4, 0.8); mcgr adapt sets the site's
     backend: str = "auto"
     val_n: int = 32
     val_patch_size: int = 256
@@ -90,6 +91,7 @@ class RFConfig:
     dropout: float = 0.2  # probability of dropping a true seed
     decoys: int = 4  # decoy seeds per patch on MC-free bright texture
     decoy_min_dist: int = 8  # px from any calcification pixel
+    hard_decoys: bool = True  # with data.hard_negatives: one more decoy at each hard patch's mined detection
     # true seeds only at calcifications with peak contrast >= this many texture sigmas (Rose's
     # criterion, mcgr.synth.visibility); 0 seeds every calcification, visible or not
     seed_min_cnr: float = 0.0
@@ -282,6 +284,8 @@ def _check(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: loss.faint_below_cnr must be 0 (off) or > loss.ignore_below_cnr, got "
                           f"{cfg.loss.faint_below_cnr}")
     d = cfg.data
+    if d.psf_sigma is not None and (len(d.psf_sigma) != 2 or not 0 < d.psf_sigma[0] <= d.psf_sigma[1]):
+        raise ConfigError(f"{source}: data.psf_sigma must be null or [min, max] with 0 < min <= max, got {d.psf_sigma}")
     for name in ("real_fraction", "anatomy", "hard_fraction"):
         if not 0 <= getattr(d, name) <= 1:
             raise ConfigError(f"{source}: data.{name} must lie in [0, 1], got {getattr(d, name)}")

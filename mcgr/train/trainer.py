@@ -62,6 +62,8 @@ def _dataset_kwargs(cfg: TrainConfig) -> dict:
         kw["hard_fraction"] = d.hard_fraction
     kw["augment"] = d.augment
     kw["anatomy"] = d.anatomy
+    if d.psf_sigma is not None:
+        kw["inject_ranges"] = {"psf_sigma": tuple(float(v) for v in d.psf_sigma)}
     if cfg.kind == "rf" and cfg.rf.target == "enhanced":
         kw["with_signal"] = True
     return kw
@@ -128,8 +130,27 @@ def rf_seeds(batch: dict, cfg: TrainConfig, g: torch.Generator, train: bool = Tr
         cen = [c[v] for c, v in zip(cen, vis)]
     true = training_seeds(cen, shape, g, jitter=r.jitter if train else 0.0, dropout=r.dropout if train else 0.0)
     dec = decoy_seeds(batch["background"].cpu(), batch["mask"].cpu(), r.decoys, r.decoy_min_dist, g)
+    if r.hard_decoys and "hard_centre" in batch:
+        dec = _with_hard_decoys(dec, batch["hard_centre"].cpu(), batch["mask"].cpu(), r.decoy_min_dist)
     seeds = [torch.cat([a, b.to(a.dtype)], 0) for a, b in zip(true, dec)]
     return make_seed_map(seeds, shape, r.seed_sigma, device=img.device), true
+
+
+def _with_hard_decoys(dec: list, centres: torch.Tensor, mask: torch.Tensor, min_dist: float) -> list:
+    """A decoy seed at each hard-negative patch's mined detection (``centres`` [B, 2], NaN where the
+    patch is not one), unless a calcification was injected within ``min_dist`` px of it: the
+    generator learns to say no exactly where an earlier segmentor said yes."""
+    out = []
+    h, w = mask.shape[-2:]
+    d = int(min_dist)
+    for b, c in enumerate(dec):
+        cy, cx = centres[b].tolist()
+        if cy == cy and cx == cx:
+            y, x = min(max(int(round(cy)), 0), h - 1), min(max(int(round(cx)), 0), w - 1)
+            if not bool(mask[b, 0, max(0, y - d):y + d + 1, max(0, x - d):x + d + 1].any()):
+                c = torch.cat([c, torch.tensor([[float(y), float(x)]], dtype=c.dtype, device=c.device)], 0)
+        out.append(c)
+    return out
 
 
 def rf_pair(model: UNet, batch: dict, cfg: TrainConfig, g: torch.Generator, train: bool = True) -> tuple:
