@@ -19,6 +19,11 @@ For every tile y of the breast with base logits z0 = f(y), repeat for k = 1..K:
 
 All tiles refine together: zbar is recomputed from the whole canvas before each outer iteration.
 Memory is bounded by ``batch`` tiles (times M projections) in flight plus the per-tile logit maps.
+
+The stages are functions a test can call alone, and :func:`run_field` is their driver:
+:func:`base_pass` (the sliding-window segmentor, a ``predictor`` callable), :func:`propose`,
+:func:`project`, :class:`SurrogateField` (the surrogate through the same predictor),
+:func:`refine_stage` and :func:`accept`.
 """
 from __future__ import annotations
 
@@ -317,15 +322,25 @@ def _timed(timings: dict, key: str, device: torch.device, t0: float) -> float:
     return t
 
 
+def predict_batched(predictor, x: torch.Tensor, batch: int) -> torch.Tensor:
+    """``predictor`` (a callable ``[n, 1, h, w] -> [n, 1, h, w]``, e.g. the segmentor's logits) over
+    ``x`` [N, 1, h, w] in chunks of ``batch`` (MONAI's habit: the tiler knows no model); [N, 1, h, w]."""
+    outs = [predictor(x[s:s + batch]) for s in range(0, x.shape[0], batch)]
+    return torch.cat(outs) if outs else x.new_zeros(x.shape)
+
+
+def segmentor_predictor(seg, autocast: bool = False):
+    """The frozen segmentor as a predictor: images [n, 1, h, w] in [0, 1] -> float32 logits."""
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            return segment_logits(seg, x).float()
+    return predict
+
+
 @torch.inference_mode()
 def segment_tiles(seg, tiles: torch.Tensor, batch: int, autocast: bool = False) -> torch.Tensor:
     """Base logits [P, T, T] of image tiles [P, T, T] in [0, 1], ``batch`` tiles per call."""
-    out = torch.empty_like(tiles)
-    for s in range(0, tiles.shape[0], batch):
-        x = tiles[s : s + batch].unsqueeze(1)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            out[s : s + batch] = segment_logits(seg, x).float().squeeze(1)
-    return out
+    return predict_batched(segmentor_predictor(seg, autocast), tiles.unsqueeze(1), batch).squeeze(1)
 
 
 def _projected(projector, ys: torch.Tensor, chunk: list) -> torch.Tensor:
@@ -341,6 +356,219 @@ def _projected(projector, ys: torch.Tensor, chunk: list) -> torch.Tensor:
     if not bool(torch.isfinite(out).all()):
         raise ValueError("projector returned NaN or inf")
     return out.to(ys.device, torch.float32).clamp(0, 1)
+
+
+# ---------------------------------------------------------------- the stages
+#
+# base -> propose -> project -> surrogate -> refine -> accept. Each stage is a function of typed
+# inputs that a test can call alone; run_field is their driver. Timings accumulate in a dict each
+# stage is given (seconds per stage name).
+
+@dataclass
+class BasePass:
+    """The base segmentation of a canvas: tiles ``Y`` [P, T, T], their logits ``Z0`` [P, T, T], the
+    stitched logits ``canvas`` [H, W], the grid (on the canvas's device) and the stitch weights."""
+
+    Y: torch.Tensor
+    Z0: torch.Tensor
+    canvas: torch.Tensor
+    grid: TileGrid
+    weights: torch.Tensor
+
+
+def base_pass(image: torch.Tensor, grid: TileGrid, predictor, batch: int, backend: str = "auto",
+              timings: dict | None = None, base_tiles: torch.Tensor | None = None) -> BasePass:
+    """Stage *base*: sliding-window ``predictor`` over ``grid``'s tiles of ``image`` [H, W] and the
+    Gaussian-weighted stitch. ``base_tiles``: [P, T, T] logits of a base pass already run (reused as is)."""
+    timings = {} if timings is None else timings
+    dev = image.device
+    t = time.perf_counter()
+    gdev = grid.to(dev)
+    with torch.inference_mode(False):  # a normal tensor: stitch caches its validity check by version
+        weights = gaussian_weights(grid.tile, device=dev)
+    Y = gather_tiles(image, gdev, backend=backend)
+    t = _timed(timings, "tiles", dev, t)
+    if base_tiles is not None:
+        if tuple(base_tiles.shape) != tuple(Y.shape):
+            raise ValueError(f"base_tiles must be {list(Y.shape)} (the grid's tiles), got {list(base_tiles.shape)}")
+        Z0 = base_tiles.to(dev, torch.float32).clone()
+    else:
+        Z0 = predict_batched(predictor, Y.unsqueeze(1), batch).squeeze(1)
+    t = _timed(timings, "base", dev, t)
+    canvas = stitch(Z0, gdev, weights, backend=backend)
+    _timed(timings, "stitch", dev, t)
+    return BasePass(Y, Z0, canvas, gdev, weights)
+
+
+@dataclass
+class Proposal:
+    """Stage *propose*'s output: seeds [K, 2] (y, x canvas px, strongest first) and the projection
+    windows ``(plane, y0, x0, local seeds)`` that cover them (:func:`seed_windows`)."""
+
+    seeds: torch.Tensor
+    windows: list
+
+
+def covered_region(grid: TileGrid, shape, seed_region: torch.Tensor | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inside, region)``: canvas pixels some tile covers, and those of them where seeds may lie."""
+    H, W = shape
+    T = grid.tile
+    inside = torch.zeros(H, W, dtype=torch.bool, device=device)
+    for y0, x0 in grid.origins.tolist():
+        inside[y0:y0 + T, x0:x0 + T] = True
+    if seed_region is None:
+        return inside, inside
+    if tuple(seed_region.shape) != (H, W):
+        raise ValueError(f"seed_region must be [{H}, {W}], got {tuple(seed_region.shape)}")
+    return inside, inside & seed_region.to(device, torch.bool)
+
+
+def propose(canvas: torch.Tensor, base: torch.Tensor, image: torch.Tensor, inside: torch.Tensor,
+            region: torch.Tensor, grid: TileGrid, cfg: TTGPRConfig, window: int, seeds: torch.Tensor | None = None,
+            evidence: torch.Tensor | None = None) -> Proposal:
+    """Stage *propose*: the seeds of one outer iteration (``seeds`` given: those) and their windows.
+
+    Seeds are read from the maxima of the current logits ``canvas`` (not of the probability:
+    sigmoid saturates to exactly 1.0 over a confident calcification, and every pixel of that plateau
+    would be a maximum); with ``logit_clip``, pixels still at the clamp are scored by their
+    unclamped ``base`` logits."""
+    if seeds is None:
+        score = canvas
+        if cfg.logit_clip > 0:
+            c = cfg.logit_clip
+            at_clamp = ((canvas <= -c) & (base < -c)) | ((canvas >= c) & (base > c))
+            score = torch.where(at_clamp, base, canvas)
+        z_c = torch.where(inside, score, torch.full_like(canvas, -1e4))
+        seeds = field_seeds(z_c, image, region, cfg, grid, base_logits=base, evidence=evidence)
+    return Proposal(seeds, seed_windows([seeds], tuple(image.shape), window))
+
+
+@dataclass
+class Projections:
+    """Stage *project*'s output for a chunk of windows: renderings [M, n, 1, h, w] in [0, 1], and
+    the windows they belong to."""
+
+    renderings: torch.Tensor
+    windows: list
+
+
+def project(image: torch.Tensor, windows: list, size: tuple[int, int], gen, cfg: TTGPRConfig, offset: int = 0,
+            autocast: bool = False, backend: str = "auto", projector=None) -> tuple[Projections, int]:
+    """Stage *project*: M RF projections of each ``size`` (h, w) window of ``image``, started at
+    ``x_t0 = t0 y + (1 - t0) eps`` and integrated to t = 1 in ``cfg.steps`` steps (``projector``: a
+    callable that renders instead, see :func:`run_field`). Returns the projections and the noise
+    stream's next offset (the draws of every window differ, and a run is reproducible from ``cfg.seed``)."""
+    from mcgr.models.sampling import sample
+
+    wy, wx = size
+    ys = torch.stack([image[y0:y0 + wy, x0:x0 + wx] for _, y0, x0, _ in windows]).unsqueeze(1)
+    if projector is not None:
+        return Projections(_projected(projector, ys, windows), windows), offset
+    M = cfg.projections
+    smap = make_seed_map([loc for _, _, _, loc in windows], (wy, wx), cfg.seed_sigma, device=image.device)
+    xs, ctx = to_flow(ys, input_scale_of(gen))
+    cond = generator_condition(gen, smap, xs)
+    with torch.autocast(ys.device.type, dtype=torch.bfloat16, enabled=autocast):
+        x1 = sample(lambda x, tt, c: velocity(gen, x, tt, c), xs.repeat(M, 1, 1, 1), cond.repeat(M, 1, 1, 1),
+                    t0=cfg.t0, steps=cfg.steps, method=cfg.method, seed=cfg.seed, offset=offset, backend=backend)
+    offset += x1.numel()
+    out = from_flow(x1.float(), ctx.repeat(M)).clamp(0, 1)
+    return Projections(out.view(M, len(windows), 1, wy, wx), windows), offset
+
+
+@dataclass
+class Surrogate:
+    """Stage *surrogate*'s canvas maps: ``q`` the mean over the projections of sigmoid(f(x_m))
+    (0 outside every window), ``u`` its spread, ``covered`` the pixels some window holds."""
+
+    q: torch.Tensor
+    u: torch.Tensor
+    covered: torch.Tensor
+
+
+class SurrogateField:
+    """Accumulates stage *surrogate* over chunks of projections on the canvas (windows overlap)."""
+
+    def __init__(self, shape, device):
+        self.qsum = torch.zeros(shape, device=device)
+        self.usum = torch.zeros(shape, device=device)
+        self.cnt = torch.zeros(shape, device=device)
+
+    def add(self, proj: Projections, predictor) -> None:
+        M, n, _, wy, wx = proj.renderings.shape
+        probs = torch.sigmoid(predictor(proj.renderings.flatten(0, 1))).view(M, n, wy, wx)
+        q = probs.mean(0)
+        u = probs.std(0, unbiased=False) if M > 1 else torch.zeros_like(q)
+        for i, (_, y0, x0, _) in enumerate(proj.windows):
+            self.qsum[y0:y0 + wy, x0:x0 + wx] += q[i]
+            self.usum[y0:y0 + wy, x0:x0 + wx] += u[i]
+            self.cnt[y0:y0 + wy, x0:x0 + wx] += 1.0
+
+    def result(self) -> Surrogate:
+        cov = self.cnt > 0
+        c = self.cnt.clamp(min=1.0)
+        return Surrogate(torch.where(cov, self.qsum / c, torch.zeros_like(self.qsum)), self.usum / c, cov)
+
+
+def projected_surrogate(image, windows: list, size, per_call: int, gen, predictor, cfg: TTGPRConfig, offset: int = 0,
+                        autocast: bool = False, backend: str = "auto", projector=None, timings: dict | None = None,
+                        progress=None) -> tuple[Surrogate, int]:
+    """Stages *project* and *surrogate* over ``windows`` in chunks of ``per_call`` (bounded memory):
+    the canvas surrogate and the noise stream's next offset. ``progress(n)`` after each chunk."""
+    timings = {} if timings is None else timings
+    acc = SurrogateField(tuple(image.shape), image.device)
+    t = time.perf_counter()
+    for s in range(0, len(windows), per_call):
+        proj, offset = project(image, windows[s:s + per_call], size, gen, cfg, offset, autocast, backend, projector)
+        t = _timed(timings, "rf", image.device, t)
+        acc.add(proj, predictor)
+        t = _timed(timings, "surrogate", image.device, t)
+        if progress is not None:
+            progress(len(proj.windows))
+    return acc.result(), offset
+
+
+def refine_stage(Z: torch.Tensor, Z0: torch.Tensor, bp: BasePass, sur: Surrogate, canvas: torch.Tensor,
+                 cfg: TTGPRConfig, backend: str = "auto") -> torch.Tensor:
+    """Stage *refine*: the fused ``refine`` op on every tile a projection window touches (gating),
+    towards the surrogate target (``surrogate="raise"``: never below the current probability; outside
+    the windows the current probability, so the data term holds z there), with zbar the stitched
+    canvas of the tiles' current logits refreshed every ``zbar_every`` steps. Updates ``Z`` [P, T, T]
+    in place; returns the indices of the refined tiles."""
+    g = bp.grid
+    covT = gather_tiles(sur.covered.float(), g, backend=backend) > 0.5
+    gated = covT.flatten(1).any(1).nonzero().flatten()
+    if gated.numel() == 0:
+        return gated
+    qT = gather_tiles(sur.q, g, backend=backend)[gated]
+    Zg = Z[gated]
+    Q = torch.sigmoid(Zg)
+    if cfg.surrogate == "raise":
+        qT = torch.maximum(qT, Q)
+    Q = torch.where(covT[gated], qT, Q)
+    Z0g, Yg = Z0[gated], bp.Y[gated]
+    Zbar = gather_tiles(canvas, g, backend=backend)
+    done = 0
+    while done < cfg.refine_steps:
+        n = min(cfg.zbar_every, cfg.refine_steps - done) if cfg.zbar_every > 0 else cfg.refine_steps
+        if done:  # zbar from the tiles' current logits, not the canvas the iteration started from
+            Zbar = gather_tiles(stitch(Z, g, bp.weights, backend=backend), g, backend=backend)
+        # one call for every gated tile: refine is memory-bound and a few MB per tile
+        Z[gated] = refine(Z[gated], Q, Z0g, Yg, Zbar[gated], cfg.refine, steps=n, backend=backend)
+        done += n
+    return gated
+
+
+def accept(canvas: torch.Tensor, base: torch.Tensor, vote: torch.Tensor | None, cfg: TTGPRConfig) -> torch.Tensor:
+    """Stage *accept*: what of the refined ``canvas`` becomes a detection. With ``refine_rule="add"`` a
+    pixel rises above its ``base`` logit only where the projections' mean vote ``vote`` (the last
+    surrogate's q, 0 outside its windows) is >= ``accept_q``, and the base detections keep their
+    base logits pixel for pixel (:func:`keep_found`); ``"free"`` accepts the refinement as it is."""
+    if cfg.refine_rule != "add":
+        return canvas
+    if cfg.accept_q > 0 and vote is not None:
+        canvas = torch.where(vote >= cfg.accept_q, canvas, torch.minimum(canvas, base))
+    return keep_found(canvas, base, cfg.threshold)
 
 
 def _evidence(image, region, timings, dev, t):
@@ -376,163 +604,54 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
     run, e.g. to compare TT-GPR settings without repeating it); None = computed here.
     evidence: optional [H, W] :func:`mcgr.infer.proposals.evidence_map` of the canvas for the
     fused proposer (computed here when None)."""
-    from mcgr.models.sampling import sample
-
     cfg = (cfg or TTGPRConfig()).validated()
-    dev = image.device
-    H, W = image.shape
-    if seeds is not None:
-        seeds = torch.as_tensor(seeds, dtype=torch.float32).reshape(-1, 2).to(dev)
-        ok = torch.isfinite(seeds).all(1) & (seeds[:, 0] >= 0) & (seeds[:, 0] <= H - 1) & (seeds[:, 1] >= 0) & (seeds[:, 1] <= W - 1)
-        if not bool(ok.all()):
-            raise ValueError(f"seeds must lie on the {H} x {W} canvas; {int((~ok).sum())} of {len(seeds)} do not")
-    T = grid.tile
-    timings: dict = {}
-    t = time.perf_counter()
-    gdev = grid.to(dev)  # origins stay on the device for the repeated stitch/gather calls
-    with torch.inference_mode(False):  # a normal tensor: stitch caches its validity check by version
-        weights = gaussian_weights(T, device=dev)
-    Y = gather_tiles(image, gdev, backend=backend)  # [P, T, T]
-    t = _timed(timings, "tiles", dev, t)
-    bt = cfg.batch if dev.type == "cuda" else cfg.cpu_batch
-    if base_tiles is not None:
-        if tuple(base_tiles.shape) != tuple(Y.shape):
-            raise ValueError(f"base_tiles must be {list(Y.shape)} (the grid's tiles), got {list(base_tiles.shape)}")
-        Z0 = base_tiles.to(dev, torch.float32).clone()
-    else:
-        Z0 = segment_tiles(seg, Y, bt, autocast)
-    t = _timed(timings, "base", dev, t)
-    base = stitch(Z0, gdev, weights, backend=backend)
-    t = _timed(timings, "stitch", dev, t)
-    P = Y.shape[0]
+    dev, (H, W), timings = image.device, image.shape, {}
+    seeds = _checked_seeds(seeds, H, W, dev)
+    batch = cfg.batch if dev.type == "cuda" else cfg.cpu_batch
+    predictor = segmentor_predictor(seg, autocast)
+    bp = base_pass(image, grid, predictor, batch, backend, timings, base_tiles)
+    P = bp.Y.shape[0]
     if not refine_on or (gen is None and projector is None) or cfg.iterations == 0 or P == 0:
-        return FieldResult(base, base, None, grid, 0.0, 0, timings)
-    if cfg.logit_clip > 0:  # the refinement's start and anchor; `base` keeps the segmentor's own logits
-        Z0 = Z0.clamp(-cfg.logit_clip, cfg.logit_clip)
-        canvas = base.clamp(-cfg.logit_clip, cfg.logit_clip)
-    else:
-        canvas = base
-    Z = Z0.clone()
-    refined = torch.zeros(P, dtype=torch.bool, device=dev)
-    offset = 0
-    n_seeds = 0
-    M = cfg.projections
+        return FieldResult(bp.canvas, bp.canvas, None, grid, 0.0, 0, timings)
+    clip = cfg.logit_clip  # the refinement's start and anchor; bp.canvas keeps the segmentor's own logits
+    Z0 = bp.Z0.clamp(-clip, clip) if clip > 0 else bp.Z0
+    canvas = bp.canvas.clamp(-clip, clip) if clip > 0 else bp.canvas
+    Z, refined, vote, unc, offset, n_seeds = Z0.clone(), torch.zeros(P, dtype=torch.bool, device=dev), None, None, 0, 0
     win = cfg.window if 0 < cfg.window < max(H, W) else max(H, W)
-    wy, wx = min(win, H), min(win, W)
-    per_call = max(1, bt * (T * T) // (M * wy * wx))  # windows per network call: same memory as `batch` tiles
-    vel = lambda x, tt, s: velocity(gen, x, tt, s)  # noqa: E731
-    scale = input_scale_of(gen) if projector is None else None
-    # Seeds and RF projections live on the canvas, not per tile: a calcification in the overlap of
-    # up to four tiles is seeded and projected once (tiles overlap by 25 %: ~1.8 tiles per pixel).
-    # The surrogate q and its spread are accumulated on the canvas and gathered back into tiles.
-    inside = torch.zeros(H, W, dtype=torch.bool, device=dev)  # canvas pixels some tile covers
-    for y0, x0 in grid.origins.tolist():
-        inside[y0 : y0 + T, x0 : x0 + T] = True
-    region = inside
-    if seed_region is not None:
-        if tuple(seed_region.shape) != (H, W):
-            raise ValueError(f"seed_region must be [{H}, {W}], got {tuple(seed_region.shape)}")
-        region = inside & seed_region.to(dev, torch.bool)
-    qsum = torch.zeros_like(base)
-    Qlast = None
-    usum = torch.zeros_like(base)
-    cnt = torch.zeros_like(base)
-    U = None
-    t = _timed(timings, "seeds", dev, t)
-    for k in range(cfg.iterations):
-        Zbar = gather_tiles(canvas, gdev, backend=backend)
-        t = _timed(timings, "stitch", dev, t)
-        # maxima of the logits, not of the probability: sigmoid saturates to exactly 1.0 over a
-        # confident calcification, and every pixel of that plateau would be a "local maximum"; with
-        # logit_clip, pixels still at the clamp (plateaus, and below logit(tau) a wall that every
-        # texture pixel would clear) are scored by their unclamped base logits
-        score = canvas
-        if cfg.logit_clip > 0:
-            c = cfg.logit_clip
-            at_clamp = ((canvas <= -c) & (base < -c)) | ((canvas >= c) & (base > c))
-            score = torch.where(at_clamp, base, canvas)
-        z_c = torch.where(inside, score, torch.full_like(canvas, -1e4))
-        if seeds is None:
-            if cfg.proposer == "fused" and evidence is None:
-                evidence = _evidence(image, region, timings, dev, t)
-                t = time.perf_counter()
-            found = [field_seeds(z_c, image, region, cfg, grid, base_logits=base, evidence=evidence)]
-        else:
-            found = [seeds]
-        windows = seed_windows(found, (H, W), win)
-        n_seeds += int(found[0].shape[0])
+    size = (min(win, H), min(win, W))
+    per_call = max(1, batch * grid.tile ** 2 // (cfg.projections * size[0] * size[1]))  # the memory of `batch` tiles
+    inside, region = covered_region(grid, (H, W), seed_region, dev)
+    for _ in range(cfg.iterations):
+        t = time.perf_counter()
+        if seeds is None and cfg.proposer == "fused" and evidence is None:
+            evidence = _evidence(image, region, timings, dev, t)
+        prop = propose(canvas, bp.canvas, image, inside, region, bp.grid, cfg, win, seeds, evidence)
+        n_seeds += int(prop.seeds.shape[0])
         t = _timed(timings, "seeds", dev, t)
-        if not windows:
+        if not prop.windows:
             break
-        qsum.zero_()
-        usum.zero_()
-        cnt.zero_()
-        for s in range(0, len(windows), per_call):
-            chunk = windows[s : s + per_call]
-            nb = len(chunk)
-            ys = torch.stack([image[y0 : y0 + wy, x0 : x0 + wx] for _, y0, x0, _ in chunk]).unsqueeze(1)
-            if projector is None:
-                smap = make_seed_map([loc for _, _, _, loc in chunk], (wy, wx), cfg.seed_sigma, device=dev)
-                xs, ctx = to_flow(ys, scale)
-                cond = generator_condition(gen, smap, xs)
-                with torch.autocast(ys.device.type, dtype=torch.bfloat16, enabled=autocast):
-                    x1 = sample(vel, xs.repeat(M, 1, 1, 1), cond.repeat(M, 1, 1, 1), t0=cfg.t0,
-                                steps=cfg.steps, method=cfg.method, seed=cfg.seed, offset=offset, backend=backend)
-                    offset += x1.numel()
-                    t = _timed(timings, "rf", dev, t)
-                    probs = torch.sigmoid(segment_logits(seg, from_flow(x1.float(), ctx.repeat(M)).clamp(0, 1)).float())
-                probs = probs.view(M, nb, wy, wx)
-            else:
-                x1 = _projected(projector, ys, chunk)
-                t = _timed(timings, "rf", dev, t)
-                with torch.autocast(ys.device.type, dtype=torch.bfloat16, enabled=autocast):
-                    probs = torch.sigmoid(segment_logits(seg, x1.flatten(0, 1)).float())
-                probs = probs.view(x1.shape[0], nb, wy, wx)
-            q = probs.mean(0)
-            u = probs.std(0, unbiased=False) if probs.shape[0] > 1 else torch.zeros_like(q)
-            for i, (_, y0, x0, _) in enumerate(chunk):
-                qsum[y0 : y0 + wy, x0 : x0 + wx] += q[i]
-                usum[y0 : y0 + wy, x0 : x0 + wx] += u[i]
-                cnt[y0 : y0 + wy, x0 : x0 + wx] += 1.0
-            t = _timed(timings, "surrogate", dev, t)
-            if progress is not None:
-                progress(nb)
-        cov_c = cnt > 0
-        q_c = qsum / cnt.clamp(min=1.0)
-        u_c = usum / cnt.clamp(min=1.0)
-        Qlast = torch.where(cov_c, q_c, torch.zeros_like(q_c))  # the projections' own vote (0 outside windows)
-        covT = gather_tiles(cov_c.float(), gdev, backend=backend) > 0.5
-        gated = covT.flatten(1).any(1).nonzero().flatten()
+        sur, offset = projected_surrogate(image, prop.windows, size, per_call, gen, predictor, cfg, offset, autocast,
+                                          backend, projector, timings, progress)
+        vote = sur.q
+        unc = torch.where(sur.covered, sur.u, unc if unc is not None else torch.zeros_like(sur.u))
+        t = time.perf_counter()
+        gated = refine_stage(Z, Z0, bp, sur, canvas, cfg, backend)
         if gated.numel() == 0:
             break
-        qT = gather_tiles(q_c, gdev, backend=backend)[gated]
-        cv = covT[gated]
-        Zg = Z[gated]
-        Q = torch.sigmoid(Zg)  # outside the windows the data term holds z where it is
-        if cfg.surrogate == "raise":
-            qT = torch.maximum(qT, Q)
-        Q = torch.where(cv, qT, Q)
-        if U is None:
-            U = torch.zeros_like(base)
-        U = torch.where(cov_c, u_c, U)
-        Z0g, Yg = Z0[gated], Y[gated]
-        done = 0
-        while done < cfg.refine_steps:
-            n = min(cfg.zbar_every, cfg.refine_steps - done) if cfg.zbar_every > 0 else cfg.refine_steps
-            if done:  # zbar from the tiles' current logits, not the canvas the iteration started from
-                Zbar = gather_tiles(stitch(Z, gdev, weights, backend=backend), gdev, backend=backend)
-            # one call for every gated tile: refine is memory-bound and a few MB per tile, so the
-            # network batch size has no business here
-            Z[gated] = refine(Z[gated], Q, Z0g, Yg, Zbar[gated], cfg.refine, steps=n, backend=backend)
-            done += n
         refined[gated] = True
         t = _timed(timings, "refine", dev, t)
-        canvas = stitch(Z, gdev, weights, backend=backend)
-        t = _timed(timings, "stitch", dev, t)
-    if cfg.refine_rule == "add":
-        if cfg.accept_q > 0 and Qlast is not None:
-            # the generator must say yes: new pixels only where the projections' mean vote is high
-            canvas = torch.where(Qlast >= cfg.accept_q, canvas, torch.minimum(canvas, base))
-        canvas = keep_found(canvas, base, cfg.threshold)
-    unc = U if U is not None else torch.zeros_like(base)
-    return FieldResult(base, canvas, unc, grid, float(refined.float().mean()) if P else 0.0, n_seeds, timings)
+        canvas = stitch(Z, bp.grid, bp.weights, backend=backend)
+        _timed(timings, "stitch", dev, t)
+    canvas = accept(canvas, bp.canvas, vote, cfg)
+    unc = unc if unc is not None else torch.zeros_like(bp.canvas)
+    return FieldResult(bp.canvas, canvas, unc, grid, float(refined.float().mean()), n_seeds, timings)
+
+
+def _checked_seeds(seeds, H: int, W: int, dev) -> torch.Tensor | None:
+    if seeds is None:
+        return None
+    seeds = torch.as_tensor(seeds, dtype=torch.float32).reshape(-1, 2).to(dev)
+    ok = torch.isfinite(seeds).all(1) & (seeds[:, 0] >= 0) & (seeds[:, 0] <= H - 1) & (seeds[:, 1] >= 0) & (seeds[:, 1] <= W - 1)
+    if not bool(ok.all()):
+        raise ValueError(f"seeds must lie on the {H} x {W} canvas; {int((~ok).sum())} of {len(seeds)} do not")
+    return seeds

@@ -126,12 +126,13 @@ class Adaptation:
     """One ``mcgr adapt`` run in ``out`` (see the module doc); :meth:`run` does what is left."""
 
     def __init__(self, out, items: list[dict], plan: Plan, fp_per_image: float = 1.0, init: str = "start",
-                 device: str = "cpu", threads: int = 0, progress: bool = True, log=print):
+                 device: str = "cpu", threads: int = 0, progress: bool = True, log=print, command: str | None = None):
         self.out = Path(out)
         self.work = self.out / "work"
         self.items, self.plan, self.fp_per_image = items, plan, float(fp_per_image)
         self.init, self.device, self.threads, self.progress, self.log = init, device, threads, progress, log
         self.state_path = self.work / "state.json"
+        self.command = command
 
     # ------------------------------------------------------------ state
     def identity(self) -> dict:
@@ -155,7 +156,8 @@ class Adaptation:
         if self.out.exists() and any(self.out.iterdir()):
             raise AdaptError(f"--out {self.out} is not empty and holds no adaptation")
         self.work.mkdir(parents=True, exist_ok=True)
-        state = {"identity": self.identity(), "stages": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        state = {"identity": self.identity(), "stages": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                 "command": self.command, "paths": {i["key"]: i["path"] for i in self.items}}
         self._save(state)
         return state
 
@@ -257,8 +259,8 @@ class Adaptation:
 
         d = self.work / "mine"
         d.mkdir(exist_ok=True)
-        seg = load_model(self.start_dir("seg"), kind="seg")
-        pipe = Pipeline(seg, None, exclude_pectoral=False)
+        seg = load_model(self.start_dir("seg"), kind="seg", device=self.device)
+        pipe = Pipeline(seg, None, exclude_pectoral=False, device=self.device)
         jobs = [("image", it) for it in self.items] + [("phantom", k) for k in range(self.plan.phantoms)]
         summary = []
         for kind, src in self._bar(jobs, "mine"):
@@ -318,18 +320,24 @@ class Adaptation:
     def stage_seg(self, state: dict) -> dict:
         cfg = self.seg_config(self.plan.seg_steps)
         s = self._train(cfg, self.work / "seg")
-        return {"steps": cfg.optim.steps, "psf_sigma": list(cfg.data.psf_sigma), "summary": s}
+        d = cfg.data
+        mix = {"real_fraction": d.real_fraction, "hard_fraction": d.hard_fraction, "anatomy": d.anatomy,
+               "augment": d.augment, "mc_free_fraction": d.mc_free_fraction, "hard_weight": cfg.loss.hard_weight,
+               "patch_size": d.patch_size, "batch_size": d.batch_size}
+        return {"steps": cfg.optim.steps, "psf_sigma": list(cfg.data.psf_sigma), "mix": mix, "summary": s}
 
-    def stage_rf(self, state: dict) -> dict:
+    def rf_config(self, steps: int, exclude=()):
+        """The generator's fine-tuning (preset ``rf_adapt``) on the windows and mined detections of every
+        image but ``exclude``."""
         from mcgr.train.config import load_config
 
         cfg = load_config("rf", "adapt")
         cfg.init = str(self.start_dir("rf"))
         cfg.threads = self.threads
-        cfg.optim.steps = self.plan.rf_steps
+        cfg.optim.steps = steps
         cfg.data.psf_sigma = self.site_psf()
-        cfg.data.backgrounds = ",".join(self.background_files())
-        hard = self.hard_files()
+        cfg.data.backgrounds = ",".join(self.background_files(exclude))
+        hard = self.hard_files(exclude)
         if hard:
             cfg.data.hard_negatives = ",".join(hard)
         else:
@@ -337,8 +345,22 @@ class Adaptation:
         cfg.log.progress = self.progress
         cfg.log.val_every = max(cfg.log.val_every, cfg.optim.steps)
         cfg.log.ckpt_every = min(cfg.log.ckpt_every, max(1, cfg.optim.steps))
+        return cfg
+
+    def stage_rf(self, state: dict) -> dict:
+        cfg = self.rf_config(self.plan.rf_steps)
         s = self._train(cfg, self.work / "rf")
         return {"steps": cfg.optim.steps, "summary": s}
+
+    @classmethod
+    def reopen(cls, out, **kw) -> "Adaptation":
+        """The adaptation recorded in ``out`` (its inputs and schedule), e.g. to train fold models for a study."""
+        state = json.loads((Path(out) / "work" / "state.json").read_text())
+        ident = state["identity"]
+        paths = state.get("paths", {})
+        items = [{"key": i["key"], "sha256": i["sha256"], "spacing": i["spacing"], "path": paths.get(i["key"])}
+                 for i in ident["inputs"]]
+        return cls(out, items, Plan(**ident["plan"]), fp_per_image=ident["fp_per_image"], init=ident["init"], **kw)
 
     def folds(self) -> list[list[str]]:
         keys = [it["key"] for it in self.items]
@@ -368,7 +390,7 @@ class Adaptation:
             self._train(cfg, run)
             items = [it for it in self.items if it["key"] in held]
             rep = validate_fold(n, items, run / "model", self.start_dir("seg"), self.plan.injections,
-                                progress=self.progress)
+                                progress=self.progress, device=self.device)
             f.write_text(json.dumps(rep) + "\n")
             reports.append(rep)
         return {"folds": len(reports)}
@@ -412,6 +434,22 @@ STAGE_HELP = {
 }
 
 
+def command_line(args) -> str:
+    """The ``mcgr adapt`` command that ``args`` came from (for the cards)."""
+    import shlex
+
+    parts = ["mcgr", "adapt", *args.inputs, "--out", str(args.out)]
+    for flag, val, default in (("--spacing", args.spacing, None), ("--fp-per-image", args.fp_per_image, 1.0),
+                               ("--init", args.init, "start"), ("--seg-steps", args.seg_steps, None),
+                               ("--rf-steps", args.rf_steps, None), ("--fold-steps", args.fold_steps, None),
+                               ("--device", args.device, "cpu"), ("--threads", args.threads, 0)):
+        if val != default:
+            parts += [flag, f"{val:g}" if isinstance(val, float) else str(val)]
+    if args.quick:
+        parts.append("--quick")
+    return shlex.join(parts)
+
+
 def main(args) -> int:
     """The ``mcgr adapt`` handler (arguments: :func:`add_arguments`)."""
     from mcgr._arguments import CLIError
@@ -422,7 +460,7 @@ def main(args) -> int:
     try:
         items = list_inputs(args.inputs, args.spacing)
         ad = Adaptation(args.out, items, plan, fp_per_image=args.fp_per_image, init=args.init, device=args.device,
-                        threads=args.threads, progress=not args.quiet)
+                        threads=args.threads, progress=not args.quiet, command=command_line(args))
         t0 = time.perf_counter()
         ad.run(resume=args.resume)
     except AdaptError as exc:

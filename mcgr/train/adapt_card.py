@@ -50,8 +50,9 @@ def targets(pooled: dict) -> list[str]:
 def write_cards(out: Path, state: dict, site: dict, pooled: dict | None, plan, fp_per_image: float, init: str) -> None:
     st = state["stages"]
     items = state["identity"]["inputs"]
-    cmd = (f"mcgr adapt IMAGES --out {out.name}" + ("" if fp_per_image == 1.0 else f" --fp-per-image {fp_per_image:g}")
-           + ("" if init == "start" else f" --init {init}"))
+    cmd = state.get("command") or (f"mcgr adapt IMAGES --out {out.name}"
+                                   + ("" if fp_per_image == 1.0 else f" --fp-per-image {fp_per_image:g}")
+                                   + ("" if init == "start" else f" --init {init}"))
     walls = ", ".join(f"{k} {v['wall_s'] / 60:.1f} min" for k, v in st.items())
     hv = st.get("harvest", {}).get("summary", {})
     mine = st.get("mine", {}).get("summary", {})
@@ -96,6 +97,13 @@ def write_cards(out: Path, state: dict, site: dict, pooled: dict | None, plan, f
                 "|---" * (1 + len(pooled["operating_points"]["points"])) + "|",
                 "| threshold | " + " | ".join(f"{p['threshold']:g}" for p in pooled["operating_points"]["points"]) + " |",
                 "", "Targets (independent injector):", ""] + targets(pooled) + [""]
+    mix = st.get("seg", {}).get("summary", {}).get("mix")
+    if mix:
+        common.append(f"- segmentor's training mix: {100 * mix['hard_fraction']:.0f} % of patches cut around mined false "
+                      f"detections (each pixel weighing {mix['hard_weight']:g}x), of the rest {100 * mix['real_fraction']:.0f} % "
+                      f"the site's windows (site augmentation: {bool(mix['augment'])}) and the others procedural texture; "
+                      f"anatomy drawn into {100 * mix['anatomy']:.0f} %; {100 * mix['mc_free_fraction']:.0f} % with "
+                      f"nothing injected; patch {mix['patch_size']} px, batch {mix['batch_size']}")
     seg = ["# mcgr seg weights (adapted by `mcgr adapt`)", ""] + common + [
         f"- segmentor: preset `real` from the start, {plan.seg_steps} steps (site augmentation, anatomy, hard negatives "
         "weighted 4x, injection with the site's PSF)", ""] + val

@@ -118,7 +118,8 @@ def score_image(prob: np.ndarray, im: dict, ignore: np.ndarray) -> dict:
     return {"all": a, "visible": v, "clusters": cluster_counts(prob, im["centres"], im["cluster"])}
 
 
-def validate_fold(n: int, items: list[dict], fold_model, start_model, injections: int, progress: bool = True) -> dict:
+def validate_fold(n: int, items: list[dict], fold_model, start_model, injections: int, progress: bool = True,
+                  device: str = "cpu") -> dict:
     """One fold's counts: every held-out image x injector x draw, for each method (module doc)."""
     from mcgr.eval.baselines import dog_hessian
     from mcgr.infer.pipeline import Pipeline
@@ -126,8 +127,8 @@ def validate_fold(n: int, items: list[dict], fold_model, start_model, injections
     from mcgr.train.adapt import read_model_grid
     from mcgr.train.validate_real import search_region
 
-    pipes = {"adapted": Pipeline(load_model(fold_model, kind="seg"), None),
-             "start": Pipeline(load_model(start_model, kind="seg"), None)}
+    pipes = {"adapted": Pipeline(load_model(fold_model, kind="seg", device=device), None, device=device),
+             "start": Pipeline(load_model(start_model, kind="seg", device=device), None, device=device)}
     rep = {"fold": n, "held_out": [it["key"] for it in items], "images": []}
     for it in items:
         img = read_model_grid(it)

@@ -1,0 +1,60 @@
+"""What the validation's shorter fold schedule costs: one fold of an adaptation trained with the shipped
+schedule beside the fold model ``mcgr adapt`` trained, scored on the same injected images.
+
+    python -m benchmarks.adapt_fold_cost --adapt runs/adapt-benign --fold 2 [--steps 2000]
+        [--out benchmarks/results/cpu-2core-epyc/adapt_fold_cost.json]
+
+trains the fold's segmentor (every image but the fold's held-out ones) for ``--steps`` (default: the
+adaptation's ``seg_steps``) into ``ADAPT/work/fold-cost/fold<N>``, runs
+:func:`mcgr.train.adapt_validate.validate_fold` with it (same seeds, so the same injected images as the
+adaptation's own fold report), and writes both folds' pooled figures side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from mcgr.train.adapt import Adaptation
+from mcgr.train.adapt_validate import pooled, validate_fold
+
+
+def summary(rep: dict) -> dict:
+    out = {}
+    for inj in ("independent", "training"):
+        p = pooled([rep], inj, "adapted")
+        out[inj] = {"all": p["all"]["at_rates"], "visible": p["visible"]["at_rates"],
+                    "clusters": p["clusters"]["at_rates"]}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--adapt", required=True)
+    ap.add_argument("--fold", type=int, required=True)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="benchmarks/results/cpu-2core-epyc/adapt_fold_cost.json")
+    a = ap.parse_args(argv)
+    ad = Adaptation.reopen(a.adapt, threads=a.threads)
+    held = ad.folds()[a.fold]
+    have = json.loads((ad.work / "validate" / f"fold{a.fold}.json").read_text())
+    steps = a.steps or ad.plan.seg_steps
+    run = ad.work / "fold-cost" / f"fold{a.fold}"
+    t0 = time.perf_counter()
+    ad._train(ad.seg_config(steps, exclude=held), run)
+    t_train = time.perf_counter() - t0
+    items = [it for it in ad.items if it["key"] in held]
+    rep = validate_fold(a.fold, items, run / "model", ad.start_dir("seg"), ad.plan.injections, progress=False)
+    res = {"adapt": a.adapt, "fold": a.fold, "held_out": held, "date": time.strftime("%Y-%m-%d"),
+           "fold_steps": {"steps": ad.plan.fold_steps, **summary(have)},
+           "shipped_steps": {"steps": steps, "train_s": round(t_train, 1), **summary(rep)}}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
