@@ -77,7 +77,9 @@ _VIEW_RE = re.compile(r"(?:^|[^A-Z])(XCCL|XCCM|MLO|CC|ML|LM)(?:$|[^A-Z])")
 
 @dataclass(frozen=True)
 class DicomRef:
-    """What the DICOM SEG writer needs from the source: its path (re-read lazily) and its UIDs."""
+    """What the DICOM SEG writer needs from the source: its path, its UIDs and ``header``, the
+    header as it was read (a pydicom Dataset without the pixel data), so that the SEG describes the
+    file that was segmented even if the path has since been replaced."""
 
     path: str
     sop_class_uid: str
@@ -85,6 +87,7 @@ class DicomRef:
     study_instance_uid: str
     series_instance_uid: str
     frame_of_reference_uid: str | None
+    header: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -572,7 +575,8 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
     frame_uid = _dicom_text(ds, "FrameOfReferenceUID") or None
     ref = DicomRef(path=p, sop_class_uid=sop_class, sop_instance_uid=_dicom_text(ds, "SOPInstanceUID"),
                    study_instance_uid=_dicom_text(ds, "StudyInstanceUID"),
-                   series_instance_uid=_dicom_text(ds, "SeriesInstanceUID"), frame_of_reference_uid=frame_uid)
+                   series_instance_uid=_dicom_text(ds, "SeriesInstanceUID"), frame_of_reference_uid=frame_uid,
+                   header=_header_only(ds))
     meta = {
         "format": "dicom", "transfer_syntax": str(tsyntax), "photometric": photometric,
         "bits_stored": bits_stored, "rescale": (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)),
@@ -583,6 +587,22 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
         meta["warnings"] = notes
     return Mammogram(image=image, spacing_mm=float(s), laterality=lat, view=view, source=p,
                      source_shape=(rows, cols), flipped=False, spacing_source=s_source, dicom=ref, meta=meta)
+
+
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
+
+
+def _header_only(ds):
+    """A pydicom Dataset of ``ds``'s elements but the pixel data (shared, not copied), with its file meta."""
+    from pydicom.dataset import Dataset
+
+    hdr = Dataset()
+    for tag in ds.keys():
+        if int(tag) not in _PIXEL_TAGS:
+            hdr[tag] = ds[tag]
+    if getattr(ds, "file_meta", None) is not None:
+        hdr.file_meta = ds.file_meta
+    return hdr
 
 
 def pydicom_default_syntax(ds):
