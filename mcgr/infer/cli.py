@@ -198,8 +198,8 @@ def run(args) -> int:
                 "models": model_info, "ttgpr": cfg.to_dict(), "tile": tile, "overlap": overlap}
     out = Path(args.out)
     excluded_note = check_out(out, args.inputs)
-    if excluded_note and not args.quiet:
-        print(f"mcgr infer: {excluded_note}", file=sys.stderr)
+    if excluded_note:  # said even with --quiet: it decides which files are inputs
+        print(f"mcgr infer: note: {excluded_note}", file=sys.stderr)
 
     try:
         from tqdm import tqdm
