@@ -26,6 +26,9 @@ is ever listed twice. A result verifies when its input still has the content it 
 (``input_sha256``: the sha256 of the input file, streamed) and every output still has its recorded
 size and sha256 (``sha256``: {file name: digest}, in ``.done`` and the manifest line): an input
 replaced by another image, or a result overwritten (even by zeros of the same size), is redone.
+``input_sha256`` is of the bytes that were read (:func:`read_hashed`), and a result whose identity
+(:func:`result_identity`: the settings that change a result, and the input's spacing) differs from
+the resumed run's is redone too, its earlier line dropped when the run closes.
 
 Folder scanning stays inside the folder given: a symlink to a folder outside it is not followed
 (a symlink to a single file is, as the file was named by whoever made the link). mcgr's own outputs
