@@ -200,9 +200,10 @@ def load_model(directory: str | os.PathLike, device="cpu", kind: str | None = No
         raise CheckpointError(f"{directory / 'config.json'}: kind is {got_kind!r}, expected {kind!r}")
     model = UNet(ucfg)
     wpath = directory / "model.safetensors"
-    tensors = read_safetensors(wpath)  # a file that does not even parse says so first
+    # what is structurally wrong (unparsable, a tensor missing or misshapen) says so first; weights
+    # that are whole but whose bytes changed are caught by their recorded hash
+    load_state_into(model, read_safetensors(wpath), str(wpath))
     check_weights(directory, cfg)
-    load_state_into(model, tensors, str(wpath))
     model.kind = got_kind
     model.config = cfg
     return model.to(device).eval()
