@@ -175,6 +175,38 @@ def choose(op: str, device: torch.device, backend: str | None = "auto") -> Choic
     return Choice("reference", _resolve(op, "reference"))
 
 
+PIPELINE_OPS = ("stitch", "rf_step", "refine")  # the fused ops full-field inference runs
+
+
+def requested_backend(backend: str | None = "auto") -> str:
+    """The backend a call with ``backend`` asks for: ``backend`` itself, or for "auto" (and None) the
+    ``MCGR_BACKEND`` environment variable when set, else "auto"."""
+    requested = backend or "auto"
+    if requested == "auto":
+        env = os.environ.get("MCGR_BACKEND", "").strip()
+        if env and env != "auto":
+            requested = env
+    return requested
+
+
+def check_backend(backend: str | None, device, ops=PIPELINE_OPS) -> str:
+    """Check, before any compute, that the backend ``backend`` asks for (argument or ``MCGR_BACKEND``)
+    can run every op of ``ops`` on ``device``; return it ("auto" always can: it falls back to the
+    reference). Raises :class:`BackendError` naming where the request came from and why not."""
+    requested = requested_backend(backend)
+    if requested == "auto":
+        return requested
+    where = "MCGR_BACKEND" if (backend or "auto") == "auto" else "backend"
+    if requested not in BACKENDS:
+        raise BackendError(f"{where}={requested!r} is not a backend; choose auto or one of {', '.join(BACKENDS)}")
+    dev = torch.device(device)
+    for op in ops:
+        ok, why = backend_status(op, requested, dev)
+        if not ok:
+            raise BackendError(f"{where}={requested!r} cannot run {op} on {dev.type}: {why}")
+    return requested
+
+
 def _resolve(op: str, backend: str) -> Callable:
     return _IMPLS[op][backend]
 

@@ -8,8 +8,8 @@ Layout of an output folder ``OUT``::
     OUT/run.json                the settings that define the results (checked by --resume)
     OUT/<key>/<stem>.*          write_outputs' files (mask.png, prob.npy, overlay.png, json, ...)
     OUT/<key>/.done             the input's record (the same as its manifest line), with file sizes
-    OUT/.mcgr-staging/          work in progress; removed at the start of every run
-    OUT/.mcgr.lock              held while a run writes into OUT
+    OUT/.mcgr-staging/          work in progress; removed at the start and the end of every run
+    (OUT itself is flock'ed while a run writes into it)
 
 ``<key>`` mirrors the input: a file inside a folder given on the command line keeps its path
 relative to that folder; any other file is named by its own name; a manifest row may give an
@@ -26,6 +26,9 @@ is ever listed twice. A result verifies when its input still has the content it 
 (``input_sha256``: the sha256 of the input file, streamed) and every output still has its recorded
 size and sha256 (``sha256``: {file name: digest}, in ``.done`` and the manifest line): an input
 replaced by another image, or a result overwritten (even by zeros of the same size), is redone.
+``input_sha256`` is of the bytes that were read (:func:`read_hashed`), and a result whose identity
+(:func:`result_identity`: the settings that change a result, and the input's spacing) differs from
+the resumed run's is redone too, its earlier line dropped when the run closes.
 
 Folder scanning stays inside the folder given: a symlink to a folder outside it is not followed
 (a symlink to a single file is, as the file was named by whoever made the link). mcgr's own outputs
@@ -135,6 +138,18 @@ def _key_from_rel(rel: str) -> str:
     return "/".join(parts)
 
 
+def _file_key(path: str, root: str) -> str:
+    """The key of ``path`` found under the folder ``root``: its path relative to ``root`` without the
+    image extension, unless a folder of that name lies beside it (``case.dcm`` beside ``case/``):
+    then the extension stays (``case.dcm``), so that the two results never nest."""
+    key = _key_from_rel(os.path.relpath(path, root))
+    name = os.path.basename(path)
+    stem = strip_image_suffix(name)
+    if stem != name and os.path.isdir(os.path.join(os.path.dirname(path), stem)):
+        key = key[: len(key) - len(stem)] + name
+    return key
+
+
 def _check_key(key: str) -> str | None:
     """Why ``key`` cannot name an output folder, or None."""
     parts = key.split("/")
@@ -192,6 +207,8 @@ def _parse_spacing(text, where: str) -> tuple[float | None, str | None]:
 
     if text is None or (isinstance(text, str) and not text.strip()):
         return None, None
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        return None, f"{where}: spacing must be a number of mm, got {json.dumps(text)}"
     try:
         s = float(text)
     except (TypeError, ValueError):
@@ -221,6 +238,9 @@ def _manifest_rows(path: str) -> Iterator[tuple[int, dict | None, str | None]]:
                     continue
                 first = False
                 if header is None:
+                    if not cells[0]:
+                        yield n, None, f"{name} line {n}: empty path cell (first column) in {','.join(row)!r}"
+                        continue
                     yield n, {"path": cells[0], "spacing": cells[1] if len(cells) > 1 else None, "id": None}, None
                     continue
                 rec = dict(zip(header, cells))
@@ -272,7 +292,7 @@ def _from_manifest(path: str, exclude) -> Iterator[InputItem]:
             key = str(row["id"]).strip().strip("/") if row["id"] not in (None, "") else None
             if os.path.isdir(p):
                 for f in walk_folder(p, exclude):
-                    k = _key_from_rel(os.path.relpath(f, p))
+                    k = _file_key(f, p)
                     yield _item(f, f"{key}/{k}" if key else k, sp, where, serr)
                 continue
             yield _item(p, key if key else _key_from_rel(os.path.basename(p)), sp, where, serr)
@@ -303,7 +323,7 @@ def iter_inputs(specs: Iterable[str], exclude: Iterable[str] = ()) -> Iterator[I
         spec = os.path.expanduser(str(spec))
         if os.path.isdir(spec):
             for f in walk_folder(spec, exclude):
-                yield _item(f, _key_from_rel(os.path.relpath(f, spec)), None, spec)
+                yield _item(f, _file_key(f, spec), None, spec)
         elif os.path.exists(spec):
             if is_manifest_file(spec):  # a regular file, or a pipe another program writes paths into
                 yield from _from_manifest(spec, exclude)
@@ -315,7 +335,7 @@ def iter_inputs(specs: Iterable[str], exclude: Iterable[str] = ()) -> Iterator[I
                 if os.path.isdir(m):
                     any_match = True
                     for f in walk_folder(m, exclude):
-                        yield _item(f, _key_from_rel(os.path.relpath(f, m)), None, spec)
+                        yield _item(f, _file_key(f, m), None, spec)
                 elif os.path.isfile(m) and is_mammogram_file(m):
                     any_match = True
                     yield _item(m, _key_from_rel(os.path.basename(m)), None, spec)
@@ -378,14 +398,35 @@ def verify_result(folder: Path, record: dict) -> bool:
     return True
 
 
-def is_complete(out: Path, item: InputItem) -> bool:
-    """Whether ``item``'s result folder under ``out`` is complete and verified, and was computed from
-    the input's present content (used by --resume)."""
+# The run settings that change a result (others, e.g. the device or the thread count, change only
+# how fast it comes): with the input's content and its effective spacing they make a result's
+# identity, which --resume compares. A new setting that changes results is one more name here.
+RESULT_SETTINGS = ("refine", "models", "operating_point", "ttgpr", "tile", "overlap")
+
+
+def result_identity(settings: dict, item: InputItem) -> dict:
+    """What decides ``item``'s result besides its content: the settings of ``RESULT_SETTINGS`` (the
+    models by their weights' sha256) and the spacing the input is read at (its manifest row's, else
+    the run's ``--spacing``, else None: the file's own, which its content hash covers)."""
+    ident = {}
+    for k in RESULT_SETTINGS:
+        v = settings.get(k)
+        if k == "models" and isinstance(v, dict):
+            v = {kind: (m.get("sha256") if isinstance(m, dict) else m) for kind, m in sorted(v.items())}
+        ident[k] = v
+    ident["spacing"] = item.spacing if item.spacing is not None else settings.get("spacing")
+    return json.loads(json.dumps(ident, sort_keys=True))  # the form it has once read back from .done
+
+
+def is_complete(out: Path, item: InputItem, settings: dict) -> bool:
+    """Whether ``item``'s result folder under ``out`` is complete and verified, was computed from the
+    input's present content, and has the identity ``settings`` give it now (used by --resume)."""
     if item.error is not None or not item.key:
         return False
     folder = Path(out) / item.key
     done = read_done(folder)
     return (done is not None and done.get("status") == "ok" and done.get("input") == item.path
+            and done.get("identity") == result_identity(settings, item)
             and verify_result(folder, done) and input_unchanged(done))
 
 
@@ -411,6 +452,26 @@ def _fsync_write(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
+class InputChanged(ValueError):
+    """The input file changed while it was being read: no result is made from a mix of two files."""
+
+
+def read_hashed(path: str, read):
+    """``(read(), sha256 of path)`` where the digest is of the bytes ``read`` saw: the file is hashed
+    before it is read, and its identity (device, inode, size, mtime) must be the same before the
+    hash and after the read; a file replaced or rewritten in between raises :class:`InputChanged`."""
+    def ident():
+        st = os.stat(path)
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+    before = ident()
+    digest = file_sha256(path)
+    value = read()
+    if ident() != before:
+        raise InputChanged(f"{path} changed while it was being read; run again (or --resume) once it is complete")
+    return value, digest
+
+
 def _settings_line(settings: dict) -> dict:
     return {k: settings.get(k) for k in ("refine", "spacing", "device", "backend", "engine", "threads", "models",
                                          "operating_point")}
@@ -431,8 +492,9 @@ def process_item(item: InputItem, pipeline, out: Path, settings: dict, run_id: s
         return rec
     try:
         spacing = item.spacing if item.spacing is not None else settings.get("spacing")
-        res = pipeline(item.path, spacing=spacing, refine=bool(settings.get("refine", True)))
-        return stage_result(rec, item, res, out, t0)
+        res, digest = read_hashed(item.path, lambda: pipeline(item.path, spacing=spacing,
+                                                               refine=bool(settings.get("refine", True))))
+        return stage_result(rec, item, res, out, t0, input_sha256=digest)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - one bad input is reported, the archive goes on
@@ -442,7 +504,7 @@ def process_item(item: InputItem, pipeline, out: Path, settings: dict, run_id: s
 def new_record(item: InputItem, settings: dict, run_id: str) -> dict:
     """The record of ``item`` before it is processed (status "error" until staged)."""
     return {"input": item.path, "key": item.key, "status": "error", "error": None,
-            "settings": _settings_line(settings), "run_id": run_id,
+            "settings": _settings_line(settings), "identity": result_identity(settings, item), "run_id": run_id,
             "worker": f"{socket.gethostname()}:{os.getpid()}", "timings": {}}
 
 
@@ -458,22 +520,24 @@ def record_error(rec: dict, exc: BaseException, t0: float) -> dict:
     return rec
 
 
-def stage_result(rec: dict, item: InputItem, res, out: Path, t0: float) -> dict:
+def stage_result(rec: dict, item: InputItem, res, out: Path, t0: float, *, input_sha256: str) -> dict:
     """Write the pipeline result ``res`` of ``item`` and its ``.done`` into a fresh folder under
-    ``out/.mcgr-staging``; return ``rec`` completed ("ok", files, result_id, "staging"). Raises on a
-    write failure, leaving no staged folder behind."""
+    ``out/.mcgr-staging``; return ``rec`` completed ("ok", files, result_id, "staging"; and
+    "failed_outputs", {kind: reason}, when an output could not be made from this input).
+    ``input_sha256``: the digest of the bytes the result was computed from (:func:`read_hashed`).
+    Raises on a write failure, leaving no staged folder behind."""
     timings = {k: round(float(v), 4) for k, v in res.timings.items()}
     root = Path(out) / STAGING
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(exist_ok=True)  # never parents: an --out that vanished is not silently made again
     staging = Path(tempfile.mkdtemp(dir=root, prefix="r-"))
     try:
         stem = item.key.rsplit("/", 1)[-1]
         t = time.perf_counter()
         from mcgr.io import write_outputs
 
-        write_outputs(staging, stem, res.mammogram, res.prob, res.mask, res.detections, res.clusters,
-                      uncertainty=res.uncertainty, excluded={"pectoral": res.pectoral},
-                      provenance={k: rec["settings"].get(k) for k in ("models", "operating_point")})
+        written = write_outputs(staging, stem, res.mammogram, res.prob, res.mask, res.detections, res.clusters,
+                                uncertainty=res.uncertainty, excluded={"pectoral": res.pectoral},
+                                provenance={k: rec["settings"].get(k) for k in ("models", "operating_point")})
         timings["write"] = round(time.perf_counter() - t, 4)
         # temporary names are created private (0600/0700); results are for the archive's readers
         os.chmod(staging, 0o777 & ~_UMASK)
@@ -487,10 +551,14 @@ def stage_result(rec: dict, item: InputItem, res, out: Path, t0: float) -> dict:
                    refined_fraction=round(float(res.refined_fraction), 6), n_detections=len(res.detections),
                    n_clusters=len(res.clusters), files=files, result_id=uuid.uuid4().hex)
         rec["sha256"] = {name: file_sha256(staging / name) for name in files}
-        rec["input_sha256"] = file_sha256(item.path)
-        notes = (getattr(res.mammogram, "meta", None) or {}).get("warnings")
+        rec["input_sha256"] = input_sha256
+        failed = dict(getattr(written, "failed", {}) or {})
+        if failed:
+            rec["failed_outputs"] = failed
+        notes = [str(n) for n in (getattr(res.mammogram, "meta", None) or {}).get("warnings") or ()]
+        notes += [f"no {kind} output: {why}" for kind, why in failed.items()]
         if notes:
-            rec["warnings"] = [str(n) for n in notes]
+            rec["warnings"] = notes
         timings["total"] = round(time.perf_counter() - t0, 4)
         rec["timings"] = timings
         _fsync_write(staging / DONE, json.dumps(rec, sort_keys=True) + "\n")
@@ -550,17 +618,37 @@ def _replace_dir(src: Path, dst: Path, trash_root: Path) -> None:
 
 class Manifest:
     """The run's ``manifest.jsonl``, appended one whole line at a time (flushed and fsynced, so a
-    line is on disk before its result folder is moved into place)."""
+    line is on disk before its result folder is moved into place).
+
+    Before each line it checks that the manifest file it holds open is still the one at its path (the
+    output folder deleted, moved or replaced during the run): if not, :class:`ArchiveError`, which
+    stops the run with an error exit instead of writing results nobody will find.
+    ``superseded``: result ids of earlier runs' results this run replaced (their lines are dropped
+    when the run closes)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._fh = open(self.path, "a", encoding="utf-8")
+        self.lines = 0
+        self.superseded: set[str] = set()
+
+    def check(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            st = None
+        mine = os.fstat(self._fh.fileno())
+        if st is None or (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
+            raise ArchiveError(f"the output folder {self.path.parent} (its {self.path.name}) vanished or was replaced "
+                               f"during the run after {self.lines} manifest line(s); stopped")
 
     def append(self, record: dict) -> None:
+        self.check()
         record.setdefault("finished_unix", round(time.time(), 3))
         self._fh.write(json.dumps(record, sort_keys=True) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
+        self.lines += 1
 
     def close(self) -> None:
         self._fh.close()
@@ -577,6 +665,13 @@ def commit(record: dict, out: Path, manifest: Manifest, run_id: str) -> dict:
         return rec
     out = Path(out)
     target = out / rec["key"]
+    nest = _nesting(out, rec["key"])
+    if nest is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+        rec = {k: v for k, v in rec.items() if k not in ("files", "result_id", "sha256")}
+        rec.update(status="error", error=nest)
+        manifest.append(rec)
+        return rec
     prev = read_done(target)
     if prev is not None and prev.get("run_id") == run_id:
         shutil.rmtree(staging, ignore_errors=True)
@@ -595,6 +690,8 @@ def commit(record: dict, out: Path, manifest: Manifest, run_id: str) -> dict:
         rec.update(status="error", error=f"{target} exists and is not an mcgr result folder; move it away or choose another --out")
         manifest.append(rec)
         return rec
+    if prev is not None and isinstance(prev.get("result_id"), str):
+        manifest.superseded.add(prev["result_id"])  # its line in the manifest goes when the run closes
     manifest.append(rec)
     try:
         _replace_dir(Path(staging), target, out / STAGING)
@@ -606,19 +703,40 @@ def commit(record: dict, out: Path, manifest: Manifest, run_id: str) -> dict:
     return rec
 
 
+def _nesting(out: Path, key: str) -> str | None:
+    """Why the result folder ``out/key`` would nest with another result (a result folder above it,
+    or result folders inside it), or None."""
+    parts = key.split("/")
+    for i in range(1, len(parts)):
+        above = "/".join(parts[:i])
+        if (out / above / DONE).exists():
+            return (f"output folder {key!r} would lie inside the result folder {above!r}; results never nest: "
+                    f"give the inputs an id column in a manifest")
+    target = out / key
+    if target.is_dir() and not target.is_symlink():
+        for e in os.scandir(target):
+            if e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
+                return (f"output folder {key!r} holds the folder {e.name!r}; results never nest: "
+                        f"give the inputs an id column in a manifest")
+    return None
+
+
 # ---------------------------------------------------------------- the run folder
-
-def _result_settings(settings: dict) -> dict:
-    """The settings that decide the results (a resumed run must use the same)."""
-    return {k: settings.get(k) for k in ("refine", "spacing", "models", "ttgpr", "tile", "overlap")}
-
 
 class RunFolder:
     """The output folder of a run, locked while the run writes into it.
 
-    ``open()`` checks the folder (a previous run there needs ``resume=True`` and the same result
-    settings), rewrites the manifest keeping only verified results when resuming, clears stale
-    staging, writes ``run.json`` and opens the manifest for appending.
+    ``open()`` checks the folder (a previous run there needs ``resume=True``), rewrites the manifest
+    keeping only verified results when resuming, clears stale staging, writes ``run.json`` and opens
+    the manifest for appending. Results whose identity (:func:`result_identity`) differs from this
+    run's settings are redone input by input, and their earlier lines dropped when the run closes.
+
+    The lock is an ``flock`` on the output folder itself (no lock file that could be deleted under a
+    running run, or outlive it). Every temporary (``*.tmp``, the staging folder) is removed on the
+    way out, whatever stopped the run; a SIGKILL leaves the staging folder, which the next run in
+    the folder removes first. A run that ends before its first manifest line (refused, or stopped
+    before any input finished) removes what it created: ``run.json``, the empty manifest, and the
+    output folder itself when it made it and it is empty.
     """
 
     def __init__(self, out, settings: dict, resume: bool):
@@ -629,31 +747,40 @@ class RunFolder:
         self.kept = 0
         self.dropped = 0
         self.manifest: Manifest | None = None
-        self._lock = None
+        self._lock: int | None = None
+        self._made_out = False
+        self._previous = False
+        self._run_json_before: bytes | None = None
+        self.discard = False  # set by the caller when the run found nothing to do: closed like a failure
 
     def open(self) -> "RunFolder":
         out = self.out
         if out.exists() and not out.is_dir():
             raise ArchiveError(f"--out {out} exists and is not a folder")
         try:
+            self._made_out = not out.exists()
             out.mkdir(parents=True, exist_ok=True)
-            lock = open(out / LOCK, "a+")
+            fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as e:
             raise ArchiveError(f"--out {out} cannot be written: {e.strerror or e}"
                                + (f" ({e.filename})" if e.filename and str(e.filename) != str(out) else "")) from None
         try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            lock.close()
+            os.close(fd)
+            self._made_out = False
             raise ArchiveError(f"another mcgr infer is writing into {out}; wait for it or choose another --out") from None
-        self._lock = lock
+        self._lock = fd
         try:
+            old_lock = out / LOCK  # the lock file of earlier versions: the folder itself is locked now
+            if old_lock.is_file() and old_lock.stat().st_size == 0:
+                old_lock.unlink()
             self._prepare()
         except OSError as e:
-            self.close()
+            self.close(failed=True)
             raise ArchiveError(f"--out {out} cannot be written: {e.strerror or e}") from None
         except BaseException:
-            self.close()
+            self.close(failed=True)
             raise
         return self
 
@@ -661,74 +788,119 @@ class RunFolder:
         out = self.out
         mpath, rpath = out / MANIFEST, out / RUN_FILE
         previous = mpath.exists() or rpath.exists()
+        self._previous = previous
         if previous and not self.resume:
             raise ArchiveError(f"{out} holds a previous run ({MANIFEST}): pass --resume to continue it, "
                                f"or choose another --out")
         if previous:
             try:
-                old = json.loads(rpath.read_text())
-                old_settings = old["settings"]
-            except (OSError, ValueError, KeyError, TypeError):
-                old_settings = None
-            if old_settings is not None:
-                want, got = _result_settings(old_settings), _result_settings(self.settings)
-                diff = sorted(k for k in want if want[k] != got[k])
-                if diff:
-                    raise ArchiveError(f"{out} was started with other settings ({', '.join(diff)} differ: "
-                                       f"{ {k: want[k] for k in diff} }); resume with the same settings or choose another --out")
+                self._run_json_before = rpath.read_bytes()
+            except OSError:
+                self._run_json_before = None
             self._filter_manifest(mpath)
         shutil.rmtree(out / STAGING, ignore_errors=True)
         (out / STAGING).mkdir()
         doc = {"settings": self.settings, "run_id": self.run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "resumed": bool(previous)}
+               "resumed": bool(previous), "result_settings": list(RESULT_SETTINGS)}
         from mcgr import __version__
 
         doc["mcgr_version"] = __version__
-        tmp = out / (RUN_FILE + ".tmp")
-        _fsync_write(tmp, json.dumps(doc, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, rpath)
+        _replace_text(rpath, json.dumps(doc, indent=1, sort_keys=True) + "\n")
         self.manifest = Manifest(mpath)
 
-    def _filter_manifest(self, mpath: Path) -> None:
-        """Keep the lines of verified results; everything else is redone (streamed, O(1) memory)."""
+    def _filter_manifest(self, mpath: Path, drop_ids: set | None = None) -> None:
+        """Keep the lines of verified results (and not of ``drop_ids``); everything else is redone
+        (streamed, O(1) memory). The temporary copy never outlives a failure (a full disk)."""
         if not mpath.exists():
             return
         tmp = mpath.with_name(mpath.name + ".tmp")
-        with open(mpath, encoding="utf-8", errors="replace") as src, open(tmp, "w", encoding="utf-8") as dst:
-            for line in src:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    self.dropped += 1
-                    continue
-                if isinstance(rec, dict) and rec.get("status") == "ok" and isinstance(rec.get("key"), str) \
-                        and _check_key(rec["key"]) is None and verify_result(self.out / rec["key"], rec) \
-                        and input_unchanged(rec):
-                    dst.write(json.dumps(rec, sort_keys=True) + "\n")
-                    self.kept += 1
-                else:
-                    self.dropped += 1
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, mpath)
+        kept = dropped = 0
+        try:
+            with open(mpath, encoding="utf-8", errors="replace") as src, open(tmp, "w", encoding="utf-8") as dst:
+                for line in src:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        dropped += 1
+                        continue
+                    if drop_ids is not None:
+                        ok = isinstance(rec, dict) and rec.get("result_id") not in drop_ids
+                    else:
+                        ok = (isinstance(rec, dict) and rec.get("status") == "ok" and isinstance(rec.get("key"), str)
+                              and _check_key(rec["key"]) is None and verify_result(self.out / rec["key"], rec)
+                              and input_unchanged(rec))
+                    if ok:
+                        dst.write(json.dumps(rec, sort_keys=True) + "\n")
+                        kept += 1
+                    else:
+                        dropped += 1
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(tmp, mpath)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        if drop_ids is None:
+            self.kept, self.dropped = kept, dropped
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Close the manifest and unlock; ``failed``: the run stopped on an exception."""
+        lines = 0
         if self.manifest is not None:
+            lines = self.manifest.lines
+            superseded = self.manifest.superseded
             self.manifest.close()
             self.manifest = None
+            if superseded:
+                try:
+                    self._filter_manifest(self.out / MANIFEST, drop_ids=superseded)
+                except OSError:
+                    pass  # the next --resume drops them: their result ids no longer match their folders
         if self._lock is not None:
-            try:
-                (self.out / STAGING).rmdir()  # only when empty: what a crash left stays for the next run
-            except OSError:
-                pass
-            self._lock.close()
+            out = self.out
+            shutil.rmtree(out / STAGING, ignore_errors=True)
+            for tmp in (out / (MANIFEST + ".tmp"), out / (RUN_FILE + ".tmp")):
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+            if (failed or self.discard) and lines == 0:
+                self._undo()
+            os.close(self._lock)
             self._lock = None
+
+    def _undo(self) -> None:
+        """Remove what a run that never wrote a manifest line created (it leaves nothing behind)."""
+        out = self.out
+        mpath, rpath = out / MANIFEST, out / RUN_FILE
+        try:
+            if not self._previous:
+                for f in (mpath, rpath):
+                    if f.exists() and (f is rpath or f.stat().st_size == 0):
+                        f.unlink()
+                if self._made_out and not any(os.scandir(out)):
+                    out.rmdir()
+            elif self._run_json_before is not None and rpath.exists():
+                _replace_text(rpath, self._run_json_before.decode("utf-8", "replace"))
+        except OSError:
+            pass
 
     def __enter__(self):
         return self.open()
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        self.close(failed=exc_type is not None)
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """``path`` replaced whole by ``text`` (temp file, fsync, rename); the temporary never outlives a failure."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        _fsync_write(tmp, text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 # ---------------------------------------------------------------- the local engine
@@ -778,7 +950,7 @@ class Tally:
 def run_local(items: Iterable[InputItem], pipeline, run: RunFolder, tally: Tally) -> Tally:
     """Process ``items`` one by one in this process (the local engine)."""
     for item in items:
-        if run.resume and is_complete(run.out, item):
+        if run.resume and is_complete(run.out, item, run.settings):
             tally.add_complete()
             continue
         dup = committed_in_run(run.out, item, run.run_id)

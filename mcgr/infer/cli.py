@@ -180,6 +180,17 @@ def run(args) -> int:
         if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
             raise CLIError(f"--device must be auto, cpu or cuda, got {args.device!r}")
         device = args.device
+        try:  # checked before the run folder is made: a refused run leaves nothing behind
+            import ray  # noqa: F401
+        except ImportError:
+            raise CLIError("--engine ray needs Ray: pip install 'mcgr[distributed]'") from None
+    from mcgr._backends import BackendError, check_backend as check_backend_on
+
+    try:  # the backend asked for (--backend or MCGR_BACKEND) must run on the device, before any compute
+        if args.engine == "local":  # (a Ray worker's device is known once the cluster is: it checks its own)
+            check_backend_on(backend, device)
+    except BackendError as e:
+        raise CLIError(str(e)) from None
     models, model_info = load_models(args.models, refine)
     from mcgr.infer.pipeline import operating_config, operating_point
 
@@ -194,7 +205,9 @@ def run(args) -> int:
                 "engine": args.engine, "threads": args.threads if args.engine == "local" else args.cpus_per_worker,
                 "models": model_info, "operating_point": point, "ttgpr": cfg.to_dict(), "tile": tile, "overlap": overlap}
     out = Path(args.out)
-    check_out(out, args.inputs)
+    excluded_note = check_out(out, args.inputs)
+    if excluded_note:  # said even with --quiet: it decides which files are inputs
+        print(f"mcgr infer: note: {excluded_note}", file=sys.stderr)
 
     try:
         from tqdm import tqdm
@@ -225,6 +238,8 @@ def run(args) -> int:
                 run_ray(items, models, runf, tally, address=args.address, device=device,
                         gpus_per_worker=args.num_gpus_per_worker, workers=args.workers,
                         cpus_per_worker=args.cpus_per_worker, tile=tile, overlap=overlap, config=cfg)
+            if tally.total == 0:
+                runf.discard = True  # nothing found: leave no run behind that a next run would have to --resume
     except archive.ArchiveError as e:
         raise CLIError(str(e)) from None
     except Terminated:
@@ -257,21 +272,32 @@ def run(args) -> int:
     return EXIT_OK
 
 
-def check_out(out: Path, inputs) -> None:
+def check_out(out: Path, inputs) -> str | None:
     """Refuse, before anything is computed or created, an --out that would mix results into the
-    inputs (the input folder itself, the manifest this run writes) and two input files with one
-    output name. (An --out inside an input folder is fine: the scan skips it.)"""
+    inputs (the input folder itself, the manifest this run writes, an --out inside an input folder
+    that already holds images of its own, which the scan would skip) and two input files with one
+    output name. An --out inside an input folder is otherwise excluded from the scan, and the
+    returned note says so (None when there is nothing to say)."""
     from mcgr._arguments import CLIError
     from mcgr.infer import archive
 
     out_real = os.path.realpath(out)
     names: dict[str, str] = {}
+    note = None
     for spec in inputs:
         spec = os.path.expanduser(str(spec))
         if os.path.isdir(spec):
-            if os.path.realpath(spec) == out_real:
+            spec_real = os.path.realpath(spec)
+            if spec_real == out_real:
                 raise CLIError(f"--out {out} is the input folder {spec}: results would be mixed with the inputs; "
                                f"choose an --out outside it (or a new folder inside it)")
+            if archive._inside(out_real, spec_real):
+                if os.path.isdir(out):
+                    own = next(iter(archive.walk_folder(str(out))), None)
+                    if own is not None:
+                        raise CLIError(f"--out {out} lies inside the input folder {spec} and holds images of its own "
+                                       f"({own}), which the scan would skip: choose an --out without images")
+                note = f"--out {out} lies inside the input folder {spec}: it is not searched for inputs"
         elif os.path.isfile(spec):
             if os.path.realpath(spec) == os.path.realpath(out / archive.MANIFEST):
                 raise CLIError(f"{spec} is the manifest this run writes; to redo a run's inputs, write into another --out")
@@ -283,3 +309,4 @@ def check_out(out: Path, inputs) -> None:
                 raise CLIError(f"{names[key]} and {real} both map to the output folder {key!r}: give them as a "
                                f"folder, or in a manifest with an id column")
             names[key] = real
+    return note

@@ -160,6 +160,54 @@ def operating_config(segmentor, config: TTGPRConfig | None = None, fp_per_image:
     return replace(cfg, threshold=float(t)) if t is not None else cfg
 
 
+def _check_image(image) -> torch.Tensor:
+    """An API image checked as the file path checks a file: a real-valued [H, W] array (not bool or
+    complex, not on the meta device) with sides within the reader's limits, finite, in [0, 1].
+    Returns it as a float32 tensor detached from any autograd graph."""
+    from mcgr._interop import as_tensor
+    from mcgr.io.reader import MAX_SIDE_PX, MIN_SIDE_PX
+
+    if isinstance(image, (bool, int, float, complex)) or image is None:
+        raise TypeError(f"image must be a [H, W] array or a path, got {type(image).__name__}")
+    img, _ = as_tensor(image, "image")
+    if img.is_meta:
+        raise ValueError("image is a meta tensor (it has no data)")
+    if img.dtype == torch.bool or img.is_complex() or not (img.is_floating_point() or img.dtype in
+                                                            (torch.uint8, torch.int8, torch.int16, torch.int32,
+                                                             torch.int64)):
+        raise TypeError(f"image must hold real numbers in [0, 1] (float), got dtype {img.dtype}"
+                        + (" (a boolean mask is not a mammogram)" if img.dtype == torch.bool else ""))
+    if img.dim() != 2:
+        raise ValueError(f"image must be [H, W], got shape {tuple(img.shape)}")
+    h, w = img.shape
+    if min(h, w) < MIN_SIDE_PX or max(h, w) > MAX_SIDE_PX:
+        raise ValueError(f"image of {h} x {w} px: each side must be {MIN_SIDE_PX} to {MAX_SIDE_PX} px")
+    img = img.detach().float()
+    if not bool(torch.isfinite(img).all()):
+        raise ValueError("image holds NaN or inf")
+    if float(img.min()) < 0 or float(img.max()) > 1:
+        raise ValueError(f"image must lie in [0, 1] (canonical domain), got [{float(img.min())}, {float(img.max())}]")
+    return img
+
+
+def _check_api_spacing(spacing, shape) -> float:
+    """``spacing`` (None: the model spacing) checked as the file path checks it: a real number of mm
+    (not a bool) within the reader's range, whose model grid fits (sizes and memory)."""
+    from mcgr.io.reader import _SPACING_RANGE_MM
+    from mcgr.io.resample import check_model_grid
+
+    if spacing is None:
+        spacing = MODEL_SPACING_MM
+    if isinstance(spacing, (bool, np.bool_)) or not isinstance(spacing, (int, float, np.integer, np.floating)):
+        raise TypeError(f"spacing must be a number of mm, got {spacing!r}")
+    s = float(spacing)
+    lo, hi = _SPACING_RANGE_MM
+    if not lo <= s <= hi:
+        raise ValueError(f"spacing must be a pixel spacing in mm within [{lo}, {hi}], got {spacing!r}")
+    check_model_grid(shape, s, advice="check spacing=")
+    return s
+
+
 def _shifted(projector, pad: int):
     """``projector`` seen from the canvas: window origins moved from canvas px to input px."""
     def call(windows, origins, seeds):
@@ -194,6 +242,9 @@ class Pipeline:
             if self.gen is not None:
                 self.gen = self.gen.to(memory_format=torch.channels_last)
         self.config = (config or TTGPRConfig()).validated()
+        from mcgr._backends import check_backend
+
+        check_backend(backend, self.device)  # before any compute, not per image after the segmentor ran
         self.backend = backend
         self.tile = int(tile)
         self.overlap = float(overlap)
@@ -287,17 +338,8 @@ class Pipeline:
         else:
             from mcgr._interop import as_tensor
 
-            img, _ = as_tensor(image, "image")
-            if img.dim() != 2:
-                raise ValueError(f"image must be [H, W], got shape {tuple(img.shape)}")
-            img = img.float()
-            if not bool(torch.isfinite(img).all()):
-                raise ValueError("image holds NaN or inf")
-            if img.numel() and (float(img.min()) < 0 or float(img.max()) > 1):
-                raise ValueError(f"image must lie in [0, 1] (canonical domain), got [{float(img.min())}, {float(img.max())}]")
-            spacing = MODEL_SPACING_MM if spacing is None else float(spacing)
-        if not spacing > 0:
-            raise ValueError(f"spacing must be > 0 mm, got {spacing}")
+            img = _check_image(image)
+            spacing = _check_api_spacing(spacing, tuple(img.shape))
         timings["read"] = time.perf_counter() - t
         t = time.perf_counter()
         src_shape = tuple(img.shape)
@@ -369,7 +411,14 @@ class Pipeline:
         pad, src_shape, model_shape = prep.pad, prep.src_shape, prep.model_shape
         canvas_seeds = None
         if seeds is not None:
-            sd = torch.as_tensor(np.asarray(seeds, dtype=np.float64)).reshape(-1, 2)
+            try:
+                arr = np.asarray(seeds.detach().cpu() if isinstance(seeds, torch.Tensor) else seeds)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError("seeds must be a [K, 2] array of (row, col) points") from None
+            if arr.dtype.kind not in "iuf" or not (arr.ndim == 2 and arr.shape[1] == 2 or arr.size == 0):
+                raise ValueError(f"seeds must be a [K, 2] array of (row, col) numbers, got shape {tuple(arr.shape)} "
+                                 f"of {arr.dtype}")
+            sd = torch.as_tensor(arr.astype(np.float64)).reshape(-1, 2)
             h, w = src_shape
             bad = ~torch.isfinite(sd).all(1) | (sd[:, 0] < 0) | (sd[:, 0] > h - 1) | (sd[:, 1] < 0) | (sd[:, 1] > w - 1)
             if bool(bad.any()):

@@ -174,21 +174,23 @@ def run_overlapped(items, pipeline, run, tally, prefetch: int = 1, write_behind:
     lock = threading.Lock()
 
     def load(item):
-        if run.resume and archive.is_complete(out, item):
+        if run.resume and archive.is_complete(out, item, settings):
             return "complete"
         if item.error is not None:
             return None
         t0 = time.perf_counter()
         spacing = item.spacing if item.spacing is not None else settings.get("spacing")
-        return t0, pipeline.prepare(item.path, spacing=spacing)
+        # the input's digest is of the bytes this read saw (a file replaced later is redone by --resume)
+        prep, digest = archive.read_hashed(item.path, lambda: pipeline.prepare(item.path, spacing=spacing))
+        return t0, prep, digest
 
-    def finish_and_commit(item, rec, t0, prep, fr, exc):
+    def finish_and_commit(item, rec, t0, prep, fr, exc, digest=None):
         if rec["error"] is None and exc is None:
             try:
                 res = pipeline.finish(prep, fr)
                 # "total" is this input's own work (the sum of its stages), not its time in the queues
                 busy = sum(float(v) for v in res.timings.values())
-                rec = archive.stage_result(rec, item, res, out, time.perf_counter() - busy)
+                rec = archive.stage_result(rec, item, res, out, time.perf_counter() - busy, input_sha256=digest)
             except Exception as e:  # noqa: BLE001 - one bad input is reported, the archive goes on
                 rec = archive.record_error(rec, e, t0)
         elif exc is not None:
@@ -220,7 +222,7 @@ def run_overlapped(items, pipeline, run, tally, prefetch: int = 1, write_behind:
             except Exception as e:  # noqa: BLE001 - one bad input is reported, the archive goes on
                 writer.submit(finish_and_commit, item, rec, t0, None, None, e)
                 continue
-            writer.submit(finish_and_commit, item, rec, t0, prep, fr, None)
+            writer.submit(finish_and_commit, item, rec, t0, prep, fr, None, loaded[2])
             del prep, fr, loaded
     except BaseException:
         reader.close()

@@ -58,6 +58,13 @@ MAX_SIDE_PX = 20000
 # smallest calcification cluster (2 mm); any real view is over 1000 px a side.
 MIN_SIDE_PX = 16
 _SPACING_RANGE_MM = (0.005, 2.0)
+# Source pixels, checked from the header before any decoding (with the memory they would take): the
+# largest film (24 x 30 cm) at the finest digitiser pitch in use (25 um; DDSM scanned at 42 to 50 um)
+# is 115 Mpx. A 174 KB PNG of 13000 x 13000 px (169 Mpx) at 0.005 mm peaked at 4.4 GB and wrote a
+# 645 MB result folder (2-core CPU box, 2026-12-06): about 26 bytes per source pixel from reading to
+# the written outputs, counted on top of the model grid's own cost.
+MAX_SOURCE_PIXELS = 120_000_000
+SOURCE_BYTES_PER_PX = 26
 # A damaged Rows/Columns must not make a decoder allocate gigabytes: past 64 MiB decoded, a
 # compression ratio over 1000:1 is taken as a damaged header (real mammograms compress < 20:1).
 _MAX_BLIND_DECODE = 64 << 20
@@ -77,7 +84,9 @@ _VIEW_RE = re.compile(r"(?:^|[^A-Z])(XCCL|XCCM|MLO|CC|ML|LM)(?:$|[^A-Z])")
 
 @dataclass(frozen=True)
 class DicomRef:
-    """What the DICOM SEG writer needs from the source: its path (re-read lazily) and its UIDs."""
+    """What the DICOM SEG writer needs from the source: its path, its UIDs and ``header``, the
+    header as it was read (a pydicom Dataset without the pixel data), so that the SEG describes the
+    file that was segmented even if the path has since been replaced."""
 
     path: str
     sop_class_uid: str
@@ -85,6 +94,7 @@ class DicomRef:
     study_instance_uid: str
     series_instance_uid: str
     frame_of_reference_uid: str | None
+    header: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -151,6 +161,29 @@ def _check_size(path: str, shape) -> None:
         raise MammogramReadError(path, f"image of {shape[0]} x {shape[1]} px is larger than {MAX_SIDE_PX} px a side")
 
 
+def _check_source(path: str, shape, spacing_mm: float, spacing_from: str = "argument") -> None:
+    """Refuse, from the header alone (before decoding), an image whose pixel count or memory cannot
+    fit: over ``MAX_SOURCE_PIXELS``, a model grid that :func:`mcgr.io.resample.check_model_grid`
+    refuses, or more memory than this machine has for the source grid and the model grid together."""
+    from mcgr._memory import available_bytes, format_bytes
+    from mcgr.io.resample import PIPELINE_BYTES_PER_PX, check_model_grid
+
+    _check_size(path, shape)
+    h, w = int(shape[0]), int(shape[1])
+    if h * w > MAX_SOURCE_PIXELS:
+        raise MammogramReadError(path, f"{h} x {w} px is {h * w / 1e6:.0f} Mpx, more than the {MAX_SOURCE_PIXELS / 1e6:.0f} "
+                                       f"Mpx of the largest film at 25 um; refused before decoding")
+    try:
+        oh, ow = check_model_grid((h, w), spacing_mm, spacing_from=spacing_from)
+    except ValueError as exc:
+        raise MammogramReadError(path, str(exc)) from None
+    need = float(h) * w * SOURCE_BYTES_PER_PX + float(oh) * ow * PIPELINE_BYTES_PER_PX
+    avail = available_bytes()
+    if avail is not None and need > avail:
+        raise MammogramReadError(path, f"{h} x {w} px at {spacing_mm:g} mm needs about {format_bytes(need)} of memory; "
+                                       f"this machine has {format_bytes(avail)} available; refused before decoding")
+
+
 def _check_content(path: str, values: np.ndarray, lo: float, hi: float) -> None:
     """Refuse what is not a mammogram: too small, blank (one value) or binary (two values)."""
     h, w = values.shape[:2]
@@ -172,14 +205,20 @@ def _normalise(path: str, values: np.ndarray, invert: bool) -> tuple[np.ndarray,
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise MammogramReadError(path, "pixel values hold NaN or inf")
     lo, hi = float(values.min()), float(values.max())
-    scale = 1.0 / (hi - lo) if hi > lo else 0.0
-    # Two passes into one float32 buffer: a full-field image is 50 MB and every temporary costs.
+    # In float64, with the values first divided by their largest magnitude: finite extremes (a
+    # RescaleSlope of 1e300 or 1e-300, float32 data of order 1e-40) neither overflow in hi - lo
+    # nor in its reciprocal, and come out in [0, 1]. Row blocks keep the float64 temporaries small.
+    mag = max(abs(lo), abs(hi)) or 1.0
+    a, b = lo / mag, hi / mag
+    scale = 1.0 / (b - a) if b > a else 0.0
     out = np.empty(values.shape, np.float32)
-    if invert:
-        np.subtract(np.float64(hi) if values.dtype == np.float64 else np.float32(hi), values, out=out, casting="unsafe")
-    else:
-        np.subtract(values, np.float64(lo) if values.dtype == np.float64 else np.float32(lo), out=out, casting="unsafe")
-    np.multiply(out, np.float32(scale), out=out)
+    step = max(1, (1 << 21) // max(1, values.shape[1] if values.ndim > 1 else 1))
+    for r0 in range(0, values.shape[0], step):
+        v = np.asarray(values[r0:r0 + step], dtype=np.float64) / mag
+        v = (b - v) if invert else (v - a)
+        v *= scale
+        np.clip(v, 0.0, 1.0, out=v)
+        out[r0:r0 + step] = v
     return out, lo, hi
 
 
@@ -243,7 +282,7 @@ def read_mammogram(path, spacing: float | None = None, *, canonical: bool = True
         if spacing is None:
             kind = reader.__name__[6:].upper()
             raise MammogramReadError(p, f"{kind} files carry no pixel spacing: pass spacing=<mm per pixel>")
-        values = reader(p)
+        values = reader(p, spacing)
         image, lo, hi = _normalise(p, values, invert=False)
         _check_content(p, values, lo, hi)
         lat, view = _text_laterality_view(Path(p).stem)
@@ -281,11 +320,13 @@ def _canonicalise(m: Mammogram, canonical: bool) -> Mammogram:
     return m
 
 
-def _read_npy(p: str) -> np.ndarray:
+def _read_npy(p: str, spacing: float) -> np.ndarray:
     try:
         a = np.load(p, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
         raise MammogramReadError(p, f"not a readable NPY file ({type(exc).__name__}: {exc})") from None
+    if a.ndim >= 2:  # memory-mapped: the shape is the header's, nothing is read yet
+        _check_source(p, a.shape[:2] if not (a.ndim == 3 and a.shape[0] == 1) else a.shape[1:], spacing)
     return _grey_array(p, a)
 
 
@@ -313,13 +354,13 @@ def _grey_array(p: str, a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _read_png(p: str) -> np.ndarray:
+def _read_png(p: str, spacing: float) -> np.ndarray:
     from PIL import Image
 
     try:
         with Image.open(p) as im:
-            w, h = im.size
-            _check_size(p, (h, w))
+            w, h = im.size  # the header's: nothing is decoded yet
+            _check_source(p, (h, w), spacing)
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "1"):
                 a = np.array(im)
             else:
@@ -331,16 +372,21 @@ def _read_png(p: str) -> np.ndarray:
     return _grey_array(p, a)
 
 
-def _read_tiff(p: str) -> np.ndarray:
+def _read_tiff(p: str, spacing: float) -> np.ndarray:
     import tifffile
 
     try:
         with tifffile.TiffFile(p) as tf:
             if not tf.pages:
                 raise MammogramReadError(p, "TIFF holds no image")
-            page = tf.pages[0]
-            _check_size(p, page.shape[-3:-1] if page.samplesperpixel > 1 and page.shape[-1] == page.samplesperpixel
-                        else page.shape[-2:])
+            # one mammogram per file: several full images (not reduced-resolution previews) are refused
+            full = [pg for pg in tf.pages if not getattr(pg, "is_reduced", False)]
+            if len(full) > 1:
+                raise MammogramReadError(p, f"multi-page TIFF ({len(full)} images): mcgr reads one mammogram per "
+                                            f"file; save each page as its own TIFF")
+            page = full[0] if full else tf.pages[0]
+            _check_source(p, page.shape[-3:-1] if page.samplesperpixel > 1 and page.shape[-1] == page.samplesperpixel
+                          else page.shape[-2:], spacing)  # the header's: nothing is decoded yet
             a = page.asarray()
     except MammogramReadError:
         raise
@@ -521,27 +567,7 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
         stored_len = len(ds.PixelData or b"")
         if decoded > _MAX_BLIND_DECODE and decoded > _MAX_RATIO * stored_len:
             raise MammogramReadError(p, f"{rows} x {cols} px from {stored_len} bytes of compressed data: damaged header")
-    try:
-        ds.pixel_array_options(correct_unused_bits=False)  # _fit_bits_stored decides what the high bits mean
-        stored = ds.pixel_array
-    except _PASS_THROUGH:
-        raise
-    except BaseException as exc:  # noqa: BLE001 - pylibjpeg-rle panics (pyo3 PanicException) on bad data
-        raise MammogramReadError(p, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
-    if stored.shape != (rows, cols):
-        raise MammogramReadError(p, f"decoded pixel array has shape {stored.shape}, header says {(rows, cols)}")
     notes: list[str] = []
-    try:
-        bits_stored = int(ds.get("BitsStored", ds.BitsAllocated))
-    except (TypeError, ValueError):
-        bits_stored = int(ds.BitsAllocated)
-    stored = _fit_bits_stored(p, stored, bits_stored, notes)
-    values = apply_modality_lut(stored, ds)
-    if voi:
-        values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
-    image, lo, hi = _normalise(p, values, invert=photometric == "MONOCHROME1")
-    _check_content(p, values, lo, hi)
-
     if spacing is not None:
         s, s_source, s_info = spacing, "argument", {}
     else:
@@ -552,6 +578,26 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
         notes.append(msg)
         warnings.warn(msg, MammogramWarning, stacklevel=4)
         s = DEFAULT_FILM_SPACING_MM
+    _check_source(p, (rows, cols), s, s_source)  # pixel count and memory from the header, before decoding
+    try:
+        ds.pixel_array_options(correct_unused_bits=False)  # _fit_bits_stored decides what the high bits mean
+        stored = ds.pixel_array
+    except _PASS_THROUGH:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - pylibjpeg-rle panics (pyo3 PanicException) on bad data
+        raise MammogramReadError(p, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
+    if stored.shape != (rows, cols):
+        raise MammogramReadError(p, f"decoded pixel array has shape {stored.shape}, header says {(rows, cols)}")
+    try:
+        bits_stored = int(ds.get("BitsStored", ds.BitsAllocated))
+    except (TypeError, ValueError):
+        bits_stored = int(ds.BitsAllocated)
+    stored = _fit_bits_stored(p, stored, bits_stored, notes)
+    values = apply_modality_lut(stored, ds)
+    if voi:
+        values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+    image, lo, hi = _normalise(p, values, invert=photometric == "MONOCHROME1")
+    _check_content(p, values, lo, hi)
 
     lat = ""
     for kw in ("ImageLaterality", "Laterality"):
@@ -572,7 +618,8 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
     frame_uid = _dicom_text(ds, "FrameOfReferenceUID") or None
     ref = DicomRef(path=p, sop_class_uid=sop_class, sop_instance_uid=_dicom_text(ds, "SOPInstanceUID"),
                    study_instance_uid=_dicom_text(ds, "StudyInstanceUID"),
-                   series_instance_uid=_dicom_text(ds, "SeriesInstanceUID"), frame_of_reference_uid=frame_uid)
+                   series_instance_uid=_dicom_text(ds, "SeriesInstanceUID"), frame_of_reference_uid=frame_uid,
+                   header=_header_only(ds))
     meta = {
         "format": "dicom", "transfer_syntax": str(tsyntax), "photometric": photometric,
         "bits_stored": bits_stored, "rescale": (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)),
@@ -583,6 +630,22 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
         meta["warnings"] = notes
     return Mammogram(image=image, spacing_mm=float(s), laterality=lat, view=view, source=p,
                      source_shape=(rows, cols), flipped=False, spacing_source=s_source, dicom=ref, meta=meta)
+
+
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
+
+
+def _header_only(ds):
+    """A pydicom Dataset of ``ds``'s elements but the pixel data (shared, not copied), with its file meta."""
+    from pydicom.dataset import Dataset
+
+    hdr = Dataset()
+    for tag in ds.keys():
+        if int(tag) not in _PIXEL_TAGS:
+            hdr[tag] = ds[tag]
+    if getattr(ds, "file_meta", None) is not None:
+        hdr.file_meta = ds.file_meta
+    return hdr
 
 
 def pydicom_default_syntax(ds):

@@ -13,6 +13,7 @@ import io as _io
 import json
 import math
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -109,6 +110,21 @@ def _num(v):
     return f if math.isfinite(f) else None
 
 
+class WrittenOutputs(dict):
+    """``{kind: path}`` of the outputs written, and ``failed``: ``{kind: reason}`` of those that could
+    not be made from this input (e.g. a SEG from a header without its Study Instance UID)."""
+
+    def __init__(self):
+        super().__init__()
+        self.failed: dict[str, str] = {}
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return first if isinstance(exc, ValueError) and first else f"{type(exc).__name__}: {first}"
+
+
 def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask_canonical, detections, clusters,
                   *, uncertainty=None, model_mm: float = MODEL_SPACING_MM, excluded: dict | None = None,
                   provenance: dict | None = None) -> dict:
@@ -146,31 +162,34 @@ def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask
     t = _transform_for(mammogram, prob.shape, float(model_mm))
 
     mask_src = t.to_source(mask.astype(bool, copy=False), kind="mask")
-    prob_src = np.clip(t.to_source(prob, kind="map"), 0.0, 1.0).astype(np.float32)
-    paths: dict[str, str] = {}
+    paths = WrittenOutputs()
     from PIL import Image
 
-    p = out / f"{stem}.mask.png"
-    _atomic_write(p, _png_bytes(Image.fromarray((mask_src.astype(np.uint8) * 255))))
-    paths["mask"] = str(p)
-    p = out / f"{stem}.prob.npy"
-    _atomic_write(p, _npy_bytes(prob_src))
-    paths["prob"] = str(p)
+    def write(kind: str, name: str, make) -> None:
+        """One output on its own: a content failure (a header the SEG cannot be made from) is kept in
+        ``paths.failed`` with its reason and the others are still written; a failing disk or folder
+        (OSError) fails the whole result."""
+        p = out / f"{stem}.{name}"
+        try:
+            _atomic_write(p, make())
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one writer never takes the others with it
+            paths.failed[kind] = _reason(exc)
+            return
+        paths[kind] = str(p)
+
+    write("mask", "mask.png", lambda: _png_bytes(Image.fromarray((mask_src.astype(np.uint8) * 255))))
+    write("prob", "prob.npy", lambda: _npy_bytes(np.clip(t.to_source(prob, kind="map"), 0.0, 1.0).astype(np.float32)))
     if unc is not None:
-        p = out / f"{stem}.uncertainty.npy"
-        _atomic_write(p, _npy_bytes(t.to_source(unc, kind="map").astype(np.float32)))
-        paths["uncertainty"] = str(p)
+        write("uncertainty", "uncertainty.npy", lambda: _npy_bytes(t.to_source(unc, kind="map").astype(np.float32)))
 
     det_rows, cl_rows = _records(t, dets, cls)
     excl = _excluded_records(t, excluded)
-    p = out / f"{stem}.overlay.png"
-    _atomic_write(p, _png_bytes(_overlay(mammogram, mask_src, det_rows, cl_rows, excl), OVERLAY_PNG_LEVEL))
-    paths["overlay"] = str(p)
-
+    write("overlay", "overlay.png",
+          lambda: _png_bytes(_overlay(mammogram, mask_src, det_rows, cl_rows, excl), OVERLAY_PNG_LEVEL))
     if mammogram.dicom is not None:
-        p = out / f"{stem}.seg.dcm"
-        _write_seg(p, mammogram, mask_src)
-        paths["seg"] = str(p)
+        write("seg", "seg.dcm", lambda: _seg_bytes(mammogram, mask_src))
 
     p = out / f"{stem}.json"
     doc = {
@@ -182,11 +201,16 @@ def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask
         "mcgr_version": __version__, "n_detections": len(det_rows), "n_clusters": len(cl_rows),
         "detections": det_rows, "clusters": cl_rows, "excluded": excl,
         "files": {k: os.path.basename(v) for k, v in paths.items()},
+        "failed_outputs": dict(paths.failed),
     }
     if provenance is not None:
         doc["model"] = provenance
     _atomic_write(p, json.dumps(doc, indent=1).encode())
     paths["json"] = str(p)
+    for kind, why in paths.failed.items():
+        from mcgr.io.errors import MammogramWarning
+
+        warnings.warn(f"{os.path.basename(mammogram.source)}: no {kind} output: {why}", MammogramWarning, stacklevel=2)
     return paths
 
 
@@ -297,21 +321,107 @@ def _overlay(m: Mammogram, mask_src: np.ndarray, dets: list[dict], cls: list[dic
 
 _SEG_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate", "StudyTime",
               "ReferringPhysicianName", "AccessionNumber")
+# The source's UIDs the SEG cannot do without (Type 1 there): it belongs to the source's study and
+# references the source's series and instance by them. None can be generated: a new Study Instance
+# UID would file the SEG in a study of its own, and a made-up reference points at nothing. (The
+# SEG's own Series and SOP Instance UIDs are always generated.)
+_SEG_SOURCE_UIDS = {"SOPClassUID": "(0008,0016)", "SOPInstanceUID": "(0008,0018)",
+                    "StudyInstanceUID": "(0020,000D)", "SeriesInstanceUID": "(0020,000E)"}
+_ORIENTATION_RE = re.compile(r"^[AHPLRF]{1,3}$")
 
 
-def _write_seg(path: Path, m: Mammogram, mask_src: np.ndarray) -> None:
-    import highdicom as hd
+def _valid_uid(value) -> bool:
+    from pydicom.uid import UID
+
+    text = "" if value is None else str(value).strip()
+    return bool(text) and UID(text).is_valid
+
+
+def _seg_source(m: Mammogram):
+    """The source header the SEG is made from, checked and with what it copies made valid: the header
+    as it was read (``m.dicom.header``; re-read from the path only for a Mammogram built without it),
+    its UIDs checked (a ValueError names the missing one), Patient and Study attributes whose value is
+    not valid for their VR emptied (Type 2: empty is allowed), and a Patient Orientation that is not
+    two direction codes (scanned films store the view there: 'CC') emptied."""
     import pydicom
+    from pydicom.dataset import Dataset
+
+    hdr = getattr(m.dicom, "header", None)
+    if hdr is None:
+        hdr = pydicom.dcmread(m.dicom.path, stop_before_pixels=True, force=True)
+    src = Dataset()
+    src.update(hdr)  # a shallow copy: the fixes below never touch the Mammogram's header
+    if getattr(hdr, "file_meta", None) is not None:
+        src.file_meta = hdr.file_meta
+    for kw, tag in _SEG_SOURCE_UIDS.items():
+        if not _valid_uid(src.get(kw)):
+            got = src.get(kw)
+            what = "missing" if got is None else ("empty" if not str(got).strip() else f"not a valid UID ({str(got)!r})")
+            raise ValueError(f"the source's {kw} {tag} is {what}: a DICOM SEG must reference its source by it "
+                             f"(no SEG written; the other outputs are)")
+    from highdicom._standard_utils import get_sop_class_iod_map  # highdicom's table of the standard's IODs
+
+    if str(src.SOPClassUID) not in get_sop_class_iod_map():
+        raise ValueError(f"the source's SOPClassUID {src.SOPClassUID} is not a storage class of the standard: "
+                         f"a DICOM SEG cannot reference it (no SEG written; the other outputs are)")
+    if not _dicom_value_ok(src, "Modality"):
+        raise ValueError("the source has no Modality (0008,0060) (Type 1 of its series): a DICOM SEG cannot be "
+                         "made from it (no SEG written; the other outputs are)")
+    # The Patient and Study modules' Type 2 attributes must be present (empty is allowed), and
+    # highdicom copies them from the source; anonymised or minimal files often drop them, and
+    # damaged ones hold values their VR does not allow ('19xx0101' as a date, two patient names).
+    for kw in _SEG_TYPE2:
+        if kw not in src or not _dicom_value_ok(src, kw):
+            setattr(src, kw, "")
+    # General Image: Patient Orientation is Type 2C, required without Image Orientation (Patient); the
+    # SEG's rows and columns are the source's, so are their directions, when the source states them.
+    po = src.get("PatientOrientation")
+    vals = [] if po is None else ([str(v) for v in po] if not isinstance(po, str) else [po])
+    if not (len(vals) == 2 and all(_ORIENTATION_RE.match(v.strip()) for v in vals)):
+        if "PatientOrientation" in src:
+            del src.PatientOrientation
+        vals = []
+    return src, vals
+
+
+def _dicom_value_ok(ds, keyword: str) -> bool:
+    """Whether ``ds``'s ``keyword`` is present with one value that is valid for its VR."""
+    import datetime
+
+    from pydicom import config
+    from pydicom.valuerep import validate_value
+
+    try:
+        elem = ds[keyword]
+        value = elem.value
+    except Exception:  # noqa: BLE001 - a value that cannot even be parsed
+        return False
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return keyword != "Modality"
+    if elem.VM != 1:
+        return False
+    try:
+        validate_value(elem.VR, value, config.RAISE)
+    except Exception:  # noqa: BLE001
+        return False
+    if elem.VR == "DA":
+        try:
+            datetime.datetime.strptime(str(value).strip(), "%Y%m%d")
+        except ValueError:
+            return False
+    if elem.VR == "TM":
+        t = str(value).strip().split(".")[0]
+        if not (t.isdigit() and len(t) in (2, 4, 6) and int(t[:2]) < 24 and (len(t) < 4 or int(t[2:4]) < 60)
+                and (len(t) < 6 or int(t[4:6]) < 61)):
+            return False
+    return True
+
+
+def _seg_bytes(m: Mammogram, mask_src: np.ndarray) -> bytes:
+    import highdicom as hd
     from pydicom.uid import generate_uid
 
-    src = pydicom.dcmread(m.dicom.path, stop_before_pixels=True, force=True)
-    if src.get("SOPInstanceUID") != m.dicom.sop_instance_uid:
-        raise ValueError(f"{m.dicom.path} changed since it was read (SOPInstanceUID differs)")
-    # The Patient and Study modules' Type 2 attributes must be present (empty is allowed), and
-    # highdicom copies them from the source; anonymised or minimal files often drop them.
-    for kw in _SEG_TYPE2:
-        if kw not in src:
-            setattr(src, kw, "")
+    src, orientation = _seg_source(m)
     # A projection mammogram has no plane in patient coordinates (no Image Position / Orientation
     # (Patient)), so the SEG cannot place its frame in the source's Frame of Reference: with a Frame of
     # Reference UID the standard (PS3.3 A.51.5) wants Pixel Measures with a Slice Thickness and plane
@@ -344,7 +454,7 @@ def _write_seg(path: Path, m: Mammogram, mask_src: np.ndarray) -> None:
         del shared.PixelMeasuresSequence
     # General Image: Patient Orientation is Type 2C, required without Image Orientation (Patient); the
     # SEG's rows and columns are the source's, so are their directions.
-    seg.PatientOrientation = src.get("PatientOrientation", "")
+    seg.PatientOrientation = orientation
     buf = _io.BytesIO()
     seg.save_as(buf)
-    _atomic_write(path, buf.getvalue())
+    return buf.getvalue()

@@ -5,6 +5,11 @@ A model directory holds ``model.safetensors`` (the weights, names as in ``state_
 
     {"kind": "seg" | "rf", "model": {UNetConfig fields}, "format": 1, ...free metadata...}
 
+``weights_sha256`` is the sha256 of ``model.safetensors``, written by :func:`write_model_config`
+(which :func:`save_model` and ``mcgr.train.ship`` use) and checked by :func:`load_model`: weights
+whose bytes changed (a flipped bit, a truncated copy that still parses) are refused; a folder
+written before the hash was recorded loads with a :class:`UnverifiedWeightsWarning`.
+
 Every failure names the file and the field: an unreadable or truncated safetensors file, a missing
 or extra tensor, a tensor whose shape differs from what the config builds, an unknown config key.
 """
@@ -21,11 +26,37 @@ from mcgr.models.unet import UNet, UNetConfig
 KINDS = ("seg", "rf")
 FORMAT = 1
 _CONFIG_KEYS = {"kind", "model", "format", "train", "metrics", "ema", "source", "operating_threshold",
-                "operating_points", "adapted"}
+                "operating_points", "adapted", "weights_sha256"}
 
 
 class CheckpointError(ValueError):
     """A model or training-state file that cannot be loaded; the message names the file and field."""
+
+
+class UnverifiedWeightsWarning(UserWarning):
+    """A model folder whose config records no sha256 of its weights (written before it was recorded)."""
+
+
+def weights_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a weights file, streamed."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_model_config(cfg: dict, directory: str | os.PathLike) -> dict:
+    """Write ``directory/config.json`` from ``cfg`` with ``weights_sha256`` set to the digest of the
+    ``model.safetensors`` beside it (every writer of a model folder's config goes through here, so
+    each new folder carries its hash). Returns the config written."""
+    directory = Path(directory)
+    cfg = dict(cfg)
+    cfg["weights_sha256"] = weights_sha256(directory / "model.safetensors")
+    write_json(cfg, directory / "config.json")
+    return cfg
 
 
 def read_safetensors(path: str | os.PathLike, device="cpu") -> dict[str, torch.Tensor]:
@@ -107,7 +138,7 @@ def save_model(model: UNet, directory: str | os.PathLike, kind: str, extra: dict
             raise ValueError(f"extra config key {k!r} is not one of {sorted(_CONFIG_KEYS)}")
         cfg[k] = v
     write_safetensors(model.state_dict(), directory / "model.safetensors", metadata={"kind": kind})
-    write_json(cfg, directory / "config.json")
+    write_model_config(cfg, directory)
     return directory
 
 
@@ -135,6 +166,29 @@ def read_model_config(directory: str | os.PathLike) -> tuple[str, UNetConfig, di
     return cfg["kind"], ucfg, cfg
 
 
+def check_weights(directory: str | os.PathLike, cfg: dict) -> None:
+    """``directory/model.safetensors`` against the ``weights_sha256`` of its config ``cfg``: a
+    CheckpointError when they differ, a warning when no hash is recorded."""
+    import warnings
+
+    directory = Path(directory)
+    wpath = directory / "model.safetensors"
+    want = cfg.get("weights_sha256")
+    if want is None:
+        warnings.warn(f"{directory / 'config.json'}: no weights_sha256 recorded; {wpath.name} is loaded unverified "
+                      f"(write the config again with mcgr.models.checkpoint.write_model_config to record it)",
+                      UnverifiedWeightsWarning, stacklevel=3)
+        return
+    if not isinstance(want, str) or len(want) != 64:
+        raise CheckpointError(f"{directory / 'config.json'}: weights_sha256 must be a 64-digit hex sha256, got {want!r}")
+    if not wpath.is_file():
+        raise FileNotFoundError(f"{wpath}: no such file")
+    got = weights_sha256(wpath)
+    if got != want.lower():
+        raise CheckpointError(f"{wpath}: sha256 {got} differs from the weights_sha256 {want} its config records: "
+                              f"the weights are damaged or not the ones this config describes")
+
+
 def load_model(directory: str | os.PathLike, device="cpu", kind: str | None = None) -> UNet:
     """Build the U-Net described by ``directory/config.json`` and load ``directory/model.safetensors``.
 
@@ -147,7 +201,10 @@ def load_model(directory: str | os.PathLike, device="cpu", kind: str | None = No
         raise CheckpointError(f"{directory / 'config.json'}: kind is {got_kind!r}, expected {kind!r}")
     model = UNet(ucfg)
     wpath = directory / "model.safetensors"
+    # what is structurally wrong (unparsable, a tensor missing or misshapen) says so first; weights
+    # that are whole but whose bytes changed are caught by their recorded hash
     load_state_into(model, read_safetensors(wpath), str(wpath))
+    check_weights(directory, cfg)
     model.kind = got_kind
     model.config = cfg
     return model.to(device).eval()

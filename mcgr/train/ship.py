@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from mcgr.models import WEIGHTS_DIR
+from mcgr.models.checkpoint import write_model_config
 
 
 def _wall_s(run: Path) -> float | None:
@@ -164,7 +165,9 @@ def main(argv=None) -> int:
             return 2
         cfg = json.loads((dst / "config.json").read_text())
         cfg["operating_threshold"] = a.operating_threshold
-        (dst / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        write_model_config(cfg, dst)
+    else:  # a run's config from before the hash was recorded gets it here
+        write_model_config(json.loads((dst / "config.json").read_text()), dst)
     eval_cmd = f"python -m mcgr.train.evaluate {a.kind}"
     res = subprocess.run([sys.executable, "-m", "mcgr.train.evaluate", a.kind], capture_output=True, text=True)
     if res.returncode:

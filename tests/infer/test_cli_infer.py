@@ -161,17 +161,19 @@ def test_models_folder_errors(archive, tmp_path, capsys, monkeypatch):
     assert "no shipped seg/rf weights" in err and "mcgr train seg" in err and "--models DIR" in err
 
 
-def test_a_previous_run_needs_resume_and_the_same_settings(archive, tmp_path, capsys):
+def test_a_previous_run_needs_resume_and_resume_redoes_what_a_changed_setting_changes(archive, tmp_path, capsys):
     a = archive["inputs"]["good"]["a"]
     out = tmp_path / "out"
     assert _infer(archive, a, "--out", out, "--spacing", SPACING) == 0
     capsys.readouterr()
     assert _infer(archive, a, "--out", out, "--spacing", SPACING) == 1
     assert "pass --resume" in capsys.readouterr().err
-    assert _infer(archive, a, "--out", out, "--spacing", "0.1", "--resume") == 1
-    err = capsys.readouterr().err
-    assert "other settings" in err and "spacing" in err
-    assert _infer(archive, a, "--out", out, "--spacing", SPACING, "--resume") == 0
+    # another spacing changes the result: --resume redoes it (one line per input, at the new spacing)
+    assert _infer(archive, a, "--out", out, "--spacing", "0.1", "--resume") == 0
+    assert "1 done" in capsys.readouterr().out
+    rows = manifest(out)
+    assert len(rows) == 1 and rows[0]["spacing_mm"] == 0.1 and rows[0]["identity"]["spacing"] == 0.1
+    assert _infer(archive, a, "--out", out, "--spacing", "0.1", "--resume") == 0
     assert "1 already complete" in capsys.readouterr().out
     assert len(manifest(out)) == 1
 
