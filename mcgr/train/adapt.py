@@ -396,8 +396,9 @@ class Adaptation:
         return {"folds": len(reports)}
 
     def stage_write(self, state: dict) -> dict:
-        from mcgr.train.adapt_validate import pooled_report
+        from mcgr.models.checkpoint import write_model_config
         from mcgr.train.adapt_card import write_cards
+        from mcgr.train.adapt_validate import pooled_report
 
         reports = [json.loads(f.read_text()) for f in sorted((self.work / "validate").glob("fold*.json"))] \
             if (self.work / "validate").is_dir() else []
@@ -416,7 +417,8 @@ class Adaptation:
             cfg["operating_threshold"] = 0.99
             cfg["operating_points"] = None
         cfg["adapted"] = {"fp_per_image": self.fp_per_image, "images": len(self.items), "init": self.init}
-        (self.out / "seg" / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        write_model_config(cfg, self.out / "seg")
+        write_model_config(json.loads((self.out / "rf" / "config.json").read_text()), self.out / "rf")
         site = json.loads((self.work / "site.json").read_text())
         (self.out / "validation.json").write_text(json.dumps({"pooled": pooled, "folds": reports}, indent=1) + "\n")
         write_cards(self.out, state, site, pooled, self.plan, self.fp_per_image, self.init)
