@@ -6,7 +6,8 @@ Layout of an output folder ``OUT``::
 
     OUT/manifest.jsonl          one JSON line per input (ok / error / skipped), appended as inputs finish
     OUT/run.json                the settings that define the results (checked by --resume)
-    OUT/<key>/<stem>.*          write_outputs' files (mask.png, prob.npy, overlay.png, json, ...)
+    OUT/<key>/<stem>.*          write_outputs' files: the run's output set (``--outputs``; default
+                                mask.png, json, seg.dcm, overlay.png; prob.png, uncertainty.png asked for)
     OUT/<key>/.done             the input's record (the same as its manifest line), with file sizes
     OUT/.mcgr-staging/          work in progress; removed at the start of every run
     OUT/.mcgr.lock              held while a run writes into OUT
@@ -26,6 +27,9 @@ is ever listed twice. A result verifies when its input still has the content it 
 (``input_sha256``: the sha256 of the input file, streamed) and every output still has its recorded
 size and sha256 (``sha256``: {file name: digest}, in ``.done`` and the manifest line): an input
 replaced by another image, or a result overwritten (even by zeros of the same size), is redone.
+The output set is part of a result's identity: each record keeps the set it was written with
+(``settings.outputs``), and a resume asking for another set redoes every input whose result holds
+a different one (its folder is replaced whole, the manifest's hashes are those of the new files).
 
 Folder scanning stays inside the folder given: a symlink to a folder outside it is not followed
 (a symlink to a single file is, as the file was named by whoever made the link). mcgr's own outputs
@@ -60,8 +64,8 @@ DONE = ".done"
 LOCK = ".mcgr.lock"
 _RESERVED = {MANIFEST, RUN_FILE}
 # Files mcgr writes (write_outputs, mcgr demo): never inputs of a folder scan.
-OUTPUT_SUFFIXES = (".seg.dcm", ".prob.npy", ".uncertainty.npy", ".mask.png", ".overlay.png", ".truth.png",
-                   ".compare.png")
+OUTPUT_SUFFIXES = (".seg.dcm", ".prob.png", ".uncertainty.png", ".prob.npy", ".uncertainty.npy", ".mask.png",
+                   ".overlay.png", ".truth.png", ".compare.png")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _GLOB_CHARS = set("*?[")
@@ -378,15 +382,24 @@ def verify_result(folder: Path, record: dict) -> bool:
     return True
 
 
-def is_complete(out: Path, item: InputItem) -> bool:
-    """Whether ``item``'s result folder under ``out`` is complete and verified, and was computed from
-    the input's present content (used by --resume)."""
+def same_outputs(record: dict, outputs) -> bool:
+    """Whether ``record`` was written with the output set ``outputs`` (None: the default set); a
+    record from before output sets were recorded holds none, and matches no set."""
+    from mcgr.io.writers import DEFAULT_OUTPUTS, output_set
+
+    got = (record.get("settings") or {}).get("outputs") if isinstance(record.get("settings"), dict) else None
+    return isinstance(got, list) and got == list(output_set(outputs if outputs is not None else DEFAULT_OUTPUTS))
+
+
+def is_complete(out: Path, item: InputItem, outputs=None) -> bool:
+    """Whether ``item``'s result folder under ``out`` is complete and verified, was computed from
+    the input's present content and holds the output set ``outputs`` (used by --resume)."""
     if item.error is not None or not item.key:
         return False
     folder = Path(out) / item.key
     done = read_done(folder)
     return (done is not None and done.get("status") == "ok" and done.get("input") == item.path
-            and verify_result(folder, done) and input_unchanged(done))
+            and same_outputs(done, outputs) and verify_result(folder, done) and input_unchanged(done))
 
 
 def committed_in_run(out: Path, item: InputItem, run_id: str) -> dict | None:
@@ -412,7 +425,11 @@ def _fsync_write(path: Path, text: str) -> None:
 
 
 def _settings_line(settings: dict) -> dict:
-    return {k: settings.get(k) for k in ("refine", "spacing", "device", "backend", "engine", "threads")}
+    from mcgr.io.writers import DEFAULT_OUTPUTS, output_set
+
+    line = {k: settings.get(k) for k in ("refine", "spacing", "device", "backend", "engine", "threads")}
+    line["outputs"] = list(output_set(settings.get("outputs") or DEFAULT_OUTPUTS))  # always explicit: an identity
+    return line
 
 
 def process_item(item: InputItem, pipeline, out: Path, settings: dict, run_id: str) -> dict:
@@ -471,7 +488,8 @@ def stage_result(rec: dict, item: InputItem, res, out: Path, t0: float) -> dict:
         from mcgr.io import write_outputs
 
         write_outputs(staging, stem, res.mammogram, res.prob, res.mask, res.detections, res.clusters,
-                      uncertainty=res.uncertainty, excluded={"pectoral": res.pectoral})
+                      uncertainty=res.uncertainty, excluded={"pectoral": res.pectoral},
+                      outputs=rec["settings"]["outputs"])
         timings["write"] = round(time.perf_counter() - t, 4)
         # temporary names are created private (0600/0700); results are for the archive's readers
         os.chmod(staging, 0o777 & ~_UMASK)
@@ -515,7 +533,8 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if not isinstance(exc, ValueError) else first or type(exc).__name__
 
 
-_RESULT_SUFFIXES = (".mask.png", ".prob.npy", ".uncertainty.npy", ".overlay.png", ".json", ".seg.dcm")
+_RESULT_SUFFIXES = (".mask.png", ".prob.png", ".uncertainty.png", ".prob.npy", ".uncertainty.npy", ".overlay.png",
+                    ".json", ".seg.dcm")
 
 
 def _is_result_folder(folder: Path) -> bool:
@@ -700,8 +719,8 @@ class RunFolder:
                     self.dropped += 1
                     continue
                 if isinstance(rec, dict) and rec.get("status") == "ok" and isinstance(rec.get("key"), str) \
-                        and _check_key(rec["key"]) is None and verify_result(self.out / rec["key"], rec) \
-                        and input_unchanged(rec):
+                        and _check_key(rec["key"]) is None and same_outputs(rec, self.settings.get("outputs")) \
+                        and verify_result(self.out / rec["key"], rec) and input_unchanged(rec):
                     dst.write(json.dumps(rec, sort_keys=True) + "\n")
                     self.kept += 1
                 else:
@@ -776,7 +795,7 @@ class Tally:
 def run_local(items: Iterable[InputItem], pipeline, run: RunFolder, tally: Tally) -> Tally:
     """Process ``items`` one by one in this process (the local engine)."""
     for item in items:
-        if run.resume and is_complete(run.out, item):
+        if run.resume and is_complete(run.out, item, run.settings.get("outputs")):
             tally.add_complete()
             continue
         dup = committed_in_run(run.out, item, run.run_id)

@@ -166,7 +166,7 @@ def _drive(ray, RayActorError, RayError, items, actors: list, start, run: RunFol
                 if item is None:
                     exhausted = True
                     break
-                if run.resume and is_complete(run.out, item):
+                if run.resume and is_complete(run.out, item, settings.get("outputs")):
                     tally.add_complete()
                     continue
                 if item.error is not None:

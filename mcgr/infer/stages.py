@@ -174,7 +174,7 @@ def run_overlapped(items, pipeline, run, tally, prefetch: int = 1, write_behind:
     lock = threading.Lock()
 
     def load(item):
-        if run.resume and archive.is_complete(out, item):
+        if run.resume and archive.is_complete(out, item, settings.get("outputs")):
             return "complete"
         if item.error is not None:
             return None
