@@ -1,7 +1,8 @@
 """Archive throughput of `mcgr infer` against the best loop a user would write, in one run.
 
     python -m benchmarks.bench_archive [--n 4] [--size 3328 2560] [--threads 1] [--reps 2]
-        [--sides peer,base,ttgpr,base-serial] [--device cpu|cuda] [--gpu-sample] [--json PATH]
+        [--sides peer,base,ttgpr,base-serial] [--device cpu|cuda] [--gpu-sample] [--outputs LIST] [--json PATH]
+    python -m benchmarks.bench_archive --footprint [--size 3328 2560] [--json PATH]
 
 Writes N synthetic full-field mammograms (16-bit DICOM, 2560 x 3328 at 0.07 mm, a breast phantom
 with texture) into a temporary folder and runs, side by side, with the same torch threads:
@@ -13,8 +14,8 @@ with texture) into a temporary folder and runs, side by side, with the same torc
   and a JSON of the connected components (centroid, area, peak probability; scipy.ndimage).
   Serial, one image after the other.
 - ``base`` / ``ttgpr``: ``mcgr infer FOLDER --out OUT [--no-refine] --threads T`` in this process
-  (the local engine: prefetch reader and write-behind writer around the networks; every output:
-  mask PNG, probability map, overlay, JSON, DICOM SEG, manifest).
+  (the local engine: prefetch reader and write-behind writer around the networks; the default output
+  set: mask PNG, overlay, JSON, DICOM SEG, and the manifest; ``--outputs`` passes another set).
 - ``base-serial``: the same pipeline and outputs through the serial engine
   (``mcgr.infer.archive.run_local``), to show what the overlap buys.
 - ``ray``: ``mcgr infer --engine ray`` with one worker per core (optional).
@@ -28,6 +29,12 @@ the wall time a kernel ran) and the share of idle samples.
 Sides run in turn, ``--reps`` times, the fastest rep kept per side; ratios are peer wall / side wall.
 Models: whatever is shipped in mcgr/weights (a retrained, larger model is measured as it ships);
 random weights of the default architecture only when nothing is shipped (the row says so).
+
+``--footprint``: bytes per image of each output set, instead of the sides. One full-field DICOM of the
+same generator goes through the pipeline once without and once with TT-GPR; the results are written
+with each set (the default, ``+prob``, ``+prob,uncertainty``, and the float32 ``.npy`` maps mcgr wrote
+before), with the bytes of every file and the seconds of write_outputs; and the probability map is
+encoded at zlib levels 1 / 6 / 9, 16-bit and (for comparison only) 8-bit.
 """
 from __future__ import annotations
 
@@ -250,6 +257,8 @@ def mcgr_side(side: str, inputs: Path, out: Path, models: Path | None, args) -> 
             argv += ["--models", str(models)]
         if not refine:
             argv.append("--no-refine")
+        if args.outputs:
+            argv += ["--outputs", args.outputs]
         if side == "ray":
             argv = [a for a in argv if a not in ("--threads", str(args.threads))]
             argv += ["--engine", "ray", "--workers", str(os.cpu_count()), "--cpus-per-worker", "1"]
@@ -267,6 +276,75 @@ def mcgr_side(side: str, inputs: Path, out: Path, models: Path | None, args) -> 
             "output_bytes_per_image": int(statistics.median(sum(r["files"].values()) for r in ok))}
 
 
+def footprint(tmp: Path, models: Path | None, args) -> list[dict]:
+    """Bytes per image and write seconds of each output set (see the module docstring)."""
+    import io
+
+    from PIL import Image
+
+    from mcgr.infer.cli import load_models
+    from mcgr.infer.pipeline import Pipeline, operating_config
+    from mcgr.io import write_outputs
+    from mcgr.io.maps import encode_map
+    from mcgr.io.writers import DEFAULT_OUTPUTS, _transform_for
+
+    write_archive(tmp / "fp", 1, tuple(args.size), seed=2)
+    path = str(next((tmp / "fp").glob("*.dcm")))
+    ms, _ = load_models(str(models) if models else None, True)
+    pipe = Pipeline(ms["seg"], ms["rf"], config=operating_config(ms["seg"]), device=args.device)
+    shape = f"{args.size[0]}x{args.size[1]}"
+    rows = []
+    for refine in (False, True):
+        res = pipe(path, refine=refine)
+        sets = {"default": DEFAULT_OUTPUTS, "+prob": DEFAULT_OUTPUTS + ("prob",)}
+        if refine:
+            sets["+prob,uncertainty"] = DEFAULT_OUTPUTS + ("prob", "uncertainty")
+        for name, kinds in sets.items():
+            out = tmp / f"fp-{int(refine)}-{name}"
+            t = time.perf_counter()
+            write_outputs(out, "case", res.mammogram, res.prob, res.mask, res.detections, res.clusters,
+                          uncertainty=res.uncertainty, excluded={"pectoral": res.pectoral}, outputs=kinds)
+            wall = time.perf_counter() - t
+            files = {f.name: f.stat().st_size for f in sorted(out.iterdir())}
+            rows.append({"op": "footprint", "backend": f"{'ttgpr' if refine else 'base'} {name}", "shape": shape,
+                         "median_ms": round(1e3 * wall, 1), "ratio_vs_ref": None, "gbps": None,
+                         "bytes_per_image": sum(files.values()), "files": files, "write_s": round(wall, 3)})
+            shutil.rmtree(out, ignore_errors=True)
+        # what mcgr wrote before: the default set's files + full-field float32 .npy maps on the source grid
+        t = _transform_for(res.mammogram, tuple(res.prob.shape), 0.07)
+        legacy, t0 = {}, time.perf_counter()
+        for kind, arr in (("prob", res.prob), ("uncertainty", res.uncertainty)):
+            if arr is not None:
+                buf = io.BytesIO()
+                np.save(buf, t.to_source(arr.numpy(), kind="map").astype(np.float32), allow_pickle=False)
+                legacy[f"case.{kind}.npy"] = buf.getbuffer().nbytes
+        npy_s = time.perf_counter() - t0
+        base_files = rows[-len(sets)]["files"]
+        files = {**base_files, **legacy}
+        rows.append({"op": "footprint", "backend": f"{'ttgpr' if refine else 'base'} before (float32 .npy maps)",
+                     "shape": shape, "median_ms": None, "ratio_vs_ref": None, "gbps": None,
+                     "bytes_per_image": sum(files.values()), "files": files, "npy_encode_s": round(npy_s, 3)})
+        if not refine:
+            src = np.clip(t.to_source(res.prob.numpy(), kind="map"), 0, 1).astype(np.float32)
+            for level in (1, 6, 9):
+                t0 = time.perf_counter()
+                data, rec = encode_map(src, "prob", hi=1.0, compress_level=level)
+                rows.append({"op": "prob_png", "backend": f"16-bit level {level}", "shape": shape,
+                             "median_ms": round(1e3 * (time.perf_counter() - t0), 1), "ratio_vs_ref": None,
+                             "gbps": None, "bytes_per_image": len(data), "box": rec["box"]})
+            r0, r1, c0, c1 = rec["box"]
+            buf = io.BytesIO()
+            t0 = time.perf_counter()
+            Image.fromarray(np.rint(src[r0:r1, c0:c1] * 255).astype(np.uint8)).save(buf, format="PNG", compress_level=1)
+            rows.append({"op": "prob_png", "backend": "8-bit level 1 (not shipped: steps of 0.0039 at threshold 0.99)",
+                         "shape": shape, "median_ms": round(1e3 * (time.perf_counter() - t0), 1), "ratio_vs_ref": None,
+                         "gbps": None, "bytes_per_image": buf.getbuffer().nbytes, "box": rec["box"]})
+    for r in rows:
+        print(f"{r['op']:10s} {r['backend']:50s} {r['bytes_per_image'] / 1e6:8.3f} MB"
+              + (f"  {r['median_ms']:.0f} ms" if r.get("median_ms") else "") + (f"  {r['files']}" if "files" in r else ""))
+    return rows
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=4, help="images (default 4)")
@@ -279,6 +357,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--reps", type=int, default=1, help="runs of every side, in turn; the fastest is kept")
     ap.add_argument("--peer-batch", type=int, default=4, help="the peer loop's sw_batch_size (default 4)")
     ap.add_argument("--gpu-sample", action="store_true", help="sample nvidia-smi utilization while each side runs")
+    ap.add_argument("--outputs", default=None, metavar="LIST", help="the output set of the mcgr sides (mcgr infer --outputs)")
+    ap.add_argument("--footprint", action="store_true", help="bytes per image of each output set instead of the sides")
     ap.add_argument("--json", metavar="PATH", help="append the rows to this JSON file")
     args = ap.parse_args(argv)
     if args.n < 1 or args.threads < 1 or args.reps < 1:
@@ -292,6 +372,13 @@ def main(argv=None) -> list[dict]:
         ap.error("--device cuda but torch sees no CUDA device")
     torch.set_num_threads(args.threads)
     machine = machine_info(device)
+    if args.footprint:
+        with tempfile.TemporaryDirectory(prefix="mcgr-bench-footprint-") as tmp:
+            models, note = make_models(Path(tmp) / "models")
+            rows = [dict(r, note=note) for r in footprint(Path(tmp), models, args)]
+        if args.json:
+            append_json(args.json, machine, rows)
+        return rows
     shape = f"{args.n}x{args.size[0]}x{args.size[1]} {args.device} threads {args.threads}"
     best: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="mcgr-bench-archive-") as tmp:

@@ -98,7 +98,7 @@ def run_demo(out: str | Path = "mcgr-demo", seed: int = 0, size: tuple[int, int]
     from mcgr import MODEL_SPACING_MM
     from mcgr.infer.pipeline import Pipeline
     from mcgr.io.reader import Mammogram
-    from mcgr.io.writers import write_outputs
+    from mcgr.io.writers import OUTPUT_KINDS, write_outputs
     from mcgr.synth.phantom import breast_phantom
 
     say = (lambda *a: None) if quiet else print
@@ -125,7 +125,7 @@ def run_demo(out: str | Path = "mcgr-demo", seed: int = 0, size: tuple[int, int]
                       source=f"phantom(seed={seed})", source_shape=tuple(ph.image.shape), flipped=False,
                       spacing_source="argument")
     paths = write_outputs(out, "phantom", mammo, res.prob, res.mask, res.detections, res.clusters,
-                          uncertainty=res.uncertainty, excluded={"pectoral": res.pectoral})
+                          uncertainty=res.uncertainty, excluded={"pectoral": res.pectoral}, outputs=OUTPUT_KINDS)
     Image.fromarray((ph.truth.numpy() * 255).astype(np.uint8)).save(out / "phantom.truth.png")
     panel = side_by_side(ph.image.numpy(), ph.truth.numpy(), (res.base_prob >= thr).numpy(), res.mask.numpy())
     Image.fromarray(panel).save(out / "phantom.compare.png")
@@ -147,5 +147,5 @@ def run_demo(out: str | Path = "mcgr-demo", seed: int = 0, size: tuple[int, int]
     say(f"TT-GPR refined {100 * res.refined_fraction:.0f}% of the breast tiles ({res.seeds} seeds); "
         f"{len(res.detections)} calcifications, {len(res.clusters)} clusters detected; {summary['wall_s']} s in all")
     say(f"outputs in {out}/: phantom.compare.png (truth green | base blue | TT-GPR red), phantom.overlay.png, "
-        "phantom.json, phantom.mask.png, phantom.prob.npy, demo.json")
+        "phantom.json, phantom.mask.png, phantom.prob.png (mcgr.io.read_prob_map reads it), demo.json")
     return summary

@@ -107,7 +107,7 @@ def test_demo_scores_base_and_ttgpr_against_the_phantom_truth(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Dice" in printed and "TT-GPR" in printed
     summary = json.loads((out / "demo.json").read_text())
-    for name in ("phantom.compare.png", "phantom.overlay.png", "phantom.mask.png", "phantom.prob.npy", "phantom.json"):
+    for name in ("phantom.compare.png", "phantom.overlay.png", "phantom.mask.png", "phantom.prob.png", "phantom.json"):
         assert (out / name).is_file(), name
     # the printed TT-GPR Dice is the Dice of the written mask against the phantom's own truth
     ph = breast_phantom(256, 192, seed=0, faint=True)

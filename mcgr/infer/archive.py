@@ -6,7 +6,8 @@ Layout of an output folder ``OUT``::
 
     OUT/manifest.jsonl          one JSON line per input (ok / error / skipped), appended as inputs finish
     OUT/run.json                the settings that define the results (checked by --resume)
-    OUT/<key>/<stem>.*          write_outputs' files (mask.png, prob.npy, overlay.png, json, ...)
+    OUT/<key>/<stem>.*          write_outputs' files: the run's output set (``--outputs``; default
+                                mask.png, json, seg.dcm, overlay.png; prob.png, uncertainty.png asked for)
     OUT/<key>/.done             the input's record (the same as its manifest line), with file sizes
     OUT/.mcgr-staging/          work in progress; removed at the start and the end of every run
     (OUT itself is flock'ed while a run writes into it)
@@ -29,6 +30,8 @@ replaced by another image, or a result overwritten (even by zeros of the same si
 ``input_sha256`` is of the bytes that were read (:func:`read_hashed`), and a result whose identity
 (:func:`result_identity`: the settings that change a result, and the input's spacing) differs from
 the resumed run's is redone too, its earlier line dropped when the run closes.
+The output set (``--outputs``, ``--save-prob``) is part of that identity: a resume asking for
+another set redoes every input whose result holds a different one.
 
 Folder scanning stays inside the folder given: a symlink to a folder outside it is not followed
 (a symlink to a single file is, as the file was named by whoever made the link). mcgr's own outputs
@@ -63,8 +66,8 @@ DONE = ".done"
 LOCK = ".mcgr.lock"
 _RESERVED = {MANIFEST, RUN_FILE}
 # Files mcgr writes (write_outputs, mcgr demo): never inputs of a folder scan.
-OUTPUT_SUFFIXES = (".seg.dcm", ".prob.npy", ".uncertainty.npy", ".mask.png", ".overlay.png", ".truth.png",
-                   ".compare.png")
+OUTPUT_SUFFIXES = (".seg.dcm", ".prob.png", ".uncertainty.png", ".prob.npy", ".uncertainty.npy", ".mask.png",
+                   ".overlay.png", ".truth.png", ".compare.png")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _GLOB_CHARS = set("*?[")
@@ -401,7 +404,7 @@ def verify_result(folder: Path, record: dict) -> bool:
 # The run settings that change a result (others, e.g. the device or the thread count, change only
 # how fast it comes): with the input's content and its effective spacing they make a result's
 # identity, which --resume compares. A new setting that changes results is one more name here.
-RESULT_SETTINGS = ("refine", "models", "operating_point", "ttgpr", "tile", "overlap")
+RESULT_SETTINGS = ("refine", "models", "operating_point", "ttgpr", "tile", "overlap", "outputs")
 
 
 def result_identity(settings: dict, item: InputItem) -> dict:
@@ -413,6 +416,10 @@ def result_identity(settings: dict, item: InputItem) -> dict:
         v = settings.get(k)
         if k == "models" and isinstance(v, dict):
             v = {kind: (m.get("sha256") if isinstance(m, dict) else m) for kind, m in sorted(v.items())}
+        if k == "outputs":
+            from mcgr.io.writers import DEFAULT_OUTPUTS, output_set
+
+            v = list(output_set(v if v is not None else DEFAULT_OUTPUTS))
         ident[k] = v
     ident["spacing"] = item.spacing if item.spacing is not None else settings.get("spacing")
     return json.loads(json.dumps(ident, sort_keys=True))  # the form it has once read back from .done
@@ -473,8 +480,12 @@ def read_hashed(path: str, read):
 
 
 def _settings_line(settings: dict) -> dict:
-    return {k: settings.get(k) for k in ("refine", "spacing", "device", "backend", "engine", "threads", "models",
+    from mcgr.io.writers import DEFAULT_OUTPUTS, output_set
+
+    line = {k: settings.get(k) for k in ("refine", "spacing", "device", "backend", "engine", "threads", "models",
                                          "operating_point")}
+    line["outputs"] = list(output_set(settings.get("outputs") or DEFAULT_OUTPUTS))  # always explicit: an identity
+    return line
 
 
 def process_item(item: InputItem, pipeline, out: Path, settings: dict, run_id: str) -> dict:
@@ -537,6 +548,7 @@ def stage_result(rec: dict, item: InputItem, res, out: Path, t0: float, *, input
 
         written = write_outputs(staging, stem, res.mammogram, res.prob, res.mask, res.detections, res.clusters,
                                 uncertainty=res.uncertainty, excluded={"pectoral": res.pectoral},
+                                outputs=rec["settings"]["outputs"],
                                 provenance={k: rec["settings"].get(k) for k in ("models", "operating_point")})
         timings["write"] = round(time.perf_counter() - t, 4)
         # temporary names are created private (0600/0700); results are for the archive's readers
@@ -585,7 +597,8 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if not isinstance(exc, ValueError) else first or type(exc).__name__
 
 
-_RESULT_SUFFIXES = (".mask.png", ".prob.npy", ".uncertainty.npy", ".overlay.png", ".json", ".seg.dcm")
+_RESULT_SUFFIXES = (".mask.png", ".prob.png", ".uncertainty.png", ".prob.npy", ".uncertainty.npy", ".overlay.png",
+                    ".json", ".seg.dcm")
 
 
 def _is_result_folder(folder: Path) -> bool:

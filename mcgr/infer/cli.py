@@ -54,6 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pixel spacing in mm of every input (wins over DICOM tags; needed for PNG/TIFF/NPY "
                         "unless a manifest gives it per row)")
     p.add_argument("--no-refine", action="store_true", help="the synthetic-only base segmentor, without TT-GPR")
+    p.add_argument("--outputs", default=None, metavar="LIST",
+                   help="the files to write per input, a comma-separated subset of mask,json,seg,overlay,prob,"
+                        "uncertainty (default mask,json,seg,overlay: about 2 MB per image; seg is for DICOM input)")
+    p.add_argument("--save-prob", action="store_true",
+                   help="also write the probability map (and with TT-GPR the uncertainty map) as 16-bit PNGs "
+                        "cropped to the breast, read back with mcgr.io.read_prob_map")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto: cuda when available)")
     p.add_argument("--backend", default="auto", help="kernel backend: auto, reference, cpu, triton, cuda (default auto)")
     p.add_argument("--models", metavar="DIR", default=None,
@@ -165,6 +171,24 @@ def _sigterm_as_interrupt():
     return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
+def check_outputs(text: str | None, save_prob: bool, refine: bool) -> list[str]:
+    """The output set of ``--outputs`` / ``--save-prob`` (in OUTPUT_KINDS order), or a CLIError."""
+    from mcgr._arguments import CLIError
+    from mcgr.io.writers import DEFAULT_OUTPUTS, output_set
+
+    try:
+        kinds = list(output_set(text)) if text is not None else list(DEFAULT_OUTPUTS)
+    except ValueError:
+        raise CLIError(f"--outputs must be a comma-separated subset of mask,json,seg,overlay,prob,uncertainty, "
+                       f"got {text!r}") from None
+    if not refine and "uncertainty" in kinds:
+        raise CLIError("--outputs uncertainty needs TT-GPR (the uncertainty is the spread of its projections): "
+                       "drop --no-refine or the uncertainty")
+    if save_prob:
+        kinds = list(output_set(kinds + ["prob"] + (["uncertainty"] if refine else [])))
+    return kinds
+
+
 def run(args) -> int:
     from mcgr._arguments import CLIError
     from mcgr.infer import archive
@@ -172,6 +196,7 @@ def run(args) -> int:
 
     refine = not args.no_refine
     backend = check_backend(args.backend)
+    outputs = check_outputs(args.outputs, args.save_prob, refine)
     if args.engine == "local":
         if args.address or args.num_gpus_per_worker is not None or args.workers is not None:
             raise CLIError("--address, --num-gpus-per-worker and --workers need --engine ray")
@@ -203,7 +228,8 @@ def run(args) -> int:
     tile, overlap = 256, 0.25
     settings = {"refine": refine, "spacing": args.spacing, "device": device, "backend": backend,
                 "engine": args.engine, "threads": args.threads if args.engine == "local" else args.cpus_per_worker,
-                "models": model_info, "operating_point": point, "ttgpr": cfg.to_dict(), "tile": tile, "overlap": overlap}
+                "models": model_info, "operating_point": point, "ttgpr": cfg.to_dict(), "tile": tile, "overlap": overlap,
+                "outputs": outputs}
     out = Path(args.out)
     excluded_note = check_out(out, args.inputs)
     if excluded_note:  # said even with --quiet: it decides which files are inputs

@@ -4,9 +4,10 @@ from mcgr.io.breast_mask import breast_mask
 from mcgr.io.errors import MammogramReadError
 from mcgr.io.reader import DEFAULT_FILM_SPACING_MM, DicomRef, Mammogram, read_mammogram
 from mcgr.io.resample import ModelTransform, resample, resample_mask, to_model_spacing
-from mcgr.io.writers import write_outputs
+from mcgr.io.maps import read_prob_map
+from mcgr.io.writers import DEFAULT_OUTPUTS, OUTPUT_KINDS, write_outputs
 
 __all__ = [
-    "DEFAULT_FILM_SPACING_MM", "DicomRef", "Mammogram", "MammogramReadError", "ModelTransform",
-    "breast_mask", "read_mammogram", "resample", "resample_mask", "to_model_spacing", "write_outputs",
+    "DEFAULT_FILM_SPACING_MM", "DEFAULT_OUTPUTS", "DicomRef", "OUTPUT_KINDS", "Mammogram", "MammogramReadError", "ModelTransform",
+    "breast_mask", "read_mammogram", "read_prob_map", "resample", "resample_mask", "to_model_spacing", "write_outputs",
 ]

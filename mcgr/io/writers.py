@@ -1,11 +1,14 @@
 """Clinical outputs, all on the ORIGINAL grid and orientation of the input file.
 
-``<stem>.mask.png`` (uint8 0/255), ``<stem>.prob.npy`` (float32), optional ``<stem>.uncertainty.npy``,
+The output set (``outputs``, :data:`OUTPUT_KINDS`) chooses among ``<stem>.mask.png`` (uint8 0/255),
+``<stem>.json`` (source, spacing, detections and clusters in source pixels and mm),
+``<stem>.seg.dcm`` (for DICOM input: a binary DICOM Segmentation referencing the source image),
 ``<stem>.overlay.png`` (the mammogram downsized for viewing with detections outlined and clusters
-circled, plus a zoomed crop of each cluster), ``<stem>.json`` (source, spacing, detections and
-clusters in source pixels and mm) and, for DICOM input, ``<stem>.seg.dcm`` (a binary DICOM
-Segmentation referencing the source image). Every file is written to a temporary name in
-``out_dir`` and renamed into place, so a reader never sees a half-written file.
+circled, plus a zoomed crop of each cluster) -- :data:`DEFAULT_OUTPUTS`, what an archive keeps --
+and, when asked, ``<stem>.prob.png`` and (TT-GPR) ``<stem>.uncertainty.png``: 16-bit quantised maps
+cropped to the box of their non-zero pixels (:mod:`mcgr.io.maps`; read back on the input grid with
+:func:`mcgr.io.read_prob_map`, the scale and box also in the JSON's ``maps``). Every file is written
+to a temporary name in ``out_dir`` and renamed into place, so a reader never sees a half-written file.
 """
 from __future__ import annotations
 
@@ -28,6 +31,20 @@ OVERLAY_MAX_SIDE = 1600
 CROP_MM = 12.0
 CROP_PX = 256
 MAX_CROPS = 12
+OUTPUT_KINDS = ("mask", "json", "seg", "overlay", "prob", "uncertainty")
+DEFAULT_OUTPUTS = ("mask", "json", "seg", "overlay")
+MAP_KINDS = ("prob", "uncertainty")
+
+
+def output_set(outputs) -> tuple[str, ...]:
+    """``outputs`` (an iterable of :data:`OUTPUT_KINDS`, or a comma-separated string) as a tuple in
+    :data:`OUTPUT_KINDS` order without repeats; ValueError naming the unknown kinds."""
+    items = outputs.split(",") if isinstance(outputs, str) else list(outputs)
+    kinds = [str(k).strip().lower() for k in items if str(k).strip()]
+    bad = sorted(set(kinds) - set(OUTPUT_KINDS))
+    if not kinds or bad:
+        raise ValueError(f"outputs must be a non-empty subset of {','.join(OUTPUT_KINDS)}, got {outputs!r}")
+    return tuple(k for k in OUTPUT_KINDS if k in kinds)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -55,12 +72,6 @@ OVERLAY_PNG_LEVEL = 3
 def _png_bytes(img, compress_level: int = 6) -> bytes:
     buf = _io.BytesIO()
     img.save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
-
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = _io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
     return buf.getvalue()
 
 
@@ -127,15 +138,16 @@ def _reason(exc: BaseException) -> str:
 
 def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask_canonical, detections, clusters,
                   *, uncertainty=None, model_mm: float = MODEL_SPACING_MM, excluded: dict | None = None,
-                  provenance: dict | None = None) -> dict:
+                  outputs=DEFAULT_OUTPUTS, provenance: dict | None = None) -> dict:
     """Write the results for one mammogram into ``out_dir``; return ``{kind: path}``.
 
     ``prob_canonical`` (float [h, w] in [0, 1]) and ``mask_canonical`` (bool [h, w]) are on the
     canonical model grid (``model_mm``) or on the grid of ``mammogram.image``; ``uncertainty`` the same
     shape (optional). ``detections``: dicts ``{"id", "y", "x", "area_px", "peak_prob", "cluster"[,
     "confidence"]}`` with y, x in canonical model-grid pixels and area in model-grid pixels;
-    ``clusters``: dicts ``{"id", "members", "y", "x"}``. Keys of the result: mask, prob, overlay,
-    json, uncertainty (if given), seg (DICOM input only).
+    ``clusters``: dicts ``{"id", "members", "y", "x"}``. ``outputs``: the kinds to write
+    (:func:`output_set`; default :data:`DEFAULT_OUTPUTS`); "seg" is written for DICOM input only and
+    "uncertainty" only when ``uncertainty`` is given. Returns ``{kind: path}`` of the files written.
     ``excluded``: regions the pipeline did not search, e.g. ``{"pectoral": {"found", "contrast",
     "boundary": [[y, x], ...]}}`` with the boundary on ``prob_canonical``'s grid: written to the JSON
     in source pixels and outlined (green) on the overlay. ``provenance``: what produced the result
@@ -159,17 +171,21 @@ def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask
         if unc.shape != prob.shape:
             raise ValueError(f"uncertainty {unc.shape} must match prob_canonical {prob.shape}")
     dets, cls = _check_detections(detections, clusters)
+    kinds = output_set(outputs)
     t = _transform_for(mammogram, prob.shape, float(model_mm))
 
     mask_src = t.to_source(mask.astype(bool, copy=False), kind="mask")
     paths = WrittenOutputs()
+    maps: dict[str, dict] = {}
     from PIL import Image
+
+    from mcgr.io.maps import encode_map, map_file_name
 
     def write(kind: str, name: str, make) -> None:
         """One output on its own: a content failure (a header the SEG cannot be made from) is kept in
         ``paths.failed`` with its reason and the others are still written; a failing disk or folder
         (OSError) fails the whole result."""
-        p = out / f"{stem}.{name}"
+        p = out / name
         try:
             _atomic_write(p, make())
         except OSError:
@@ -179,18 +195,27 @@ def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask
             return
         paths[kind] = str(p)
 
-    write("mask", "mask.png", lambda: _png_bytes(Image.fromarray((mask_src.astype(np.uint8) * 255))))
-    write("prob", "prob.npy", lambda: _npy_bytes(np.clip(t.to_source(prob, kind="map"), 0.0, 1.0).astype(np.float32)))
-    if unc is not None:
-        write("uncertainty", "uncertainty.npy", lambda: _npy_bytes(t.to_source(unc, kind="map").astype(np.float32)))
+    if "mask" in kinds:
+        write("mask", f"{stem}.mask.png", lambda: _png_bytes(Image.fromarray((mask_src.astype(np.uint8) * 255))))
+    for kind, arr, hi in (("prob", prob, 1.0), ("uncertainty", unc, None)):
+        if kind not in kinds or arr is None:
+            continue
+        src = np.clip(t.to_source(arr, kind="map"), 0.0, hi).astype(np.float32)
+        data, rec = encode_map(src, kind, hi=hi)
+        write(kind, map_file_name(stem, kind), lambda data=data: data)
+        if kind in paths:
+            maps[kind] = dict(rec, file=map_file_name(stem, kind))
 
     det_rows, cl_rows = _records(t, dets, cls)
     excl = _excluded_records(t, excluded)
-    write("overlay", "overlay.png",
-          lambda: _png_bytes(_overlay(mammogram, mask_src, det_rows, cl_rows, excl), OVERLAY_PNG_LEVEL))
-    if mammogram.dicom is not None:
-        write("seg", "seg.dcm", lambda: _seg_bytes(mammogram, mask_src))
+    if "overlay" in kinds:
+        write("overlay", f"{stem}.overlay.png",
+              lambda: _png_bytes(_overlay(mammogram, mask_src, det_rows, cl_rows, excl), OVERLAY_PNG_LEVEL))
+    if "seg" in kinds and mammogram.dicom is not None:
+        write("seg", f"{stem}.seg.dcm", lambda: _seg_bytes(mammogram, mask_src))
 
+    if "json" not in kinds:
+        return paths
     p = out / f"{stem}.json"
     doc = {
         "source": mammogram.source, "source_shape": list(mammogram.source_shape),
@@ -200,8 +225,8 @@ def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask
         "input file as stored; y_mm/x_mm: row/col * spacing_mm; y/x: canonical model-grid pixels",
         "mcgr_version": __version__, "n_detections": len(det_rows), "n_clusters": len(cl_rows),
         "detections": det_rows, "clusters": cl_rows, "excluded": excl,
-        "files": {k: os.path.basename(v) for k, v in paths.items()},
-        "failed_outputs": dict(paths.failed),
+        "files": {k: os.path.basename(v) for k, v in paths.items()}, "outputs": list(kinds),
+        "maps": maps, "failed_outputs": dict(paths.failed),
     }
     if provenance is not None:
         doc["model"] = provenance

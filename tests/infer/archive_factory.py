@@ -70,8 +70,9 @@ def make_folder(root: Path, n_extra: int = 0, seed: int = 0) -> dict:
     return {"good": good, "bad": root / "bad.dcm"}
 
 
-def expected_outputs(models: Path, inputs: dict, out: Path, refine: bool = False) -> Path:
-    """The outputs of each good input through the Python API: ``out/<key>/<stem>.*``."""
+def expected_outputs(models: Path, inputs: dict, out: Path, refine: bool = False, outputs=None) -> Path:
+    """The outputs of each good input through the Python API: ``out/<key>/<stem>.*`` (``outputs``:
+    the output set, default write_outputs' own)."""
     from mcgr.infer.pipeline import Pipeline
     from mcgr.io import write_outputs
     from mcgr.models import load_model
@@ -83,7 +84,8 @@ def expected_outputs(models: Path, inputs: dict, out: Path, refine: bool = False
         for key, path in inputs.items():
             r = pipe(str(path), spacing=SPACING, refine=refine)
             write_outputs(out / key, key.rsplit("/", 1)[-1], r.mammogram, r.prob, r.mask, r.detections, r.clusters,
-                          uncertainty=r.uncertainty, excluded={"pectoral": r.pectoral})
+                          uncertainty=r.uncertainty, excluded={"pectoral": r.pectoral},
+                          **({} if outputs is None else {"outputs": outputs}))
     finally:
         torch.set_num_threads(threads)
     return out
@@ -100,8 +102,10 @@ def assert_same_result(got: Path, want: Path) -> None:
 
             a, b = pydicom.dcmread(got / n), pydicom.dcmread(want / n)
             assert np.array_equal(a.pixel_array, b.pixel_array), f"{got / n}: segmentation pixels differ"
-        elif n.endswith(".npy"):
-            a, b = np.load(got / n), np.load(want / n)
+        elif n.endswith((".prob.png", ".uncertainty.png", ".npy")):
+            from mcgr.io import read_prob_map
+
+            a, b = read_prob_map(got / n), read_prob_map(want / n)
             assert a.shape == b.shape and np.array_equal(a, b), f"{got / n}: max |diff| {np.abs(a - b).max()}"
         elif n.endswith(".json"):
             g, w = json.loads((got / n).read_text()), json.loads((want / n).read_text())

@@ -100,7 +100,7 @@ def test_every_crash_state_is_redone_by_resume(data, tmp_path):
     staged = out / A.STAGING / "r-crashed"
     shutil.move(str(out / "a"), str(staged))
     # 2. a result file cut short after the commit (disk trouble, a careless copy)
-    p = out / "sub" / "b" / "b.prob.npy"
+    p = out / "sub" / "b" / "b.mask.png"
     p.write_bytes(p.read_bytes()[:100])
     # 3. a result folder whose .done is missing
     (out / "sub" / "c" / ".done").unlink()
@@ -126,7 +126,7 @@ def test_resume_retries_failures_and_adds_new_inputs(data, tmp_path):
     assert sum(r["key"] == "bad" for r in lines) == 1
     late = [r for r in lines if r["input"] == str(extra)]
     assert len(late) == 1 and late[0]["status"] == "ok" and late[0]["key"] == "late"
-    assert np.array_equal(np.load(out / "late" / "late.prob.npy"), np.load(data["want"] / "a" / "a.prob.npy"))
+    assert (out / "late" / "late.mask.png").read_bytes() == (data["want"] / "a" / "a.mask.png").read_bytes()
     assert len(lines) == len(recs) + 1
 
 

@@ -10,6 +10,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from PIL import Image
 from archive_factory import SPACING, SHAPE, make_models, manifest
 from dicom_factory import breast_phantom, write_dicom
 
@@ -52,16 +53,16 @@ def test_resume_redoes_a_replaced_input_and_an_overwritten_result(models, tmp_pa
     # a: the input replaced by another image of the same size; b: a result overwritten with zeros
     _image(src / "a.npy", 99, chest_wall="right")
     assert (src / "a.npy").stat().st_size == os.stat(first["a"]["input"]).st_size
-    prob = out / "b" / "b.prob.npy"
-    size = prob.stat().st_size
-    prob.write_bytes(b"\0" * size)
+    mask = out / "b" / "b.mask.png"
+    size = mask.stat().st_size
+    mask.write_bytes(b"\0" * size)
     assert _infer(models, src, "--out", out, "--resume") == 0
     lines = manifest(out)
     assert sorted(r["key"] for r in lines) == ["a", "b", "c"], "an input is listed twice or lost"
     now = {r["key"]: r for r in lines}
     assert now["a"]["result_id"] != first["a"]["result_id"] and now["a"]["input_sha256"] == _sha(src / "a.npy")
     assert now["b"]["result_id"] != first["b"]["result_id"]
-    assert np.load(out / "b" / "b.prob.npy").shape == tuple(SHAPE)
+    assert np.asarray(Image.open(out / "b" / "b.mask.png")).shape == tuple(SHAPE)
     assert now["c"]["result_id"] == first["c"]["result_id"], "an unchanged result was redone"
     for key, r in now.items():
         assert A.verify_result(out / key, r)
@@ -78,7 +79,7 @@ def test_scan_stays_in_the_tree_and_skips_mcgr_outputs(tmp_path):
     (root / "link_out").symlink_to(outside, target_is_directory=True)
     (root / "link_in").symlink_to(root / "p1", target_is_directory=True)
     (root / "link_root").symlink_to(tmp_path, target_is_directory=True)
-    for name in ("x.prob.npy", "x.uncertainty.npy", "x.mask.png", "x.overlay.png", "x.seg.dcm",
+    for name in ("x.prob.png", "x.uncertainty.png", "x.prob.npy", "x.uncertainty.npy", "x.mask.png", "x.overlay.png", "x.seg.dcm",
                  "phantom.truth.png", "phantom.compare.png", "manifest.jsonl", "run.json"):
         (root / "p1" / name).write_bytes(b"\0" * 128 + b"DICM")
     done = root / "old_result"  # a result folder of an earlier run inside the input folder

@@ -60,7 +60,7 @@ def test_a_seg_that_cannot_be_made_is_reported_and_the_other_outputs_are_kept(tm
     change, attr = _REFUSED[name]
     path = _dicom(tmp_path, name, change)
     m, paths = _write(tmp_path, path, name)
-    assert set(paths) == {"mask", "prob", "overlay", "json"}
+    assert set(paths) == {"mask", "overlay", "json"}  # the default set (no probability map)
     assert attr in paths.failed["seg"], paths.failed
     assert not (tmp_path / f"out-{name}" / f"{name}.seg.dcm").exists()
     doc = json.loads((tmp_path / f"out-{name}" / f"{name}.json").read_text())

@@ -13,7 +13,8 @@ from dicom_factory import breast_phantom, write_dicom
 from PIL import Image
 
 from mcgr.io import read_mammogram, to_model_spacing
-from mcgr.io.writers import write_outputs
+from mcgr.io import read_prob_map
+from mcgr.io.writers import DEFAULT_OUTPUTS, OUTPUT_KINDS, write_outputs
 
 
 def _case(tmp_path, laterality="R", spacing=0.05):
@@ -47,7 +48,8 @@ def test_outputs_line_up_with_the_source(tmp_path, laterality):
     points = [(100, 40), (104, 47), (97, 52)]
     prob, mask, dets, clusters = _detections(t, points)
     unc = np.full(t.model_shape, 0.25, np.float32)
-    paths = write_outputs(tmp_path / "out", "case", m, prob, mask, dets, clusters, uncertainty=unc)
+    paths = write_outputs(tmp_path / "out", "case", m, prob, mask, dets, clusters, uncertainty=unc,
+                          outputs=OUTPUT_KINDS)
     assert set(paths) == {"mask", "prob", "overlay", "json", "seg", "uncertainty"}
     assert not [f for f in os.listdir(tmp_path / "out") if f.endswith(".tmp")]
 
@@ -57,10 +59,10 @@ def test_outputs_line_up_with_the_source(tmp_path, laterality):
         assert png[r, c] == 255, (r, c)
         window = png[r - 2:r + 3, c - 2:c + 3]
         assert window.sum() == png[max(0, r - 3):r + 4, max(0, c - 3):c + 4].sum()  # nothing strays further
-    prob_src = np.load(paths["prob"])
+    prob_src = read_prob_map(paths["prob"])
     assert prob_src.dtype == np.float32 and prob_src.shape == m.source_shape
     assert all(prob_src[r, c] > 0.3 for r, c in points)
-    assert np.allclose(np.load(paths["uncertainty"]), 0.25)
+    assert np.allclose(read_prob_map(paths["uncertainty"]), 0.25, atol=0.25 / 65535)
 
     doc = json.load(open(paths["json"]))
     assert doc["source"] == m.source and doc["spacing_mm"] == 0.05 and doc["laterality"] == laterality
@@ -202,3 +204,33 @@ def test_seg_passes_dciodvfy(tmp_path, anonymise, orientation):
     assert "Segmentation" in report, report  # it recognised the IOD
     errors = [ln for ln in report.splitlines() if ln.startswith("Error")]
     assert not errors, "\n".join(errors)
+
+
+def test_default_outputs_and_chosen_sets(tmp_path):
+    """The default set is mask, JSON, SEG and overlay; a chosen set writes exactly its kinds, and the
+    JSON lists what was written with the map's scale and box."""
+    m = _case(tmp_path)
+    _, t = to_model_spacing(m)
+    prob, mask, dets, clusters = _detections(t, [(100, 40), (104, 47)])
+    unc = np.full(t.model_shape, 0.1, np.float32)
+    d = write_outputs(tmp_path / "d", "case", m, prob, mask, dets, clusters, uncertainty=unc)
+    assert set(d) == set(DEFAULT_OUTPUTS) == {"mask", "json", "seg", "overlay"}
+    assert sorted(os.listdir(tmp_path / "d")) == ["case.json", "case.mask.png", "case.overlay.png", "case.seg.dcm"]
+    doc = json.load(open(d["json"]))
+    assert doc["outputs"] == ["mask", "json", "seg", "overlay"] and doc["maps"] == {}
+
+    c = write_outputs(tmp_path / "c", "case", m, prob, mask, dets, clusters, uncertainty=unc, outputs="json,prob")
+    assert sorted(os.listdir(tmp_path / "c")) == ["case.json", "case.prob.png"]
+    doc = json.load(open(c["json"]))
+    rec = doc["maps"]["prob"]
+    assert rec["file"] == "case.prob.png" and rec["scale"] == pytest.approx(1 / 65535) and rec["shape"] == list(m.source_shape)
+    nz = np.argwhere(read_prob_map(c["prob"]) > 0)
+    assert rec["box"] == [int(nz[:, 0].min()), int(nz[:, 0].max()) + 1, int(nz[:, 1].min()), int(nz[:, 1].max()) + 1]
+    assert doc["files"] == {"prob": "case.prob.png"}
+
+    only = write_outputs(tmp_path / "o", "case", m, prob, mask, dets, clusters, outputs=["uncertainty", "mask"])
+    assert set(only) == {"mask"}  # no uncertainty given: nothing to write for it
+    with pytest.raises(ValueError, match="outputs must be a non-empty subset of mask,json,seg,overlay,prob"):
+        write_outputs(tmp_path / "x", "case", m, prob, mask, dets, clusters, outputs="mask,probability")
+    with pytest.raises(ValueError, match="outputs"):
+        write_outputs(tmp_path / "x", "case", m, prob, mask, dets, clusters, outputs=[])
