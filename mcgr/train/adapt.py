@@ -61,11 +61,18 @@ class Plan:
     fold_steps: int = 600
     injections: int = 2
     max_folds: int = MAX_FOLDS
+    val_n: int = 32  # patches of each training run's synthetic validation (its log only: no weight depends on it)
 
     @classmethod
     def quick(cls) -> "Plan":
         return cls(windows_per_image=24, stride=64, phantoms=0, mine_per_image=20, seg_steps=12, rf_steps=12,
-                   fold_steps=6, injections=1, max_folds=2)
+                   fold_steps=6, injections=1, max_folds=2, val_n=4)
+
+    def identity(self) -> dict:
+        """The fields that change a result (``--resume`` compares them)."""
+        d = asdict(self)
+        d.pop("val_n")
+        return d
 
 
 def _key(path: str, used: set) -> str:
@@ -137,7 +144,7 @@ class Adaptation:
     # ------------------------------------------------------------ state
     def identity(self) -> dict:
         return {"inputs": [{"key": i["key"], "sha256": i["sha256"], "spacing": i["spacing"]} for i in self.items],
-                "plan": asdict(self.plan), "fp_per_image": self.fp_per_image, "init": self.init}
+                "plan": self.plan.identity(), "fp_per_image": self.fp_per_image, "init": self.init}
 
     def open(self, resume: bool) -> dict:
         for it in self.items:
@@ -310,6 +317,7 @@ class Adaptation:
         cfg.log.progress = self.progress
         cfg.log.val_every = max(cfg.log.val_every, steps)
         cfg.log.ckpt_every = min(cfg.log.ckpt_every, max(1, steps))
+        cfg.data.val_n = min(cfg.data.val_n, self.plan.val_n)
         return cfg
 
     def _train(self, cfg, run: Path) -> dict:
@@ -345,6 +353,7 @@ class Adaptation:
         cfg.log.progress = self.progress
         cfg.log.val_every = max(cfg.log.val_every, cfg.optim.steps)
         cfg.log.ckpt_every = min(cfg.log.ckpt_every, max(1, cfg.optim.steps))
+        cfg.data.val_n = min(cfg.data.val_n, self.plan.val_n)
         return cfg
 
     def stage_rf(self, state: dict) -> dict:
