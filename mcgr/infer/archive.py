@@ -430,7 +430,7 @@ def process_item(item: InputItem, pipeline, out: Path, settings: dict, run_id: s
         return rec
     try:
         spacing = item.spacing if item.spacing is not None else settings.get("spacing")
-        res = pipeline(item.path, spacing=spacing, refine=bool(settings.get("refine", True)))
+        res = pipeline(item.path, spacing=spacing, refine=bool(settings.get("refine", True)), canonical=True)
         return stage_result(rec, item, res, out, t0)
     except KeyboardInterrupt:
         raise

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mcgr import MODEL_SPACING_MM
-from mcgr.infer.detect import clusters_from_detections, detections_from_prob
+from mcgr.infer.detect import HYSTERESIS_LOW, MERGE_MM, clusters_from_detections, detections_from_prob
 from mcgr.infer.tiling import tile_grid
 from mcgr.infer.ttgpr import TTGPRConfig, run_field
 from mcgr.io.search_region import deeper_than, search_region  # noqa: F401 - deeper_than: its old home
@@ -25,9 +25,11 @@ class Result:
     """One mammogram's results.
 
     prob, mask, uncertainty: [H, W] on the grid the caller gave (a tensor input: its own grid; a file:
-        the canonical image at its source spacing, see ``mammogram.to_source`` for the file's grid).
+        the file's pixel grid, as stored, unless ``canonical=True`` was asked for: then mirrored to
+        the chest wall on the left, as ``mammogram.image``). ``orientation`` says which.
     base_prob: the synthetic-only segmentor's probability (before TT-GPR), same grid.
-    detections / clusters: calcifications (centroids in px of ``prob``'s grid and in mm) and clusters.
+    detections / clusters: calcifications (centroids ``y``/``x`` in px of ``prob``'s grid, ``y_mm``/``x_mm``
+        = px x spacing on that grid, so as stored for a file by default) and clusters.
     timings: seconds per stage. refined_fraction: share of breast tiles that TT-GPR refined.
     """
 
@@ -44,6 +46,7 @@ class Result:
     seeds: int = 0
     mammogram: object = None
     pectoral: dict | None = None  # {"found", "contrast", "boundary": [[row, col], ...] in px of prob's grid}
+    orientation: str = "canonical"  # "canonical" (chest wall on the left) or "source" (the file as stored)
 
 
 @dataclass
@@ -161,7 +164,7 @@ class Pipeline:
         return cls(seg, gen, config=config or operating_config(seg), device=device, backend=backend, **kw)
 
     def __call__(self, image, spacing: float | None = None, refine: bool = True, breast_mask=None,
-                 progress=None, seeds=None, projector=None, view: str | None = None) -> Result:
+                 progress=None, seeds=None, projector=None, view: str | None = None, canonical: bool = False) -> Result:
         """Run on a canonical image tensor/array [H, W] in [0, 1] (``spacing`` in mm, default 0.07),
         or on a path to a mammogram file (DICOM, PNG, TIFF, NPY; see :func:`mcgr.io.read_mammogram`).
 
@@ -174,9 +177,17 @@ class Pipeline:
         tuned for seeds from the prediction (docs/design.md, "Where the limits are").
         projector: optional callable replacing the RF projections (see :func:`mcgr.infer.ttgpr.run_field`);
         its window origins are given in model-spacing pixels of the input (the canvas is the input
-        resampled to the model spacing and reflect-padded, so origins near a border are negative)."""
+        resampled to the model spacing and reflect-padded, so origins near a border are negative).
+        view: the view code ("CC", "MLO", ...) of a tensor input, for the search region (a file's comes
+        from the file); CC views are not searched for a pectoral muscle.
+        canonical: for a file, return the arrays and coordinates mirrored to the canonical orientation
+        (chest wall on the left) instead of the file's own (the default, as ``mcgr infer`` writes them).
+        A tensor or array input is taken as canonical already and used as it is (no re-stretching of
+        its values, which the reader also leaves alone for float data in [0, 1]); only its orientation
+        is never changed."""
         prep = self.prepare(image, spacing=spacing, breast_mask=breast_mask, view=view)
-        return self.finish(prep, self.network(prep, refine=refine, progress=progress, seeds=seeds, projector=projector))
+        fr = self.network(prep, refine=refine, progress=progress, seeds=seeds, projector=projector)
+        return self.finish(prep, fr, canonical=canonical)
 
     def prepare(self, image, spacing: float | None = None, breast_mask=None, view: str | None = None) -> "Prepared":
         """The CPU stages before the networks (read, resample, breast mask, kept region, padded canvas,
@@ -279,9 +290,10 @@ class Pipeline:
                        projector=_shifted(projector, max(pad, 0)) if projector is not None else None)
         return fr
 
-    def finish(self, prep: "Prepared", fr) -> Result:
+    def finish(self, prep: "Prepared", fr, canonical: bool = True) -> Result:
         """Probability, mask, calcifications and clusters on the input's grid from :meth:`network`'s
-        result (CPU-side post-processing; may run in another thread than :meth:`network`)."""
+        result (CPU-side post-processing; may run in another thread than :meth:`network`).
+        ``canonical=False``: a mirrored file's arrays and coordinates are given back as stored."""
         pad, src_shape, model_shape, spacing = prep.pad, prep.src_shape, prep.model_shape, prep.spacing
         bm, keep, mammo = prep.bm, prep.keep, prep.mammogram
         timings = dict(prep.timings)
@@ -302,10 +314,25 @@ class Pipeline:
         base = _resample(base_m, src_shape, mode).clamp(0, 1).cpu()
         unc = _resample(unc_m, src_shape, mode).clamp(min=0).cpu() if unc_m is not None else None
         bm_src = (_resample(bm.float(), src_shape, "linear") >= 0.5) if tuple(bm.shape) != src_shape else bm
+        bm_src = bm_src.cpu()
+        pectoral = prep.pectoral
+        orientation = "canonical"
+        if not canonical and mammo is not None and mammo.flipped:
+            # the file's own orientation: every array and coordinate mirrored once, here
+            prob, base, bm_src = prob.flip(-1), base.flip(-1), bm_src.flip(-1)
+            unc = unc.flip(-1) if unc is not None else None
+            w = src_shape[1]
+            if pectoral is not None:
+                pectoral = dict(pectoral, boundary=[[y, round(w - 1 - x, 1)] for y, x in pectoral.get("boundary", [])])
+            orientation = "source"
+        elif mammo is not None:
+            orientation = "source" if not canonical else "canonical"
         mask = prob >= self.config.threshold
-        dets = detections_from_prob(prob, spacing, self.config.threshold, uncertainty=unc)
+        dets = detections_from_prob(prob, spacing, self.config.threshold, uncertainty=unc, low=HYSTERESIS_LOW,
+                                    merge_mm=MERGE_MM)
         clusters = clusters_from_detections(dets, spacing)
         timings["detect"] = time.perf_counter() - t
         return Result(prob=prob, mask=mask, uncertainty=unc, base_prob=base, detections=dets, clusters=clusters,
-                      spacing_mm=spacing, breast_mask=bm_src.cpu(), timings=timings,
-                      refined_fraction=fr.refined_fraction, seeds=fr.seeds, mammogram=mammo, pectoral=prep.pectoral)
+                      spacing_mm=spacing, breast_mask=bm_src, timings=timings,
+                      refined_fraction=fr.refined_fraction, seeds=fr.seeds, mammogram=mammo, pectoral=pectoral,
+                      orientation=orientation)
