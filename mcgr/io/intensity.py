@@ -7,12 +7,13 @@ for MONOCHROME1 / MinIsWhite so that larger = more attenuating) linearly onto [0
 
 1. **padding** is left out: the pixels equal to PixelPaddingValue (to PixelPaddingRangeLimit when
    given), and, without the tag, a value at either end of the stored range held by at least
-   ``PAD_FRACTION`` of the pixels with an empty gap of more than ``FENCE`` times the tissue's spread
+   ``PAD_FRACTION`` of the pixels and 10 % of the image's border pixels, with an empty gap of more than ``FENCE`` times the tissue's spread
    to every other value (air padded with 65535 in a 12-bit image; real air is noisy and runs
    continuously into the skin line, so the blacked-out 0 of a scanned film stays data). Padding
    becomes air (0) in the canonical image;
 2. **saturation** is left out of the statistics: the pixels at the stored maximum when at least
-   ``MIN_SATURATED_PX`` hold it (burnt-in markers and text are drawn at full white); they read as 1;
+   ``MIN_SATURATED_PX`` hold it and over 4 times as many as the 1 % of the range below it (a spike:
+   burnt-in markers and text are drawn at full white); they read as 1;
 3. **a fence from the breast tissue**: a rough breast mask (:func:`mcgr.io.breast_mask` on a ~0.5 mm
    subsample of the values provisionally scaled by their 0.01 % / 99.99 % quantiles) gives the
    tissue's 99.9 % quantile ``q_hi``; values above ``q_hi + FENCE * (q_hi - floor)`` (``floor``: the
@@ -104,14 +105,9 @@ def intensity_window(values: np.ndarray, spacing_mm: float | None = None, *, pad
                 inferred.append(end)
         for end in inferred:
             valid &= sub != end
-    sat_value = None
-    n_top = int((v == vmax).sum()) if vmax not in inferred else 0
-    if n_top >= MIN_SATURATED_PX and vmax > vmin:
-        sat_value = vmax
-        valid &= sub != vmax
     if not valid.any():
         valid = np.ones(sub.shape, bool)
-        inferred, sat_value = [], None
+        inferred = []
     breast = _rough_breast(sub, valid, spacing_mm * step)
     tissue = sub[breast] if breast.sum() >= 64 else sub[valid]
     q_lo, q_hi = np.quantile(tissue, [1e-3, 1 - 1e-3])
@@ -121,15 +117,25 @@ def intensity_window(values: np.ndarray, spacing_mm: float | None = None, *, pad
     # (the blacked-out air of a scanned film is 0 next to 1, 2, 3 ...), padding is a constant apart
     gap_min = FENCE * max(float(q_hi - q_lo), 1e-12)
     pad_values = []
+    edge = np.concatenate([v[0], v[-1], v[:, 0], v[:, -1]])
     for e in inferred:
         rest = sub[valid]
         nearest = float(rest.max()) if e == vmax else float(rest.min())
-        if abs(e - nearest) > gap_min:
+        # padding fills the image from its border (unused detector rows and columns, a rotated
+        # image's corners); a marker at the same value sits inside and is saturation, not air
+        if abs(e - nearest) > gap_min and float((edge == e).mean()) >= 0.1:
             pad_values.append(e)
     if pad is None and pad_values:
         pad = np.isin(v, pad_values)
         info["padding"] = {"from": "image", "value": pad_values[0] if len(pad_values) == 1 else pad_values,
                            "pixels": int(pad.sum())}
+    sat_value = None
+    n_top = int((v == vmax).sum()) if vmax not in pad_values else 0
+    # saturation is a spike at the top: many pixels at the maximum, several times more than in the
+    # whole 1 % of the range below it (a smooth histogram's top value holds few pixels)
+    n_below = int(((v < vmax) & (v >= vmax - 0.01 * (vmax - vmin))).sum()) if n_top >= MIN_SATURATED_PX else 0
+    if n_top >= MIN_SATURATED_PX and n_top > 4 * n_below and vmax > vmin:
+        sat_value = vmax
     # hi: the largest value that is neither padding, saturation nor above the fence; lo: the smallest
     # value that is not padding (air is darker than tissue by right: no fence below)
     f_hi = q_hi + FENCE * max(float(q_hi - floor), 1e-12)
