@@ -1,8 +1,10 @@
 """Read a mammogram (DICOM, PNG, TIFF, NPY) into the canonical image domain of DESIGN.md 1.
 
 Intensity: the stored values go through the Modality LUT (Rescale Slope/Intercept or a Modality LUT
-Sequence) and are then mapped linearly onto [0, 1] with the image's own minimum and maximum;
-MONOCHROME1 is inverted so that bright = attenuating. The VOI LUT / window is NOT applied by default
+Sequence) and are then mapped linearly onto [0, 1] through the robust window of
+:mod:`mcgr.io.intensity` (the image's own minimum and maximum with padding, saturated markers and
+outliers above a breast-tissue fence left out; padding reads 0); MONOCHROME1 and TIFF MinIsWhite are
+inverted so that bright = attenuating. Float data already within [0, 1] is kept as stored. The VOI LUT / window is NOT applied by default
 (``voi=False``): a window clips everything above its top, which is exactly where calcifications
 live, and sigmoid VOI functions compress the bright end; MC detection wants the raw, linear data.
 ``voi=True`` applies the first VOI transform, the VOI LUT Sequence winning over Window Center/Width
@@ -33,7 +35,9 @@ or binary (two values only, e.g. a boolean mask) is refused: it is not a mammogr
 it would report detections that mean nothing.
 
 Orientation: the canonical image has the chest wall on the LEFT. Patient Orientation (0020,0020)
-decides when its row direction is A or P; otherwise the image decides (the side whose outer third
+decides when its row direction is A or P, unless the image plainly contradicts it (the other outer
+third holds over ``ORIENTATION_CONTRADICTION`` times the signal: then a warning, and the image
+decides); otherwise the image decides (the side whose outer third
 holds more signal is the chest wall: the breast touches it along its whole height). Laterality comes
 from ImageLaterality (0020,0062), Laterality (0020,0060), then view codes in text tags or the file
 name ("RCC", "LEFT_MLO"), else from the image under the usual display convention (a left breast
@@ -593,7 +597,7 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
         notes.append(msg)
         warnings.warn(msg, MammogramWarning, stacklevel=4)
         s = DEFAULT_FILM_SPACING_MM
-    pad_value, pad_limit = _dicom_padding(ds, stored, values)
+    pad_value, pad_limit = _dicom_padding(ds, values)
     image, lo, hi, window = _normalise(p, values, invert=photometric == "MONOCHROME1", spacing_mm=float(s),
                                        padding_value=pad_value, padding_limit=pad_limit)
 
@@ -629,7 +633,7 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
                      source_shape=(rows, cols), flipped=False, spacing_source=s_source, dicom=ref, meta=meta)
 
 
-def _dicom_padding(ds, stored: np.ndarray, values: np.ndarray) -> tuple[float | None, float | None]:
+def _dicom_padding(ds, values: np.ndarray) -> tuple[float | None, float | None]:
     """PixelPaddingValue (0028,0120) and PixelPaddingRangeLimit (0028,0121) as values after the
     Modality LUT (they are given as stored values, PS3.3 C.7.5.1.1.2); (None, None) without the tag."""
     def tag(kw):
