@@ -12,7 +12,7 @@ for MONOCHROME1 / MinIsWhite so that larger = more attenuating) linearly onto [0
    continuously into the skin line, so the blacked-out 0 of a scanned film stays data). Padding
    becomes air (0) in the canonical image;
 2. **saturation** is left out of the statistics: the pixels at the stored maximum when at least
-   ``MIN_SATURATED_PX`` hold it and over 4 times as many as the 1 % of the range below it (a spike:
+   ``MIN_SATURATED_PX`` hold it and no pixel lies in the 1 % of the range below it (a spike apart:
    burnt-in markers and text are drawn at full white); they read as 1;
 3. **a fence from the breast tissue**: a rough breast mask (:func:`mcgr.io.breast_mask` on a ~0.5 mm
    subsample of the values provisionally scaled by their 0.01 % / 99.99 % quantiles) gives the
@@ -131,10 +131,11 @@ def intensity_window(values: np.ndarray, spacing_mm: float | None = None, *, pad
                            "pixels": int(pad.sum())}
     sat_value = None
     n_top = int((v == vmax).sum()) if vmax not in pad_values else 0
-    # saturation is a spike at the top: many pixels at the maximum, several times more than in the
-    # whole 1 % of the range below it (a smooth histogram's top value holds few pixels)
-    n_below = int(((v < vmax) & (v >= vmax - 0.01 * (vmax - vmin))).sum()) if n_top >= MIN_SATURATED_PX else 0
-    if n_top >= MIN_SATURATED_PX and n_top > 4 * n_below and vmax > vmin:
+    # saturation is a spike at the top standing apart: many pixels at the maximum and none in the 1 % of
+    # the range below it (a marker drawn at full white). Values that run up into the maximum (a VOI
+    # window's clipping, dense tissue saturating an 8-bit scan) are data: the map stays min..max there
+    n_below = int(((v < vmax) & (v >= vmax - 0.01 * (vmax - vmin))).sum()) if n_top >= MIN_SATURATED_PX else 1
+    if n_top >= MIN_SATURATED_PX and n_below == 0 and vmax > vmin:
         sat_value = vmax
     # hi: the largest value that is neither padding, saturation nor above the fence; lo: the smallest
     # value that is not padding (air is darker than tissue by right: no fence below)
