@@ -15,7 +15,7 @@ validation alike.
   - a ``skin_mm`` band inside the skin line (the tissue/air edge is outside what the segmentor saw);
   - the outermost ``border_mm`` of the image (a scanned film's bright edge strip), on images with air
     only (a crop has no film edge);
-  - scanner lines (:func:`mcgr.infer.artefacts.scan_lines`);
+  - scanner lines (:func:`mcgr.io.artefacts.scan_lines`);
   - saturated markers: components of pixels at exactly 1 of at least ``MARKER_MM2`` mm^2 (what the
     reader makes of burnt-in markers and text at full white), grown by ``marker_margin_mm``;
   - the pectoral muscle (:func:`mcgr.io.pectoral.find_pectoral`) grown by ``pectoral_margin_mm``,
@@ -171,7 +171,7 @@ def search_region(image, spacing_mm: float, view: str | None = None, *, breast=N
     excluded["border"] = n - int(keep.sum())
     n = int(keep.sum())
     if scan_lines:  # a digitiser's straight bright streaks read as strings of calcifications
-        from mcgr.infer.artefacts import scan_lines as find_lines
+        from mcgr.io.artefacts import scan_lines as find_lines
 
         keep &= ~find_lines(a, bm)
     excluded["scan_lines"] = n - int(keep.sum())
