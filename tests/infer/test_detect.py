@@ -111,8 +111,9 @@ def test_fragments_of_one_calcification_are_one_detection_and_no_cluster():
     assert ndimage.label(p >= 0.99, structure=np.ones((3, 3)))[1] == 4
     d = detections_from_prob(p, sp, 0.99, low=HYSTERESIS_LOW)
     assert len(d) == 1 and d[0]["morphology"] == "coarse"
-    # 4 sigma of the four fragments (centres +-10 rows apart, radius 3 px): >= 1 mm, under 3 mm
-    assert 1.0 <= d[0]["length_mm"] <= 3.0
+    # its size is the oval's (the extent joined at p >= 0.5): 4 sigma of a filled ellipse = its axes
+    assert d[0]["length_mm"] == pytest.approx(2 * 17 * sp, rel=0.05)
+    assert d[0]["width_mm"] == pytest.approx(2 * 11.5 * sp, rel=0.05)
     assert clusters_from_detections(d, sp) == [] and d[0]["cluster"] == -1
     # three distinct punctate calcifications 2 mm apart still make a cluster
     q = np.zeros((200, 200), np.float32)
@@ -131,3 +132,20 @@ def test_linear_shape_is_tagged():
     # 4 sigma of a uniform segment of length L: 4 L / sqrt(12) (+ the pixel's own 1/12 variance)
     want = 4 * np.sqrt(12 ** 2 / 12 + 1 / 12 - 1 / 12) * 0.07
     assert d[0]["morphology"] == "linear" and d[0]["length_mm"] == pytest.approx(want, rel=0.02)
+
+
+def test_branching_and_round_shapes():
+    from mcgr.infer.detect import morphology
+
+    p = np.zeros((60, 60), np.float32)
+    for i in range(14):  # a V: two 1 px wide arms 14 px long from one corner
+        p[10 + i, 30 - i] = p[10 + i, 30 + i] = 0.999
+    d = detections_from_prob(p, 0.07, 0.99)
+    assert len(d) == 1 and d[0]["morphology"] == "branching"
+    disc = np.zeros((60, 60), np.float32)
+    y, x = np.mgrid[0:60, 0:60]
+    disc[(y - 30) ** 2 + (x - 30) ** 2 <= 100] = 0.999  # 1.4 mm across
+    d = detections_from_prob(disc, 0.07, 0.99)
+    assert d[0]["morphology"] == "coarse" and d[0]["length_mm"] == pytest.approx(20 * 0.07, rel=0.05)
+    assert morphology(0.3, 0.3) == "punctate" and morphology(2.0, 0.3) == "linear"
+    assert morphology(1.5, 1.0, solidity=0.4) == "branching"  # long casts stay in clusters
