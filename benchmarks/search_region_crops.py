@@ -5,7 +5,8 @@
 Each ``sfm-benign-0`` view (the only real case used to choose anything) is read at 0.05 mm, resampled
 to 0.07 mm, and three 1024 px crops at fixed places are cut from it; for the whole view and each
 crop: the share of the crop inside the view's breast mask, whether :func:`mcgr.io.search_region.has_air`
-finds air, the share of the crop searched (``keep``), and what :func:`mcgr.io.breast_mask` alone kept.
+finds air, the share of the crop's breast searched (``keep``) against what :func:`mcgr.io.breast_mask`
+alone keeps of it, and the share of the crop's air that is searched.
 """
 from __future__ import annotations
 
@@ -32,9 +33,13 @@ def main() -> int:
         H = img.shape[0]
         for y0, x0 in [(H // 2 - 512, 30), (H // 2 - 700, 200), (H // 2 - 200, 400)]:
             c = img[y0:y0 + 1024, x0:x0 + 1024]
+            b = bm[y0:y0 + 1024, x0:x0 + 1024]  # the crop's breast, as the whole view's mask has it
             rc = search_region(c, 0.07)
-            print(f"   crop ({y0}, {x0}): breast {bm[y0:y0 + 1024, x0:x0 + 1024].mean():.2f}, air {rc.has_air}, "
-                  f"searched {rc.keep.mean():.3f}, breast_mask alone {breast_mask(c, 0.07).mean():.3f}")
+            alone = breast_mask(c, 0.07)
+            air = f"{(rc.keep & ~b).sum() / max(1, (~b).sum()):.3f}" if (~b).any() else "-"
+            print(f"   crop ({y0}, {x0}): breast {b.mean():.2f}, air {rc.has_air}, breast searched "
+                  f"{(rc.keep & b).sum() / b.sum():.3f} (breast_mask alone {(alone & b).sum() / b.sum():.3f}), "
+                  f"air searched {air}")
     return 0
 
 
