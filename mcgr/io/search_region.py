@@ -22,7 +22,9 @@ validation alike.
   - the pectoral muscle (:func:`mcgr.io.pectoral.find_pectoral`) grown by ``pectoral_margin_mm``,
     looked for only where the view can hold one: a view known as CC (CC, XCCL, XCCM, FB) has none, a
     known MLO / ML / LM / LMO / SIO / AT view is searched for it, and only an unknown view lets the
-    image decide (which it does with the same finder and threshold).
+    image decide (which it does with the same finder and threshold), on images with air only: the
+    finder follows an edge from the top of a full view to its chest wall, which a crop has not got
+    (on a crop of a regular phantom it took fatty tissue for a muscle).
 """
 from __future__ import annotations
 
@@ -216,7 +218,10 @@ def search_region(image, spacing_mm: float, view: str | None = None, *, breast=N
     excluded["markers"] = n - int(keep.sum())
     pec = None
     n = int(keep.sum())
-    if pectoral and v not in NO_PECTORAL_VIEWS:
+    # the finder looks for the muscle's edge from the top of the image to the chest wall, which a crop
+    # or spot view has not got: without air only a view known to hold a muscle is searched for one
+    look = v in PECTORAL_VIEWS or (v not in NO_PECTORAL_VIEWS and air)
+    if pectoral and look:
         from mcgr.io.pectoral import find_pectoral
 
         p = find_pectoral(a, bm, spacing_mm)
@@ -229,6 +234,7 @@ def search_region(image, spacing_mm: float, view: str | None = None, *, breast=N
                 pm = ndimage.distance_transform_edt(~pm) <= r
             keep &= ~pm
     elif pectoral:
-        pec = {"found": False, "contrast": 0.0, "looked": f"no (a {v} view has no pectoral muscle)", "boundary": []}
+        why = f"a {v} view has no pectoral muscle" if v in NO_PECTORAL_VIEWS else "an image without air (a crop) of an unknown view"
+        pec = {"found": False, "contrast": 0.0, "looked": f"no ({why})", "boundary": []}
     excluded["pectoral"] = n - int(keep.sum())
     return SearchRegion(breast=bm, keep=keep, has_air=air, pectoral=pec, excluded=excluded)

@@ -38,3 +38,16 @@ def test_saturated_marker_is_not_searched():
     img[200:230, 100:140] = 1.0
     r = search_region(img, 0.07, view="CC")
     assert not r.keep[195:235, 95:145].any() and r.excluded["markers"] > 0
+
+
+def test_the_little_air_of_a_crop_is_not_searched():
+    """A crop reaching just past the skin line: its breast is searched, its air (the phantom's own
+    truth of where the breast ends) mostly not."""
+    ph = breast_phantom(1024, 768, seed=4)
+    img, breast = ph.image.numpy(), ph.breast.numpy().astype(bool)
+    end = int(np.nonzero(breast[512])[0].max())  # the skin line on the middle row
+    crop, b = img[312:712, end - 380:end + 20], breast[312:712, end - 380:end + 20]
+    assert 0.02 < (~b).mean() < 0.2
+    r = search_region(crop, 0.07)
+    assert (r.keep & b).sum() / b.sum() >= 0.9
+    assert (r.keep & ~b).sum() / (~b).sum() <= 0.35
