@@ -168,7 +168,8 @@ class Pipeline:
         """Run on a canonical image tensor/array [H, W] in [0, 1] (``spacing`` in mm, default 0.07),
         or on a path to a mammogram file (DICOM, PNG, TIFF, NPY; see :func:`mcgr.io.read_mammogram`).
 
-        seeds: optional [K, 2] (row, col) points in the input's pixels: TT-GPR refines at these
+        seeds: optional [K, 2] (row, col) points in the input's pixels (a file's: in the orientation
+        the results come back in, see ``canonical``): TT-GPR refines at these
         instead of at the maxima of the base logits (a reader's marks, another detector's
         candidates). Each must lie on the image. Marks one trusts are better served without the
         anchor to the base logits (``TTGPRConfig(refine=RefineParams(lambda_a=0.0, lambda_e=0.0),
@@ -182,10 +183,16 @@ class Pipeline:
         from the file); CC views are not searched for a pectoral muscle.
         canonical: for a file, return the arrays and coordinates mirrored to the canonical orientation
         (chest wall on the left) instead of the file's own (the default, as ``mcgr infer`` writes them).
-        A tensor or array input is taken as canonical already and used as it is (no re-stretching of
-        its values, which the reader also leaves alone for float data in [0, 1]); only its orientation
-        is never changed."""
+        ``seeds`` are then in the file's orientation too. A tensor or array input is taken as
+        canonical already and used as it is: its values are not re-stretched (the reader leaves float
+        data in [0, 1] alone too) and it is never mirrored."""
         prep = self.prepare(image, spacing=spacing, breast_mask=breast_mask, view=view)
+        mammo = prep.mammogram
+        if seeds is not None and not canonical and mammo is not None and mammo.flipped:
+            # the caller's points are in the orientation the results come back in: the file's
+            sd = np.array(seeds, dtype=np.float64).reshape(-1, 2)
+            sd[:, 1] = prep.src_shape[1] - 1 - sd[:, 1]
+            seeds = sd
         fr = self.network(prep, refine=refine, progress=progress, seeds=seeds, projector=projector)
         return self.finish(prep, fr, canonical=canonical)
 

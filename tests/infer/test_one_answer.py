@@ -62,3 +62,23 @@ def test_tensor_and_npy_of_one_array_agree(run, tmp_path):
     r1 = run["pipe"](torch.from_numpy(a), spacing=SPACING, refine=False)
     r2 = run["pipe"](str(tmp_path / "x.npy"), spacing=SPACING, refine=False)
     assert torch.equal(r1.prob, r2.prob) and r1.detections == r2.detections
+
+
+def test_seeds_are_in_the_orientation_results_come_back_in(run):
+    """On the right-breast DICOM (mirrored on reading), a seed at file column c and the canonical
+    call's seed at W - 1 - c reach the projector at the same place of the canvas."""
+    path = str(run["inputs"]["sub/deep/d"])
+    w = 250  # the file's columns
+    seen = {}
+
+    def capture(name):
+        def projector(windows, origins, seeds):
+            seen.setdefault(name, []).extend(
+                (float(y0 + s[0, 0]), float(x0 + s[0, 1])) for (y0, x0), s in zip(origins, seeds))
+            return windows[None]
+        return projector
+
+    r, c = 150.0, 200.0  # in the file as stored: the breast is against the right edge
+    run["pipe"](path, spacing=SPACING, seeds=[(r, c)], projector=capture("source"))
+    run["pipe"](path, spacing=SPACING, seeds=[(r, w - 1 - c)], projector=capture("canonical"), canonical=True)
+    assert seen["source"] and seen["source"] == seen["canonical"]
