@@ -74,6 +74,7 @@ def clusters_of(centroids, spacing_mm: float, link_mm: float = 5.0, min_members:
         clusters.append({
             "id": len(clusters),
             "members": [int(i) for i in members],
+            "n": int(len(members)),
             "y": round(float(cen[0] / spacing_mm), 2),
             "x": round(float(cen[1] / spacing_mm), 2),
             "y_mm": round(float(cen[0]), 3),

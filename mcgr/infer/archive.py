@@ -504,7 +504,8 @@ def process_item(item: InputItem, pipeline, out: Path, settings: dict, run_id: s
     try:
         spacing = item.spacing if item.spacing is not None else settings.get("spacing")
         res, digest = read_hashed(item.path, lambda: pipeline(item.path, spacing=spacing,
-                                                               refine=bool(settings.get("refine", True))))
+                                                               refine=bool(settings.get("refine", True)),
+                                                               canonical=True))
         return stage_result(rec, item, res, out, t0, input_sha256=digest)
     except KeyboardInterrupt:
         raise

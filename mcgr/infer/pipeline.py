@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from mcgr import MODEL_SPACING_MM
-from mcgr.infer.detect import clusters_from_detections, detections_from_prob
+from mcgr.infer.detect import HYSTERESIS_LOW, MERGE_MM, clusters_from_detections, detections_from_prob
 from mcgr.infer.tiling import tile_grid
 from mcgr.infer.ttgpr import TTGPRConfig, run_field
+from mcgr.io.search_region import deeper_than, search_region  # noqa: F401 - deeper_than: its old home
 
 
 @dataclass
@@ -24,9 +25,11 @@ class Result:
     """One mammogram's results.
 
     prob, mask, uncertainty: [H, W] on the grid the caller gave (a tensor input: its own grid; a file:
-        the canonical image at its source spacing, see ``mammogram.to_source`` for the file's grid).
+        the file's pixel grid, as stored, unless ``canonical=True`` was asked for: then mirrored to
+        the chest wall on the left, as ``mammogram.image``). ``orientation`` says which.
     base_prob: the synthetic-only segmentor's probability (before TT-GPR), same grid.
-    detections / clusters: calcifications (centroids in px of ``prob``'s grid and in mm) and clusters.
+    detections / clusters: calcifications (centroids ``y``/``x`` in px of ``prob``'s grid, ``y_mm``/``x_mm``
+        = px x spacing on that grid, so as stored for a file by default) and clusters.
     timings: seconds per stage. refined_fraction: share of breast tiles that TT-GPR refined.
     """
 
@@ -43,6 +46,7 @@ class Result:
     seeds: int = 0
     mammogram: object = None
     pectoral: dict | None = None  # {"found", "contrast", "boundary": [[row, col], ...] in px of prob's grid}
+    orientation: str = "canonical"  # "canonical" (chest wall on the left) or "source" (the file as stored)
 
 
 @dataclass
@@ -86,44 +90,6 @@ def cpu_has_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-def deeper_than(mask: np.ndarray, r: float, block: int = 64) -> np.ndarray:
-    """``mask`` pixels whose Euclidean distance to the nearest pixel outside ``mask`` exceeds ``r``
-    px; the image border is not an outside (``edt(pad(mask, edge)) > r``, exactly).
-
-    A full-field distance transform costs ~1.5 s on 3328 x 2560 px; only pixels within ``r`` of the
-    outside can be dropped, so the transform runs on the ``block`` px tiles that have an outside
-    pixel within ``r`` (each with an ``r`` px halo, which holds every outside pixel that can be
-    nearer than ``r``) and every other tile is kept or dropped whole.
-    """
-    from scipy import ndimage
-
-    m = np.asarray(mask, dtype=bool)
-    H, W = m.shape
-    out = m.copy()
-    if r <= 0 or not m.any():
-        return out
-    h = int(np.ceil(r)) + 1
-    by, bx = -(-H // block), -(-W // block)
-    pad = np.zeros((by * block, bx * block), dtype=bool)
-    pad[:H, :W] = ~m
-    has_out = pad.reshape(by, block, bx, block).any(axis=(1, 3))
-    pad[:H, :W] = m
-    has_in = pad.reshape(by, block, bx, block).any(axis=(1, 3))
-    nb = -(-h // block)  # tiles within the halo: a tile needs the transform if any of them has an outside pixel
-    near = ndimage.maximum_filter(has_out, size=2 * nb + 1, mode="constant", cval=False)
-    for iy, ix in zip(*np.nonzero(has_in & near)):
-        y0, x0 = int(iy) * block, int(ix) * block
-        y1, x1 = min(y0 + block, H), min(x0 + block, W)
-        a0, b0, a1, b1 = max(0, y0 - h), max(0, x0 - h), min(H, y1 + h), min(W, x1 + h)
-        win = np.pad(m[a0:a1, b0:b1], 1, mode="edge")
-        # beyond the image edge the window replicates it (the border is not an outside); a window
-        # edge inside the image continues the image, which the edge padding keeps from reading as
-        # outside too (every outside pixel nearer than r lies inside the window)
-        d = ndimage.distance_transform_edt(win)[1:-1, 1:-1]
-        out[y0:y1, x0:x1] = d[y0 - a0:y1 - a0, x0 - b0:x1 - b0] > r
-    return out
 
 
 def operating_point(segmentor, fp_per_image: float | None = None) -> dict:
@@ -261,25 +227,6 @@ class Pipeline:
             raise ValueError(f"pectoral_margin_mm must be >= 0, got {pectoral_margin_mm}")
         self.pectoral_margin_mm = float(pectoral_margin_mm)
 
-    def _skin_excluded(self, bm: torch.Tensor) -> torch.Tensor:
-        """The breast mask less a ``skin_margin_mm`` band inside the skin line (not along the image border).
-
-        The segmentor is trained on patches inside the breast; the tissue/air edge of the skin line is
-        outside that distribution and it fires along it. Calcifications within ~1.5 mm of the skin
-        are dermal and benign, so the band is dropped from the outputs (set skin_margin_mm=0 to keep it).
-        The outermost ``border_margin_mm`` of the image is dropped too (0 keeps it).
-        """
-        r = self.skin_margin_mm / MODEL_SPACING_MM
-        keep = bm if r <= 0 else torch.from_numpy(deeper_than(bm.numpy().astype(bool), r))
-        e = int(round(self.border_margin_mm / MODEL_SPACING_MM))
-        if e > 0 and min(keep.shape) > 4 * e:  # (not on crops too small to have a film edge)
-            # the outermost border_margin_mm of the image: scanned films carry a bright edge strip
-            # there that the segmentor fires along; on the four sfm-benign-0 views 1 mm removed 40 of
-            # the 63 detections within 2 mm of the border (benchmarks/border_rules.py)
-            keep = keep.clone()
-            keep[:e], keep[-e:], keep[:, :e], keep[:, -e:] = False, False, False, False
-        return keep
-
     @classmethod
     def from_pretrained(cls, models=None, device="cpu", backend: str = "auto", config: TTGPRConfig | None = None,
                         fp_per_image: float | None = None, **kw) -> "Pipeline":
@@ -305,11 +252,12 @@ class Pipeline:
                    backend=backend, **kw)
 
     def __call__(self, image, spacing: float | None = None, refine: bool = True, breast_mask=None,
-                 progress=None, seeds=None, projector=None) -> Result:
+                 progress=None, seeds=None, projector=None, view: str | None = None, canonical: bool = False) -> Result:
         """Run on a canonical image tensor/array [H, W] in [0, 1] (``spacing`` in mm, default 0.07),
         or on a path to a mammogram file (DICOM, PNG, TIFF, NPY; see :func:`mcgr.io.read_mammogram`).
 
-        seeds: optional [K, 2] (row, col) points in the input's pixels: TT-GPR refines at these
+        seeds: optional [K, 2] (row, col) points in the input's pixels (a file's: in the orientation
+        the results come back in, see ``canonical``): TT-GPR refines at these
         instead of at the maxima of the base logits (a reader's marks, another detector's
         candidates). Each must lie on the image. Marks one trusts are better served without the
         anchor to the base logits (``TTGPRConfig(refine=RefineParams(lambda_a=0.0, lambda_e=0.0),
@@ -318,11 +266,25 @@ class Pipeline:
         tuned for seeds from the prediction (docs/design.md, "Where the limits are").
         projector: optional callable replacing the RF projections (see :func:`mcgr.infer.ttgpr.run_field`);
         its window origins are given in model-spacing pixels of the input (the canvas is the input
-        resampled to the model spacing and reflect-padded, so origins near a border are negative)."""
-        prep = self.prepare(image, spacing=spacing, breast_mask=breast_mask)
-        return self.finish(prep, self.network(prep, refine=refine, progress=progress, seeds=seeds, projector=projector))
+        resampled to the model spacing and reflect-padded, so origins near a border are negative).
+        view: the view code ("CC", "MLO", ...) of a tensor input, for the search region (a file's comes
+        from the file); CC views are not searched for a pectoral muscle.
+        canonical: for a file, return the arrays and coordinates mirrored to the canonical orientation
+        (chest wall on the left) instead of the file's own (the default, as ``mcgr infer`` writes them).
+        ``seeds`` are then in the file's orientation too. A tensor or array input is taken as
+        canonical already and used as it is: its values are not re-stretched (the reader leaves float
+        data in [0, 1] alone too) and it is never mirrored."""
+        prep = self.prepare(image, spacing=spacing, breast_mask=breast_mask, view=view)
+        mammo = prep.mammogram
+        if seeds is not None and not canonical and mammo is not None and mammo.flipped:
+            # the caller's points are in the orientation the results come back in: the file's
+            sd = np.array(seeds, dtype=np.float64).reshape(-1, 2)
+            sd[:, 1] = prep.src_shape[1] - 1 - sd[:, 1]
+            seeds = sd
+        fr = self.network(prep, refine=refine, progress=progress, seeds=seeds, projector=projector)
+        return self.finish(prep, fr, canonical=canonical)
 
-    def prepare(self, image, spacing: float | None = None, breast_mask=None) -> "Prepared":
+    def prepare(self, image, spacing: float | None = None, breast_mask=None, view: str | None = None) -> "Prepared":
         """The CPU stages before the networks (read, resample, breast mask, kept region, padded canvas,
         tile grid) for :meth:`network`; arguments as :meth:`__call__`. Holds no state of the
         pipeline's, so it may run in another thread while the networks run on an earlier image."""
@@ -349,43 +311,31 @@ class Pipeline:
         x = _resample(img, model_shape, "area" if scale < 1 else "linear").contiguous()
         timings["resample"] = time.perf_counter() - t
         t = time.perf_counter()
-        if breast_mask is None:
-            from mcgr.io import breast_mask as compute_breast_mask
-
-            bm = compute_breast_mask(x.cpu().numpy() if x.is_cuda else x.numpy(), MODEL_SPACING_MM)
-            bm = torch.as_tensor(np.asarray(bm), dtype=torch.bool)
-        else:
+        bm_given = None
+        if breast_mask is not None:
             from mcgr._interop import as_tensor
 
-            bm, _ = as_tensor(breast_mask, "breast_mask")
-            bm = bm.to("cpu").bool()
-            if tuple(bm.shape) != src_shape:
-                raise ValueError(f"breast_mask must match the image shape {src_shape}, got {tuple(bm.shape)}")
-            bm = _resample(bm.float(), model_shape, "linear") >= 0.5
-        keep = self._skin_excluded(bm)  # what the outputs keep; seeds elsewhere would be wasted RF work
-        if self.drop_scan_lines:  # a digitiser's straight bright streaks read as strings of calcifications
-            from mcgr.infer.artefacts import scan_lines
-
-            lines = scan_lines(x.float().cpu().numpy(), bm.numpy())
-            if lines.any():
-                keep = keep & ~torch.from_numpy(lines)
+            bm_given, _ = as_tensor(breast_mask, "breast_mask")
+            bm_given = bm_given.to("cpu").bool()
+            if tuple(bm_given.shape) != src_shape:
+                raise ValueError(f"breast_mask must match the image shape {src_shape}, got {tuple(bm_given.shape)}")
+            bm_given = (_resample(bm_given.float(), model_shape, "linear") >= 0.5).numpy()
+        if view is None and mammo is not None:
+            view = mammo.view
+        # one decision of where to search (mcgr.io.search_region): breast or the whole image when it
+        # has no air, less skin band, film edge, scan lines, saturated markers and the pectoral muscle
+        region = search_region(x.float().cpu().numpy(), MODEL_SPACING_MM, view=view, breast=bm_given,
+                               skin_mm=self.skin_margin_mm, border_mm=self.border_margin_mm,
+                               scan_lines=self.drop_scan_lines, pectoral=self.exclude_pectoral,
+                               pectoral_margin_mm=self.pectoral_margin_mm)
+        bm = torch.from_numpy(region.breast)
+        keep = torch.from_numpy(region.keep)
         pectoral = None
-        if self.exclude_pectoral:  # MLO views: the muscle and its edge are not searched (mcgr.io.pectoral)
-            from mcgr.io.pectoral import find_pectoral
-
-            pec = find_pectoral(x.float().cpu().numpy(), bm.numpy(), MODEL_SPACING_MM)
-            pectoral = {"found": pec.found, "contrast": round(pec.contrast, 2), "boundary": []}
-            if pec.found:
-                pm = pec.mask
-                r = self.pectoral_margin_mm / MODEL_SPACING_MM
-                if r > 0:
-                    from scipy import ndimage
-
-                    pm = ndimage.distance_transform_edt(~pm) <= r
-                keep = keep & ~torch.from_numpy(pm)
-                ry, rx = src_shape[0] / model_shape[0], src_shape[1] / model_shape[1]
-                pectoral["boundary"] = [[round((py + 0.5) * ry - 0.5, 1), round((px + 0.5) * rx - 0.5, 1)]
-                                        for py, px in pec.boundary]
+        if region.pectoral is not None:
+            pectoral = {k: v for k, v in region.pectoral.items() if k != "boundary"}
+            ry, rx = src_shape[0] / model_shape[0], src_shape[1] / model_shape[1]
+            pectoral["boundary"] = [[round((py + 0.5) * ry - 0.5, 1), round((px + 0.5) * rx - 0.5, 1)]
+                                    for py, px in region.pectoral["boundary"]]
         timings["mask"] = time.perf_counter() - t
         t = time.perf_counter()
         # Reflect-pad the canvas: where tissue runs into the image border (the chest wall), a tile
@@ -433,9 +383,10 @@ class Pipeline:
                        projector=_shifted(projector, max(pad, 0)) if projector is not None else None)
         return fr
 
-    def finish(self, prep: "Prepared", fr) -> Result:
+    def finish(self, prep: "Prepared", fr, canonical: bool = True) -> Result:
         """Probability, mask, calcifications and clusters on the input's grid from :meth:`network`'s
-        result (CPU-side post-processing; may run in another thread than :meth:`network`)."""
+        result (CPU-side post-processing; may run in another thread than :meth:`network`).
+        ``canonical=False``: a mirrored file's arrays and coordinates are given back as stored."""
         pad, src_shape, model_shape, spacing = prep.pad, prep.src_shape, prep.model_shape, prep.spacing
         bm, keep, mammo = prep.bm, prep.keep, prep.mammogram
         timings = dict(prep.timings)
@@ -456,10 +407,25 @@ class Pipeline:
         base = _resample(base_m, src_shape, mode).clamp(0, 1).cpu()
         unc = _resample(unc_m, src_shape, mode).clamp(min=0).cpu() if unc_m is not None else None
         bm_src = (_resample(bm.float(), src_shape, "linear") >= 0.5) if tuple(bm.shape) != src_shape else bm
+        bm_src = bm_src.cpu()
+        pectoral = prep.pectoral
+        orientation = "canonical"
+        if not canonical and mammo is not None and mammo.flipped:
+            # the file's own orientation: every array and coordinate mirrored once, here
+            prob, base, bm_src = prob.flip(-1), base.flip(-1), bm_src.flip(-1)
+            unc = unc.flip(-1) if unc is not None else None
+            w = src_shape[1]
+            if pectoral is not None:
+                pectoral = dict(pectoral, boundary=[[y, round(w - 1 - x, 1)] for y, x in pectoral.get("boundary", [])])
+            orientation = "source"
+        elif mammo is not None:
+            orientation = "source" if not canonical else "canonical"
         mask = prob >= self.config.threshold
-        dets = detections_from_prob(prob, spacing, self.config.threshold, uncertainty=unc)
+        dets = detections_from_prob(prob, spacing, self.config.threshold, uncertainty=unc, low=HYSTERESIS_LOW,
+                                    merge_mm=MERGE_MM)
         clusters = clusters_from_detections(dets, spacing)
         timings["detect"] = time.perf_counter() - t
         return Result(prob=prob, mask=mask, uncertainty=unc, base_prob=base, detections=dets, clusters=clusters,
-                      spacing_mm=spacing, breast_mask=bm_src.cpu(), timings=timings,
-                      refined_fraction=fr.refined_fraction, seeds=fr.seeds, mammogram=mammo, pectoral=prep.pectoral)
+                      spacing_mm=spacing, breast_mask=bm_src, timings=timings,
+                      refined_fraction=fr.refined_fraction, seeds=fr.seeds, mammogram=mammo, pectoral=pectoral,
+                      orientation=orientation)

@@ -2,8 +2,9 @@
 
 In the canonical orientation (chest wall on the left) the pectoral muscle of an MLO view is a
 bright triangle in the upper chest-wall corner behind a near-straight edge that runs from the top
-of the image down to the chest wall. Views carry no reliable view tag (scanned films often have
-none), so the muscle is looked for in every image and accepted only where the image shows one:
+of the image down to the chest wall. :func:`mcgr.io.search_region.search_region` calls this only where
+the view can hold a muscle (not on a view known as CC); scanned films often carry no view tag, so
+the finder accepts a muscle only where the image shows one:
 
 1. on a 1 mm grid (block means, Gaussian-smoothed), every line with top intercept ``xt`` and
    chest-wall intercept ``yl`` on a 24 x 24 grid of candidates is scored by the contrast between a

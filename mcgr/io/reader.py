@@ -1,8 +1,10 @@
 """Read a mammogram (DICOM, PNG, TIFF, NPY) into the canonical image domain of DESIGN.md 1.
 
 Intensity: the stored values go through the Modality LUT (Rescale Slope/Intercept or a Modality LUT
-Sequence) and are then mapped linearly onto [0, 1] with the image's own minimum and maximum;
-MONOCHROME1 is inverted so that bright = attenuating. The VOI LUT / window is NOT applied by default
+Sequence) and are then mapped linearly onto [0, 1] through the robust window of
+:mod:`mcgr.io.intensity` (the image's own minimum and maximum with padding, saturated markers and
+outliers above a breast-tissue fence left out; padding reads 0); MONOCHROME1 and TIFF MinIsWhite are
+inverted so that bright = attenuating. Float data already within [0, 1] is kept as stored. The VOI LUT / window is NOT applied by default
 (``voi=False``): a window clips everything above its top, which is exactly where calcifications
 live, and sigmoid VOI functions compress the bright end; MC detection wants the raw, linear data.
 ``voi=True`` applies the first VOI transform, the VOI LUT Sequence winning over Window Center/Width
@@ -33,7 +35,9 @@ or binary (two values only, e.g. a boolean mask) is refused: it is not a mammogr
 it would report detections that mean nothing.
 
 Orientation: the canonical image has the chest wall on the LEFT. Patient Orientation (0020,0020)
-decides when its row direction is A or P; otherwise the image decides (the side whose outer third
+decides when its row direction is A or P, unless the image plainly contradicts it (the other outer
+third holds over ``ORIENTATION_CONTRADICTION`` times the signal: then a warning, and the image
+decides); otherwise the image decides (the side whose outer third
 holds more signal is the chest wall: the breast touches it along its whole height). Laterality comes
 from ImageLaterality (0020,0062), Laterality (0020,0060), then view codes in text tags or the file
 name ("RCC", "LEFT_MLO"), else from the image under the usual display convention (a left breast
@@ -200,26 +204,41 @@ def _check_content(path: str, values: np.ndarray, lo: float, hi: float) -> None:
                                    f"a mask?)")
 
 
-def _normalise(path: str, values: np.ndarray, invert: bool) -> tuple[np.ndarray, float, float]:
-    """Linear map of ``values`` onto [0, 1] by their min and max (float32); ``invert`` for MONOCHROME1."""
+AS_STORED_MIN = 1e-3  # float data within [0, 1] reaching at least this is an image in the canonical domain
+EXTREME_MAGNITUDE = 1e20  # beyond it (or below its inverse) values are divided by their magnitude first
+
+
+def _normalise(path: str, values: np.ndarray, invert: bool, spacing_mm: float | None = None, *,
+               padding_value=None, padding_limit=None) -> tuple[np.ndarray, float, float, dict]:
+    """``values`` onto [0, 1] (float32) through the robust window of :mod:`mcgr.io.intensity`
+    (``invert`` for MONOCHROME1 / MinIsWhite); returns (image, stored min, stored max, window info).
+    Float data already within [0, 1] is taken as the canonical domain as it is (what the Python API
+    takes from a tensor), so an array saved as ``.npy`` reads back unchanged."""
+    from mcgr.io.intensity import IntensityWindow, apply_window, intensity_window
+
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise MammogramReadError(path, "pixel values hold NaN or inf")
     lo, hi = float(values.min()), float(values.max())
-    # In float64, with the values first divided by their largest magnitude: finite extremes (a
-    # RescaleSlope of 1e300 or 1e-300, float32 data of order 1e-40) neither overflow in hi - lo
-    # nor in its reciprocal, and come out in [0, 1]. Row blocks keep the float64 temporaries small.
-    mag = max(abs(lo), abs(hi)) or 1.0
-    a, b = lo / mag, hi / mag
-    scale = 1.0 / (b - a) if b > a else 0.0
-    out = np.empty(values.shape, np.float32)
-    step = max(1, (1 << 21) // max(1, values.shape[1] if values.ndim > 1 else 1))
-    for r0 in range(0, values.shape[0], step):
-        v = np.asarray(values[r0:r0 + step], dtype=np.float64) / mag
-        v = (b - v) if invert else (v - a)
-        v *= scale
-        np.clip(v, 0.0, 1.0, out=v)
-        out[r0:r0 + step] = v
-    return out, lo, hi
+    if values.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0 and hi >= AS_STORED_MIN and not invert \
+            and padding_value is None:
+        win = IntensityWindow(0.0, 1.0, None, {"window": [0.0, 1.0], "as_stored": True})
+        return apply_window(values, win), lo, hi, win.info
+    # Finite extremes (a RescaleSlope of 1e300 or 1e-300, float32 data of order 1e-40) are divided by
+    # their largest magnitude first, in float64: the window's arithmetic then neither overflows in
+    # hi - lo nor in its reciprocal, and the image is that of slope 1.
+    mag = max(abs(lo), abs(hi))
+    if mag > EXTREME_MAGNITUDE or 0 < mag < 1.0 / EXTREME_MAGNITUDE:
+        values = np.asarray(values, dtype=np.float64) / mag
+        padding_value = None if padding_value is None else float(padding_value) / mag
+        padding_limit = None if padding_limit is None else float(padding_limit) / mag
+    att = values
+    pv, pl = padding_value, padding_limit
+    if invert:
+        att = np.negative(values, dtype=np.float64 if values.dtype == np.float64 else np.float32)
+        pv = None if pv is None else -float(pv)
+        pl = None if pl is None else -float(pl)
+    win = intensity_window(att, spacing_mm, padding_value=pv, padding_limit=pl)
+    return apply_window(values, win, invert=invert), lo, hi, win.info
 
 
 def _text_laterality_view(*texts: str) -> tuple[str, str]:
@@ -239,13 +258,25 @@ def _text_laterality_view(*texts: str) -> tuple[str, str]:
     return lat, view
 
 
-def _chest_wall_on_left(image: np.ndarray) -> bool:
-    """True when the left outer third of ``image`` holds at least as much signal as the right one."""
+def _outer_thirds(image: np.ndarray) -> tuple[float, float]:
+    """Signal in the left and the right outer third of ``image`` (a subsample: the sums decide a side)."""
     step = max(1, min(image.shape) // 256)
     a = image[::step, ::step]
     third = max(1, a.shape[1] // 3)
-    return float(a[:, :third].sum()) >= float(a[:, -third:].sum())
+    return float(a[:, :third].sum()), float(a[:, -third:].sum())
 
+
+def _chest_wall_on_left(image: np.ndarray) -> bool:
+    """True when the left outer third of ``image`` holds at least as much signal as the right one."""
+    left, right = _outer_thirds(image)
+    return left >= right
+
+
+# A header's chest-wall side is overruled when the other outer third holds this many times more
+# signal: the chest wall's third is tissue along the whole height, the nipple's mostly air (a
+# breast phantom and the sfm-benign-0 views: 3x to 20x); a crop with tissue on both sides (ratio
+# near 1) keeps the header.
+ORIENTATION_CONTRADICTION = 2.0
 
 def read_mammogram(path, spacing: float | None = None, *, canonical: bool = True, voi: bool = False) -> Mammogram:
     """Read the mammogram at ``path`` (DICOM, PNG, TIFF or NPY).
@@ -283,12 +314,16 @@ def read_mammogram(path, spacing: float | None = None, *, canonical: bool = True
             kind = reader.__name__[6:].upper()
             raise MammogramReadError(p, f"{kind} files carry no pixel spacing: pass spacing=<mm per pixel>")
         values = reader(p, spacing)
-        image, lo, hi = _normalise(p, values, invert=False)
-        _check_content(p, values, lo, hi)
+        # TIFF PhotometricInterpretation MinIsWhite (0): larger values are darker, like MONOCHROME1
+        invert = reader is _read_tiff and _tiff_min_is_white(p)
+        _check_content(p, values, float(values.min()), float(values.max()))
+        image, lo, hi, window = _normalise(p, values, invert=invert, spacing_mm=spacing)
         lat, view = _text_laterality_view(Path(p).stem)
+        meta = {"format": reader.__name__[6:], "dtype": str(values.dtype), "value_range": (lo, hi), "intensity": window}
+        if reader is _read_tiff:
+            meta["photometric"] = "MinIsWhite" if invert else "MinIsBlack"
         m = Mammogram(image=image, spacing_mm=spacing, laterality=lat, view=view, source=p,
-                      source_shape=tuple(image.shape), flipped=False, spacing_source="argument",
-                      meta={"format": reader.__name__[6:], "dtype": str(values.dtype), "value_range": (lo, hi)})
+                      source_shape=tuple(image.shape), flipped=False, spacing_source="argument", meta=meta)
     _check_grid(m)
     return _canonicalise(m, canonical)
 
@@ -308,6 +343,16 @@ def _canonicalise(m: Mammogram, canonical: bool) -> Mammogram:
     if row_dir in ("A", "P"):
         left = row_dir == "A"
         m.meta["orientation_from"] = "PatientOrientation"
+        lsum, rsum = _outer_thirds(m.image)
+        wall, other = (lsum, rsum) if left else (rsum, lsum)
+        if other > ORIENTATION_CONTRADICTION * max(wall, 1e-12):
+            msg = (f"{os.path.basename(m.source)}: PatientOrientation (0020,0020) puts the chest wall on the "
+                   f"{'left' if left else 'right'} but the image shows it on the {'right' if left else 'left'} "
+                   f"(outer thirds hold {other / max(wall, 1e-12):.1f}x more signal there); following the image")
+            m.meta.setdefault("warnings", []).append(msg)
+            warnings.warn(msg, MammogramWarning, stacklevel=4)
+            left = not left
+            m.meta["orientation_from"] = "image (PatientOrientation contradicted)"
     else:
         left = _chest_wall_on_left(m.image)
         m.meta["orientation_from"] = "image"
@@ -370,6 +415,14 @@ def _read_png(p: str, spacing: float) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds on a bad file
         raise MammogramReadError(p, f"not a readable PNG ({type(exc).__name__}: {exc})") from None
     return _grey_array(p, a)
+
+
+def _tiff_min_is_white(p: str) -> bool:
+    """Whether the first page of the TIFF at ``p`` is PhotometricInterpretation MinIsWhite."""
+    import tifffile
+
+    with tifffile.TiffFile(p) as tf:
+        return int(tf.pages[0].photometric) == int(tifffile.PHOTOMETRIC.MINISWHITE)
 
 
 def _read_tiff(p: str, spacing: float) -> np.ndarray:
@@ -596,8 +649,10 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
     values = apply_modality_lut(stored, ds)
     if voi:
         values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
-    image, lo, hi = _normalise(p, values, invert=photometric == "MONOCHROME1")
-    _check_content(p, values, lo, hi)
+    _check_content(p, values, float(values.min()), float(values.max()))
+    pad_value, pad_limit = _dicom_padding(ds, values)
+    image, lo, hi, window = _normalise(p, values, invert=photometric == "MONOCHROME1", spacing_mm=float(s),
+                                       padding_value=pad_value, padding_limit=pad_limit)
 
     lat = ""
     for kw in ("ImageLaterality", "Laterality"):
@@ -624,7 +679,7 @@ def _dicom_to_mammogram(p, ds, spacing, voi, apply_modality_lut, apply_voi_lut, 
         "format": "dicom", "transfer_syntax": str(tsyntax), "photometric": photometric,
         "bits_stored": bits_stored, "rescale": (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)),
         "voi_applied": bool(voi), "value_range": (lo, hi), "manufacturer": _dicom_text(ds, "Manufacturer"),
-        "patient_orientation_row": row_dir, "laterality_from": lat_from, **s_info,
+        "patient_orientation_row": row_dir, "laterality_from": lat_from, "intensity": window, **s_info,
     }
     if notes:
         meta["warnings"] = notes
@@ -646,6 +701,26 @@ def _header_only(ds):
     if getattr(ds, "file_meta", None) is not None:
         hdr.file_meta = ds.file_meta
     return hdr
+
+
+def _dicom_padding(ds, values: np.ndarray) -> tuple[float | None, float | None]:
+    """PixelPaddingValue (0028,0120) and PixelPaddingRangeLimit (0028,0121) as values after the
+    Modality LUT (they are given as stored values, PS3.3 C.7.5.1.1.2); (None, None) without the tag."""
+    def tag(kw):
+        try:
+            v = ds.get(kw)
+            return None if v is None or v == "" else float(v)
+        except (TypeError, ValueError):
+            return None
+
+    pv, pl = tag("PixelPaddingValue"), tag("PixelPaddingRangeLimit")
+    if pv is None:
+        return None, None
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    icpt = float(ds.get("RescaleIntercept", 0) or 0)
+    if values.dtype.kind == "f" and not (slope == 1 and icpt == 0):
+        return pv * slope + icpt, None if pl is None else pl * slope + icpt
+    return pv, pl
 
 
 def pydicom_default_syntax(ds):

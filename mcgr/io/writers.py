@@ -3,12 +3,14 @@
 The output set (``outputs``, :data:`OUTPUT_KINDS`) chooses among ``<stem>.mask.png`` (uint8 0/255),
 ``<stem>.json`` (source, spacing, detections and clusters in source pixels and mm),
 ``<stem>.seg.dcm`` (for DICOM input: a binary DICOM Segmentation referencing the source image),
-``<stem>.overlay.png`` (the mammogram downsized for viewing with detections outlined and clusters
-circled, plus a zoomed crop of each cluster) -- :data:`DEFAULT_OUTPUTS`, what an archive keeps --
-and, when asked, ``<stem>.prob.png`` and (TT-GPR) ``<stem>.uncertainty.png``: 16-bit quantised maps
-cropped to the box of their non-zero pixels (:mod:`mcgr.io.maps`; read back on the input grid with
-:func:`mcgr.io.read_prob_map`, the scale and box also in the JSON's ``maps``). Every file is written
-to a temporary name in ``out_dir`` and renamed into place, so a reader never sees a half-written file.
+``<stem>.overlay.png`` (the mammogram downsized for viewing with detections outlined, clusters
+circled, isolated calcifications boxed and a legend, plus a zoomed crop of each cluster and then of
+each isolated calcification by peak probability, ``MAX_CROPS`` in all) -- :data:`DEFAULT_OUTPUTS`,
+what an archive keeps -- and, when asked, ``<stem>.prob.png`` and (TT-GPR) ``<stem>.uncertainty.png``:
+16-bit quantised maps cropped to the box of their non-zero pixels (:mod:`mcgr.io.maps`; read back on
+the input grid with :func:`mcgr.io.read_prob_map`, the scale and box also in the JSON's ``maps``).
+Every file is written to a temporary name in ``out_dir`` and renamed into place, so a reader never
+sees a half-written file.
 """
 from __future__ import annotations
 
@@ -221,8 +223,10 @@ def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask
         "source": mammogram.source, "source_shape": list(mammogram.source_shape),
         "spacing_mm": float(mammogram.spacing_mm), "spacing_source": mammogram.spacing_source,
         "laterality": mammogram.laterality, "view": mammogram.view, "flipped": bool(mammogram.flipped),
-        "model_spacing_mm": float(t.model_mm), "coordinates": "row/col: source pixel indices (pixel centres) of the "
-        "input file as stored; y_mm/x_mm: row/col * spacing_mm; y/x: canonical model-grid pixels",
+        "model_spacing_mm": float(MODEL_SPACING_MM), "canonical_grid_spacing_mm": round(float(t.model_mm), 6),
+        "coordinates": "row/col: source pixel indices (pixel centres) of the input file as stored; y_mm/x_mm: "
+        "row/col * spacing_mm (as stored, the API's y_mm/x_mm for a file); y/x: pixels of the canonical grid "
+        "(chest wall on the left) at canonical_grid_spacing_mm",
         "mcgr_version": __version__, "n_detections": len(det_rows), "n_clusters": len(cl_rows),
         "detections": det_rows, "clusters": cl_rows, "excluded": excl,
         "files": {k: os.path.basename(v) for k, v in paths.items()}, "outputs": list(kinds),
@@ -245,23 +249,36 @@ def _records(t: ModelTransform, dets: list[dict], cls: list[dict]) -> tuple[list
     rows = []
     for d in dets:
         r, c = t.model_to_source_px(float(d["y"]), float(d["x"]))
+        # rounded to what they mean: 0.01 px, 0.001 mm, 0.0001 mm^2, 4 digits of probability
         rec = {
             "id": _num(d["id"]), "cluster": _num(d["cluster"]) if d["cluster"] is not None else None,
-            "row": float(r), "col": float(c), "y_mm": float(r) * src_mm, "x_mm": float(c) * src_mm,
-            "y": float(d["y"]), "x": float(d["x"]),
-            "area_px": _num(d["area_px"]), "area_mm2": float(d["area_px"]) * model_area_mm2,
-            "area_source_px": float(d["area_px"]) * model_area_mm2 / src_mm ** 2,
-            "peak_prob": _num(d["peak_prob"]),
+            "row": round(float(r), 2), "col": round(float(c), 2),
+            "y_mm": round(float(r) * src_mm, 3), "x_mm": round(float(c) * src_mm, 3),
+            "y": round(float(d["y"]), 2), "x": round(float(d["x"]), 2),
+            "area_px": _num(d["area_px"]), "area_mm2": round(float(d["area_px"]) * model_area_mm2, 4),
+            "area_source_px": round(float(d["area_px"]) * model_area_mm2 / src_mm ** 2, 2),
+            "peak_prob": round(float(d["peak_prob"]), 4),
         }
+        for k in ("length_mm", "width_mm"):
+            if k in d:
+                rec[k] = round(float(d[k]), 3)
+        if "morphology" in d:
+            rec["morphology"] = str(d["morphology"])
         if "confidence" in d:
-            rec["confidence"] = _num(d["confidence"])
+            rec["confidence"] = round(float(d["confidence"]), 4)
         rows.append(rec)
     crow = []
     for c in cls:
         r, cc = t.model_to_source_px(float(c["y"]), float(c["x"]))
-        crow.append({"id": _num(c["id"]), "members": [_num(v) for v in c["members"]], "n": len(c["members"]),
-                     "row": float(r), "col": float(cc), "y_mm": float(r) * src_mm, "x_mm": float(cc) * src_mm,
-                     "y": float(c["y"]), "x": float(c["x"])})
+        rec = {"id": _num(c["id"]), "members": [_num(v) for v in c["members"]], "n": len(c["members"]),
+               "row": round(float(r), 2), "col": round(float(cc), 2),
+               "y_mm": round(float(r) * src_mm, 3), "x_mm": round(float(cc) * src_mm, 3),
+               "y": round(float(c["y"]), 2), "x": round(float(c["x"]), 2)}
+        if "extent_mm" in c:  # the same cluster fields as the API's (extent: rows x cols, in mm)
+            rec["extent_mm"] = [round(float(v), 3) for v in c["extent_mm"]]
+        if "compact" in c:
+            rec["compact"] = bool(c["compact"])
+        crow.append(rec)
     return rows, crow
 
 
@@ -287,8 +304,46 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
+def _text_inside(draw, xy, text: str, size: tuple[int, int], fill) -> None:
+    """``text`` at ``xy`` moved so that it lies wholly inside an image of ``size`` (w, h)."""
+    w, h = size
+    tw = draw.textlength(text)
+    x = min(max(2.0, xy[0]), max(2.0, w - tw - 2))
+    y = min(max(2.0, xy[1]), max(2.0, h - 14))
+    draw.text((x, y), text, fill=fill)
+
+
+RED, YELLOW, CYAN, GREEN = (255, 40, 40), (255, 220, 0), (0, 200, 255), (60, 220, 90)
+
+
+def _legend(draw, size: tuple[int, int], excluded: bool) -> None:
+    rows = [(RED, "calcification outline"), (YELLOW, "Cn: cluster (>= 3 calcifications, 5 mm circle)"),
+            (CYAN, "Dn: isolated calcification")]
+    if excluded:
+        rows.append((GREEN, "pectoral muscle: not searched"))
+    w = int(max(draw.textlength(t) for _, t in rows)) + 30
+    h = 14 * len(rows) + 6
+    x0, y0 = 4, max(0, size[1] - h - 4)
+    draw.rectangle([x0, y0, x0 + w, y0 + h], fill=(0, 0, 0), outline=(200, 200, 200))
+    for i, (c, t) in enumerate(rows):
+        y = y0 + 4 + 14 * i
+        draw.rectangle([x0 + 5, y + 2, x0 + 15, y + 10], outline=c, width=2)
+        draw.text((x0 + 22, y), t, fill=c)
+
+
+def _crop_items(dets: list[dict], cls: list[dict]) -> list[tuple]:
+    """What gets a zoomed crop, in order: clusters, then isolated calcifications by peak probability;
+    at most ``MAX_CROPS`` in all."""
+    items = [("cluster", c) for c in cls]
+    iso = sorted((d for d in dets if d["cluster"] is None or d["cluster"] < 0), key=lambda d: -float(d["peak_prob"]))
+    items += [("detection", d) for d in iso]
+    return items[:MAX_CROPS]
+
+
 def _overlay(m: Mammogram, mask_src: np.ndarray, dets: list[dict], cls: list[dict], excluded: dict | None = None):
-    """Overview (source orientation, downsized) with outlines and circled clusters, then the crops."""
+    """Overview (source orientation, downsized) with outlines, circled clusters, boxed isolated
+    calcifications and a legend, then a zoomed crop of each cluster and isolated calcification
+    (:func:`_crop_items`), each labelled with what it shows and its size."""
     from PIL import Image, ImageDraw
 
     from mcgr.io.resample import resample, resample_mask
@@ -301,37 +356,57 @@ def _overlay(m: Mammogram, mask_src: np.ndarray, dets: list[dict], cls: list[dic
     small_mask = resample_mask(mask_src, m.spacing_mm, view_mm) if f > 1 else mask_src
     grey = (np.clip(small, 0, 1) * 255).astype(np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    rgb[_outline(small_mask)] = (255, 40, 40)
+    rgb[_outline(small_mask)] = RED
     overview = Image.fromarray(rgb)
+    size = overview.size
     draw = ImageDraw.Draw(overview)
+    shown_excluded = False
     for name, reg in (excluded or {}).items():  # what was not searched, and why, where a reader can see it
         pts = [((c[1]) / f, (c[0]) / f) for c in reg.get("boundary_rowcol", [])]
         if len(pts) >= 2:
-            draw.line(pts, fill=(60, 220, 90), width=2)
-            draw.text((pts[0][0] + 4, pts[0][1] + 4), f"{name} (not searched)", fill=(60, 220, 90))
+            draw.line(pts, fill=GREEN, width=2)
+            _text_inside(draw, (pts[0][0] + 4, pts[0][1] + 4), f"{name} (not searched)", size, GREEN)
+            shown_excluded = True
     radius = max(6.0, 5.0 / view_mm)  # 5 mm circles around clusters
     for c in cls:
         y, x = c["row"] / f, c["col"] / f
-        draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=(255, 220, 0), width=2)
-        draw.text((x + radius + 2, y - radius), f"C{c['id']}", fill=(255, 220, 0))
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=YELLOW, width=2)
+        _text_inside(draw, (x + radius + 2, y - radius), f"C{c['id']}", size, YELLOW)
+    box = max(5.0, 1.5 / view_mm)  # 3 mm boxes around isolated calcifications
     for d in dets:
         if d["cluster"] is None or d["cluster"] < 0:
             y, x = d["row"] / f, d["col"] / f
-            draw.rectangle([x - 4, y - 4, x + 4, y + 4], outline=(0, 200, 255))
+            draw.rectangle([x - box, y - box, x + box, y + box], outline=CYAN, width=2)
+            _text_inside(draw, (x + box + 2, y - box), f"D{d['id']}", size, CYAN)
+    _legend(draw, size, shown_excluded)
 
     crops = []
     half = CROP_MM / m.spacing_mm / 2
-    for c in cls[:MAX_CROPS]:
-        r0 = int(round(min(max(c["row"] - half, 0), max(h - 2 * half, 0))))
-        c0 = int(round(min(max(c["col"] - half, 0), max(w - 2 * half, 0))))
+    for kind, o in _crop_items(dets, cls):
+        r0 = int(round(min(max(o["row"] - half, 0), max(h - 2 * half, 0))))
+        c0 = int(round(min(max(o["col"] - half, 0), max(w - 2 * half, 0))))
         r1, c1 = min(h, r0 + int(2 * half)), min(w, c0 + int(2 * half))
         patch = img_src[r0:r1, c0:c1]
         lo, hi = float(patch.min()), float(patch.max())
         g = ((patch - lo) / (hi - lo if hi > lo else 1.0) * 255).astype(np.uint8)
         prgb = np.repeat(g[..., None], 3, axis=2)
-        prgb[_outline(mask_src[r0:r1, c0:c1])] = (255, 40, 40)
+        prgb[_outline(mask_src[r0:r1, c0:c1])] = RED
         crop = Image.fromarray(prgb).resize((CROP_PX, CROP_PX), Image.NEAREST)
-        ImageDraw.Draw(crop).text((4, 4), f"C{c['id']} ({c['n']} MCs, {CROP_MM:.0f} mm)", fill=(255, 220, 0))
+        cd = ImageDraw.Draw(crop)
+        if kind == "cluster":
+            ext = o.get("extent_mm")
+            size_txt = f", spread {ext[0]:.1f} x {ext[1]:.1f} mm" if ext else ""
+            label, colour = f"C{o['id']}: {o['n']} calcifications{size_txt}", YELLOW
+        else:
+            size_txt = f"{o['length_mm']:.2f} mm " if "length_mm" in o else ""
+            label = f"D{o['id']}: {size_txt}{o.get('morphology', '')} p={float(o['peak_prob']):.3f}".replace("  ", " ")
+            colour = CYAN
+        _text_inside(cd, (4, 4), label, crop.size, colour)
+        # scale bar: what the crop's width is, drawn as a bar of 5 mm
+        bar = 5.0 / (2 * half * m.spacing_mm) * CROP_PX
+        cd.line([(6, CROP_PX - 8), (6 + bar, CROP_PX - 8)], fill=(255, 255, 255), width=2)
+        _text_inside(cd, (10 + bar, CROP_PX - 16), f"5 mm (crop {2 * half * m.spacing_mm:.0f} mm wide)", crop.size,
+                     (255, 255, 255))
         crops.append(crop)
     if not crops:
         return overview

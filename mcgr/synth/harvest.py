@@ -20,7 +20,8 @@ from scipy import ndimage
 
 from mcgr import MODEL_SPACING_MM
 from mcgr._validate import check_range
-from mcgr.io import MammogramReadError, breast_mask, read_mammogram, to_model_spacing
+from mcgr.io import MammogramReadError, read_mammogram, to_model_spacing
+from mcgr.io.search_region import search_region
 
 SUFFIXES = (".dcm", ".dicom", ".png", ".tif", ".tiff", ".npy")
 TOPHAT_MM = 0.5
@@ -98,7 +99,9 @@ def harvest_backgrounds(folder, patch_size: int = 256, *, per_image: int = 64, m
         img, _ = to_model_spacing(m, model_mm)
         if min(img.shape) < p:
             continue
-        breast = breast_mask(img, model_mm)
+        # the breast as inference sees it (mcgr.io.search_region): the whole image when it holds no air
+        breast = search_region(img, model_mm, view=m.view, skin_mm=0.0, border_mm=0.0, scan_lines=False,
+                               pectoral=False).breast
         # The breast outline is accurate to ~0.5 mm: keep windows a margin away from air and skin.
         k = int(np.ceil(margin_mm / model_mm))
         air = np.pad(~breast, k, mode="constant", constant_values=False)

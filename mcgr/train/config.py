@@ -128,6 +128,8 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["rf"]["val_t"] = list(self.rf.val_t)
+        if self.data.psf_sigma is not None:  # the JSON form, so a saved config compares equal to it
+            d["data"]["psf_sigma"] = list(self.data.psf_sigma)
         return d
 
 

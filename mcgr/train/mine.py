@@ -60,7 +60,8 @@ def mine(weights: str | None, films=(), spacing: float | None = None, phantoms: 
          per_image: int = 150, seed: int = 0, threads: int = 1, progress: bool = True) -> tuple[np.ndarray, dict]:
     """Mine hard negatives; returns (patches [M, patch, patch] float32, report dict)."""
     from mcgr.infer.pipeline import Pipeline
-    from mcgr.io import breast_mask, read_mammogram, to_model_spacing
+    from mcgr.io import read_mammogram, to_model_spacing
+    from mcgr.io.search_region import search_region
     from mcgr.models import load_model, load_pretrained
     from mcgr.synth.harvest import spot_map
     from mcgr.synth.phantom import breast_phantom
@@ -86,7 +87,9 @@ def mine(weights: str | None, films=(), spacing: float | None = None, phantoms: 
                 m = read_mammogram(str(src), spacing=spacing)
             img, _ = to_model_spacing(m, MODEL_SPACING_MM)
             img = np.asarray(img, dtype=np.float32)
-            guard = spot_map(img, breast_mask(img, MODEL_SPACING_MM), MODEL_SPACING_MM, 12.0)
+            breast = search_region(img, MODEL_SPACING_MM, view=m.view, skin_mm=0.0, border_mm=0.0, scan_lines=False,
+                                   pectoral=False).breast
+            guard = spot_map(img, breast, MODEL_SPACING_MM, 12.0)
             name = str(src)
         else:
             ph = breast_phantom(2048, 1536, seed=seed * 1000 + 7919 + src, clusters=(0, 0), isolated=(0, 0), anatomy=True)

@@ -38,18 +38,13 @@ RATES = (1.0, 2.0, 5.0)
 VARIANT_TEXTURE = {"beta": 3.6, "mean": (0.5, 0.65), "texture_std": (0.9, 1.2), "fibres": (15, 30)}
 
 
-def search_region(img: np.ndarray, skin_mm: float = 3.0):
-    """Where calcifications are injected: breast >= ``skin_mm`` inside the skin line, off the pectoral."""
-    from mcgr.infer.pipeline import deeper_than
-    from mcgr.io import breast_mask
-    from mcgr.io.pectoral import find_pectoral
+def search_region(img: np.ndarray, skin_mm: float = 3.0, view: str | None = None):
+    """Where calcifications are injected: the pipeline's search region (:func:`mcgr.io.search_region.search_region`)
+    with the band inside the skin line widened to ``skin_mm``; returns (breast, region)."""
+    from mcgr.io.search_region import search_region as region_of
 
-    bm = breast_mask(img, MODEL_SPACING_MM)
-    region = deeper_than(bm, skin_mm / MODEL_SPACING_MM)
-    pec = find_pectoral(img, bm, MODEL_SPACING_MM)
-    if pec.found:
-        region &= ~pec.mask
-    return bm, region
+    r = region_of(img, MODEL_SPACING_MM, view=view, skin_mm=skin_mm)
+    return r.breast, r.keep
 
 
 def inject_field(img: np.ndarray, region: np.ndarray, seed: int):
@@ -193,7 +188,7 @@ def validate_fold(view: str, model_dir: str, injections: int = 2) -> dict:
                                                 refine=False).prob.numpy()) for v in VIEWS if v != view}
     t_op = operating_threshold(list(train_counts.values()))
     raw = pipe(torch.from_numpy(img), spacing=MODEL_SPACING_MM, refine=False)
-    bm, region = search_region(img)
+    bm, region = search_region(img, view="CC" if view.endswith("cc") else "MLO")
     images = []
     for k in range(injections):
         im, truth, bg, _ = inject_field(img, region, SEED0 + 1000 * (1 + list(("rcc", "lcc", "rmlo", "lmlo")).index(view)) + k)

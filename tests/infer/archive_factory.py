@@ -82,7 +82,7 @@ def expected_outputs(models: Path, inputs: dict, out: Path, refine: bool = False
     try:
         pipe = Pipeline(load_model(models / "seg", kind="seg"), load_model(models / "rf", kind="rf") if refine else None)
         for key, path in inputs.items():
-            r = pipe(str(path), spacing=SPACING, refine=refine)
+            r = pipe(str(path), spacing=SPACING, refine=refine, canonical=True)  # write_outputs takes canonical arrays
             write_outputs(out / key, key.rsplit("/", 1)[-1], r.mammogram, r.prob, r.mask, r.detections, r.clusters,
                           uncertainty=r.uncertainty, excluded={"pectoral": r.pectoral},
                           **({} if outputs is None else {"outputs": outputs}))

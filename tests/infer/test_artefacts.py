@@ -7,7 +7,7 @@ import torch
 from archive_factory import make_models
 from scipy import ndimage
 
-from mcgr.infer.artefacts import scan_lines
+from mcgr.io.artefacts import scan_lines
 
 
 def _texture(h, w, seed):

@@ -93,3 +93,59 @@ def test_skin_band_equals_the_full_distance_transform():
     m = np.ones((20, 30), bool)
     assert deeper_than(m, 5.0).all()  # the image border is not a skin line
     assert np.array_equal(deeper_than(m, 0.0), m) and not deeper_than(np.zeros((4, 4), bool), 2.0).any()
+
+
+def test_fragments_of_one_calcification_are_one_detection_and_no_cluster():
+    """A 1.6 x 2.4 mm oval whose peak breaks into 4 pieces (joined by p >= 0.5) is one coarse
+    detection, not a cluster; scipy's labelling of the >= threshold pixels sees 4 components."""
+    from scipy import ndimage
+
+    from mcgr.infer.detect import HYSTERESIS_LOW
+
+    sp = 0.07
+    y, x = np.mgrid[0:120, 0:120]
+    oval = ((y - 60) / 17.0) ** 2 + ((x - 60) / 11.5) ** 2 <= 1
+    p = np.where(oval, 0.7, 0.0).astype(np.float32)
+    for cy, cx in [(50, 55), (50, 66), (70, 55), (70, 66)]:
+        p[(y - cy) ** 2 + (x - cx) ** 2 <= 9] = 0.995
+    assert ndimage.label(p >= 0.99, structure=np.ones((3, 3)))[1] == 4
+    d = detections_from_prob(p, sp, 0.99, low=HYSTERESIS_LOW)
+    assert len(d) == 1 and d[0]["morphology"] == "coarse"
+    # its size is the oval's (the extent joined at p >= 0.5): 4 sigma of a filled ellipse = its axes
+    assert d[0]["length_mm"] == pytest.approx(2 * 17 * sp, rel=0.05)
+    assert d[0]["width_mm"] == pytest.approx(2 * 11.5 * sp, rel=0.05)
+    assert clusters_from_detections(d, sp) == [] and d[0]["cluster"] == -1
+    # three distinct punctate calcifications 2 mm apart still make a cluster
+    q = np.zeros((200, 200), np.float32)
+    for cx in (50, 80, 110):
+        q[100:103, cx:cx + 3] = 0.995
+    dq = detections_from_prob(q, sp, 0.99, low=HYSTERESIS_LOW)
+    assert [e["morphology"] for e in dq] == ["punctate"] * 3
+    cl = clusters_from_detections(dq, sp)
+    assert len(cl) == 1 and cl[0]["n"] == 3 and cl[0]["extent_mm"][1] == pytest.approx(60 * sp)
+
+
+def test_linear_shape_is_tagged():
+    p = np.zeros((40, 40), np.float32)
+    p[20, 5:17] = 0.999  # a 12 px (0.84 mm) segment one pixel wide
+    d = detections_from_prob(p, 0.07, 0.99)
+    # 4 sigma of a uniform segment of length L: 4 L / sqrt(12) (+ the pixel's own 1/12 variance)
+    want = 4 * np.sqrt(12 ** 2 / 12 + 1 / 12 - 1 / 12) * 0.07
+    assert d[0]["morphology"] == "linear" and d[0]["length_mm"] == pytest.approx(want, rel=0.02)
+
+
+def test_branching_and_round_shapes():
+    from mcgr.infer.detect import morphology
+
+    p = np.zeros((60, 60), np.float32)
+    for i in range(14):  # a V: two 1 px wide arms 14 px long from one corner
+        p[10 + i, 30 - i] = p[10 + i, 30 + i] = 0.999
+    d = detections_from_prob(p, 0.07, 0.99)
+    assert len(d) == 1 and d[0]["morphology"] == "branching"
+    disc = np.zeros((60, 60), np.float32)
+    y, x = np.mgrid[0:60, 0:60]
+    disc[(y - 30) ** 2 + (x - 30) ** 2 <= 100] = 0.999  # 1.4 mm across
+    d = detections_from_prob(disc, 0.07, 0.99)
+    assert d[0]["morphology"] == "coarse" and d[0]["length_mm"] == pytest.approx(20 * 0.07, rel=0.05)
+    assert morphology(0.3, 0.3) == "punctate" and morphology(2.0, 0.3) == "linear"
+    assert morphology(1.5, 1.0, solidity=0.4) == "branching"  # long casts stay in clusters

@@ -161,7 +161,8 @@ def test_extreme_rescale_slopes_give_the_image_of_slope_one(tmp_path, slope):
 def test_subnormal_float32_data_read_as_their_normal_copy(tmp_path):
     a = breast_phantom(120, 90, 12, np.random.default_rng(6)).astype(np.float32) / 4095
     np.save(tmp_path / "tiny.npy", (a * np.float32(1e-40)).astype(np.float32))
-    np.save(tmp_path / "one.npy", a)
+    # the same data at an ordinary scale outside [0, 1] (float data within [0, 1] would be taken as stored)
+    np.save(tmp_path / "one.npy", a * np.float32(1000))
     got, ref = read_mammogram(tmp_path / "tiny.npy", spacing=0.07), read_mammogram(tmp_path / "one.npy", spacing=0.07)
     # 1e-40 is subnormal in float32: about 3 significant digits survive the scaling itself
     np.testing.assert_allclose(got.image, ref.image, atol=2e-3)

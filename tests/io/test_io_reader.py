@@ -8,6 +8,7 @@ import pytest
 from dicom_factory import breast_phantom, can_encode, write_dicom
 
 from mcgr.io import DEFAULT_FILM_SPACING_MM, MammogramReadError, read_mammogram
+from mcgr.io.errors import MammogramWarning
 
 
 def expected_image(stored: np.ndarray, slope=1.0, intercept=0.0, mono1=False) -> np.ndarray:
@@ -137,14 +138,30 @@ def test_laterality_and_canonical_orientation(tmp_path, laterality, keyword):
     np.testing.assert_array_equal(m.to_source(m.image), read_mammogram(path, canonical=False).image)
 
 
-def test_patient_orientation_decides_the_mirror(tmp_path):
-    """Row direction P means the chest wall is on the right, whatever the pixels suggest."""
-    stored = breast_phantom(60, 44, 16, np.random.default_rng(9), chest_wall="left")
-    path = write_dicom(tmp_path / "po.dcm", stored, laterality="R", patient_orientation="P\\L")
-    m = read_mammogram(path)
+def test_patient_orientation_decides_the_mirror_unless_the_image_contradicts_it(tmp_path):
+    """Row direction P puts the chest wall on the right; a header the image agrees with (or cannot
+    judge) decides, one the image contradicts is overruled with a warning."""
+    rng = np.random.default_rng(9)
+    right = breast_phantom(60, 44, 16, rng, chest_wall="right")
+    path = write_dicom(tmp_path / "agree.dcm", right, laterality="R", patient_orientation="P\\L")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = read_mammogram(path)
     assert m.flipped and m.meta["orientation_from"] == "PatientOrientation"
-    path = write_dicom(tmp_path / "pa.dcm", stored[:, ::-1].copy(), laterality="L", patient_orientation="A\\R")
-    assert not read_mammogram(path).flipped
+    # tissue across the whole width: the image cannot tell, the header decides
+    flat = rng.integers(20000, 40000, size=(60, 44)).astype(np.uint16)
+    path = write_dicom(tmp_path / "flat.dcm", flat, laterality="R", patient_orientation="P\\L")
+    assert read_mammogram(path).flipped
+    # the header says right, the pixels say left: the image wins and the reader says so
+    left = breast_phantom(60, 44, 16, rng, chest_wall="left")
+    path = write_dicom(tmp_path / "po.dcm", left, laterality="R", patient_orientation="P\\L")
+    with pytest.warns(MammogramWarning, match="PatientOrientation.*contradict|shows it on the left"):
+        m = read_mammogram(path)
+    assert not m.flipped and "contradicted" in m.meta["orientation_from"]
+    assert any("PatientOrientation" in w for w in m.meta["warnings"])
+    path = write_dicom(tmp_path / "pa.dcm", left[:, ::-1].copy(), laterality="L", patient_orientation="A\\R")
+    with pytest.warns(MammogramWarning):
+        assert read_mammogram(path).flipped
 
 
 def test_laterality_from_image_and_text_when_tags_missing(tmp_path):
