@@ -1,4 +1,4 @@
-"""Benchmark inject: the fused image formation (DESIGN.md 2) on every provider.
+"""Benchmark inject: the fused image formation (docs/design.md, method M2) on every provider.
 
 Sizes: a training batch of 64 patches of 256 x 256 with about 20 calcifications each (the pattern
 sampler's defaults, fixed seed), with noise off and on; ``--canvas`` adds a full-field canvas

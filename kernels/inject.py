@@ -1,4 +1,4 @@
-"""Triton kernels of the fused ``inject`` op (DESIGN.md 2); the specification is ``mcgr.ops.inject_ref``.
+"""Triton kernels of the fused ``inject`` op (docs/design.md, method M2); the specification is ``mcgr.ops.inject_ref``.
 
 Three steps, none of which materialises T, A or A_b over the image:
 

@@ -1,4 +1,4 @@
-"""Triton kernel of ``refine`` (TT-GPR logit refinement, DESIGN.md 4): one launch per step.
+"""Triton kernel of ``refine`` (TT-GPR logit refinement, docs/design.md, method M4): one launch per step.
 
 A program owns a ``BH x BW`` block of one plane and reads its 4-neighbours straight from global
 memory (L1/L2 serve the overlap between blocks), so a launch cannot chain steps without a grid-wide

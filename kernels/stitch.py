@@ -1,4 +1,4 @@
-"""Triton kernels of the fused ``stitch`` op and its inverse gather (DESIGN.md 5); the specification is
+"""Triton kernels of the fused ``stitch`` op and its inverse gather (docs/design.md, method M5); the specification is
 ``mcgr.ops.stitch_ref`` / ``mcgr.ops.gather_tiles_ref``.
 
 ``_stitch_kernel``: one program per ``BH x BW`` block of one canvas. The tiles are sorted by ``y0``

@@ -30,7 +30,7 @@ def _add_synth(sub) -> None:
     p = sub.add_parser(
         "synth",
         help="write synthetic image/mask pairs (compressed .npz shards and PNG previews)",
-        description="Generate N synthetic image/mask pairs (DESIGN.md 2) into DIR: shard_*.npz "
+        description="Generate N synthetic image/mask pairs (docs/design.md, method M2) into DIR: shard_*.npz "
         "(image uint16 = intensity * 65535, mask uint8, centres), manifest.json, previews/*.png.",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty unless --force)")

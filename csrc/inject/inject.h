@@ -1,4 +1,4 @@
-// Fused microcalcification injection (DESIGN.md 2; the specification is mcgr/ops/inject.py inject_ref).
+// Fused microcalcification injection (docs/design.md, method M2; the specification is mcgr/ops/inject.py inject_ref).
 // Shared by the CPU and CUDA kernels: the parameter struct and the per-primitive float32 geometry,
 // written operation for operation like the reference so that sample positions, windows and
 // inside tests round the same way on every backend.

@@ -1,4 +1,4 @@
-// refine: gradient steps of TT-GPR's regularised logit energy (DESIGN.md 4), fused.
+// refine: gradient steps of TT-GPR's regularised logit energy (docs/design.md, method M4), fused.
 // The specification is refine_ref in mcgr/ops/refine.py.
 #pragma once
 #include <cstdint>

@@ -2,7 +2,7 @@
 
 A :class:`Dataset` is a list of :class:`Case` objects read lazily: building the list reads only file
 names, CSV rows and (INbreast) the small XML annotation files, and ``case.load()`` reads the pixels.
-Every image is returned in the canonical domain of DESIGN.md 1 (float32 [H, W] in [0, 1], bright =
+Every image is returned in the canonical domain of docs/design.md, method M1 (float32 [H, W] in [0, 1], bright =
 attenuating, chest wall on the left, via :func:`mcgr.io.read_mammogram`) at its own pixel spacing,
 with its truth mask on the same grid and orientation.
 

@@ -1,1 +1,1 @@
-"""Full-field inference (DESIGN.md 5): tiling of the breast, batched segmentation, stitching, TT-GPR."""
+"""Full-field inference (docs/design.md, method M5): tiling of the breast, batched segmentation, stitching, TT-GPR."""

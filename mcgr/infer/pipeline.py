@@ -1,4 +1,4 @@
-"""The full-field pipeline (DESIGN.md 5) and its Python API, :class:`Pipeline`.
+"""The full-field pipeline (docs/design.md, method M5) and its Python API, :class:`Pipeline`.
 
 read -> canonicalise -> resample to 0.07 mm -> breast mask -> tiles over the breast -> batched
 segmentor -> stitch -> TT-GPR on gated tiles -> probability -> mask, calcifications, clusters ->

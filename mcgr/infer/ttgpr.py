@@ -1,4 +1,4 @@
-"""TT-GPR: test-time generative posterior refinement across a whole mammogram (DESIGN.md 4, 5).
+"""TT-GPR: test-time generative posterior refinement across a whole mammogram (docs/design.md, method M4, M5).
 
 For every tile y of the breast with base logits z0 = f(y), repeat for k = 1..K:
 
@@ -84,7 +84,7 @@ class TTGPRConfig:
     zbar_every: refresh zbar (the stitched canvas of the tiles' current logits) every this many
         refine steps (0: only at the start of the outer iteration). A zbar left at the canvas the
         iteration started from turns the overlap term into a second anchor to the base logits.
-    surrogate: "mean" (q = mean_m sigmoid(f(x_m)), DESIGN.md 4) or "raise" (q = max(that, sigmoid(z))):
+    surrogate: "mean" (q = mean_m sigmoid(f(x_m)), docs/design.md, method M4) or "raise" (q = max(that, sigmoid(z))):
         with "raise" the projections can only add evidence, never erase a calcification that the
         generator failed to re-render.
     window: side (px) of the windows around seeds in which the RF projections run (0 = the whole

@@ -1,5 +1,5 @@
 """Mammogram I/O: read any mammogram into the canonical domain, resample to the model spacing and
-back, find the breast, and write results on the input's own grid (DESIGN.md 1 and 5)."""
+back, find the breast, and write results on the input's own grid (docs/design.md, method M1 and M5)."""
 from mcgr.io.breast_mask import breast_mask
 from mcgr.io.errors import MammogramReadError
 from mcgr.io.reader import DEFAULT_FILM_SPACING_MM, DicomRef, Mammogram, read_mammogram

@@ -1,4 +1,4 @@
-"""Read a mammogram (DICOM, PNG, TIFF, NPY) into the canonical image domain of DESIGN.md 1.
+"""Read a mammogram (DICOM, PNG, TIFF, NPY) into the canonical image domain of docs/design.md, method M1.
 
 Intensity: the stored values go through the Modality LUT (Rescale Slope/Intercept or a Modality LUT
 Sequence) and are then mapped linearly onto [0, 1] through the robust window of

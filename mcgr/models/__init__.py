@@ -1,4 +1,4 @@
-"""Models: the segmentor f and the seed-conditioned RF generator v (DESIGN.md 3), their files,
+"""Models: the segmentor f and the seed-conditioned RF generator v (docs/design.md, method M3), their files,
 and the weights shipped with the package."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RF generator v(x_t, t, seed_map): the rectified-flow objective (DESIGN.md 3) and the sampler.
+"""RF generator v(x_t, t, seed_map): the rectified-flow objective (docs/design.md, method M3) and the sampler.
 
 The flow runs in the generator's ``input_scale`` (:func:`to_flow`): ``x = 2 I - 1``, or the detail
 layer ``x = (I - G_s * I) / sigma`` (``sigma`` the robust std of ``I - G_s * I`` over each patch),

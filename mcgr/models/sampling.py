@@ -1,6 +1,6 @@
 """The RF ODE sampler: from the noisy start ``x_t0`` to ``x_1`` with the fused ``rf_step`` op.
 
-Specification (DESIGN.md 3 and 4): ``x_t0 = t0 y + (1 - t0) eps`` with ``eps`` drawn in the kernel
+Specification (docs/design.md, method M3 and M4): ``x_t0 = t0 y + (1 - t0) eps`` with ``eps`` drawn in the kernel
 from ``(seed, offset)`` (:func:`mcgr.ops.rf_step.rf_start`), then ``steps`` updates of
 ``dx/dt = v(x, t, s)`` on the uniform grid ``t_k = t0 + k (1 - t0) / steps`` (``t_steps = 1``)
 with the constant step ``dt = (1 - t0) / steps``:

@@ -1,4 +1,4 @@
-"""Seed maps for the RF generator, and the training seeds (true + decoy) of DESIGN.md 3.
+"""Seed maps for the RF generator, and the training seeds (true + decoy) of docs/design.md, method M3.
 
 A seed map is ``[B, 1, H, W]`` float32 with a Gaussian dot of peak 1 (sigma ~1.5 px) at every seed;
 dots combine by maximum so touching seeds stay in [0, 1]. The generator is trained with the true

@@ -1,4 +1,4 @@
-"""Segmentor f: U-Net logits from an image, and its class-imbalance-aware loss (DESIGN.md 3)."""
+"""Segmentor f: U-Net logits from an image, and its class-imbalance-aware loss (docs/design.md, method M3)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""The 2-D U-Net shared by the segmentor and the rectified-flow generator (DESIGN.md 3).
+"""The 2-D U-Net shared by the segmentor and the rectified-flow generator (docs/design.md, method M3).
 
 One architecture, two uses:
 

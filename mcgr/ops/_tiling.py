@@ -1,4 +1,4 @@
-"""Tile grids over a full-field image and the Gaussian blending weights (DESIGN.md 5).
+"""Tile grids over a full-field image and the Gaussian blending weights (docs/design.md, method M5).
 
 Conventions:
 

@@ -1,4 +1,4 @@
-"""MC injection: the image formation model of DESIGN.md section 2.
+"""MC injection: the image formation model of docs/design.md, method M2.
 
 ``inject_ref`` is the specification; ``inject`` dispatches to the fused kernels (C++/OpenMP,
 CUDA, Triton) which must equal it. Conventions (every backend):
@@ -53,7 +53,7 @@ LOCAL_TRUNCATE = 3.0
 
 @dataclass(frozen=True)
 class InjectParams:
-    """Image formation parameters (DESIGN.md 2).
+    """Image formation parameters (docs/design.md, method M2).
 
     mu: attenuation of calcification per mm of chord (1/mm); hydroxyapatite at mammographic
         energies is about 1.2/mm.
@@ -307,7 +307,7 @@ def validate_calcs(calcs: torch.Tensor, background: torch.Tensor) -> None:
 
 
 def inject(background, calcs, params: InjectParams | None = None, backend: str = "auto"):
-    """Inject microcalcifications into MC-free backgrounds (DESIGN.md 2).
+    """Inject microcalcifications into MC-free backgrounds (docs/design.md, method M2).
 
     background: [B, H, W] or [H, W] float32 in [0, 1] (torch, NumPy or CuPy).
     calcs: [N, 8] float32 primitives ``(batch, cy, cx, ry, rx, angle, thickness_mm, shape)``;

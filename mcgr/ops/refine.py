@@ -1,4 +1,4 @@
-"""TT-GPR logit refinement: gradient steps on the regularised energy of DESIGN.md section 4.
+"""TT-GPR logit refinement: gradient steps on the regularised energy of docs/design.md, method M4.
 
 ``refine_ref`` is the specification; ``refine`` dispatches to the fused kernels (C++/OpenMP,
 CUDA, Triton) which must equal it. Every backend works on 2-D planes ``[H, W]`` stacked as
@@ -51,7 +51,7 @@ CUDA_STEPS_PER_LAUNCH = 4
 
 @dataclass(frozen=True)
 class RefineParams:
-    """Weights of the refinement energy and the step size (DESIGN.md 4).
+    """Weights of the refinement energy and the step size (docs/design.md, method M4).
 
     eta: gradient step. Larger moves logits faster per step (fewer steps for the same change) but
         the step must stay below the stability bound ``eta * (1/4 + lambda_a + lambda_o +
@@ -179,7 +179,7 @@ def _check_planes(z, q, z0, y, zbar, out) -> None:
 
 def refine(z, q, z0, y, zbar, params: RefineParams | None = None, steps: int = 1, *, out=None,
            backend: str = "auto"):
-    """``steps`` gradient steps of TT-GPR's logit refinement (DESIGN.md 4), fused in one pass.
+    """``steps`` gradient steps of TT-GPR's logit refinement (docs/design.md, method M4), fused in one pass.
 
     z: logits to refine, ``[P, T, T]`` tiles, ``[B, H, W]`` canvases or one ``[H, W]`` plane,
         float32. Every plane refines on its own: pixels outside a plane are not neighbours.

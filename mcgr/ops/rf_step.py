@@ -1,4 +1,4 @@
-"""Rectified-flow ODE updates and the noisy start, fused (DESIGN.md 3, 4 and 6).
+"""Rectified-flow ODE updates and the noisy start, fused (docs/design.md, method M3, M4 and M6).
 
 Rectified flow: ``x_t = t x1 + (1 - t) x0`` with ``x0 ~ N(0, I)``; a sample is drawn by
 integrating ``dx/dt = v(x, t, s)`` from ``t0`` to 1 (:func:`mcgr.models.sampling.sample`). This

@@ -179,7 +179,7 @@ def _check_out(out, shape: tuple, device: torch.device, name: str = "out"):
 
 
 def stitch(tiles, grid, weights, out_shape=None, *, out=None, backend: str = "auto"):
-    """Blend per-tile maps into one canvas with overlap weights (DESIGN.md 5, TT-GPR's zbar).
+    """Blend per-tile maps into one canvas with overlap weights (docs/design.md, method M5, TT-GPR's zbar).
 
     tiles: [P, T, T] or [B, P, T, T] float32 (torch, NumPy or CuPy): per-tile maps (logits or
         probabilities). grid: a :class:`mcgr.ops._tiling.TileGrid` or origins int64 [P, 2]

@@ -3,7 +3,7 @@
 The procedural texture of :mod:`mcgr.synth.backgrounds` is tissue alone. On real films the false
 calcifications of a texture-only segmentor sit on the pectoral muscle and its edge, the skin line,
 film edges, markers and burnt-in text, vessels, ligaments, scratches, dust and film grain
-(DESIGN.md 3b). :func:`add_anatomy` draws one or two of these into a share of the patches:
+(docs/design.md, method M3b). :func:`add_anatomy` draws one or two of these into a share of the patches:
 
 ``pectoral``  a half-plane behind a near-straight edge (MLO), brighter, with striations along it;
 ``border``    air beyond a curved skin line, with the thin bright skin band inside it;

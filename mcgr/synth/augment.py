@@ -15,7 +15,7 @@ what varies between sites and that the segmentor must not read as a calcificatio
 * scanner lines: a few 1-2 px rows or columns shifted by a small constant;
 * dust: a few sharp bright specks (:func:`mcgr.synth.anatomy.specks`), added after the blur.
 
-Labels are untouched: calcifications are injected after this (DESIGN.md 2), so the injector
+Labels are untouched: calcifications are injected after this (docs/design.md, method M2), so the injector
 stays the only source of masks. Every draw comes from the caller's generator.
 """
 from __future__ import annotations

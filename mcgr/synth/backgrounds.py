@@ -1,4 +1,4 @@
-"""Procedural MC-free breast texture (DESIGN.md 2), so that everything runs with no data.
+"""Procedural MC-free breast texture (docs/design.md, method M2), so that everything runs with no data.
 
 A patch is ``sigmoid(level + a * N_beta + b * D + F)`` where
 

@@ -1,4 +1,4 @@
-"""On-the-fly synthetic image/mask pairs for training (DESIGN.md 2).
+"""On-the-fly synthetic image/mask pairs for training (docs/design.md, method M2).
 
 Batch ``k`` of a dataset is a pure function of ``(seed, k)`` and the options: its generator is seeded
 from a SplitMix64 hash of both, and DataLoader workers take interleaved ``k`` (worker ``w`` of ``n``
@@ -25,7 +25,7 @@ from mcgr.synth.patterns import sample_calcifications
 
 DEFAULT_INJECT_RANGES = {
     "contrast": (0.5, 1.0),  # c: overall MC visibility
-    "psf_sigma": (0.4, 0.8),  # px, DESIGN.md 2
+    "psf_sigma": (0.4, 0.8),  # px, docs/design.md, method M2
     "gamma": (0.5, 1.5),  # how much dense tissue hides MCs
     # 1/mm: effective attenuation as seen in processed (for-presentation) images, whose contrast
     # enhancement makes MCs stand out far more than raw hydroxyapatite attenuation (~1.2/mm) would

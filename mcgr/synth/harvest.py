@@ -1,6 +1,6 @@
 """Real MC-free backgrounds: square patches of breast tissue cut from negative mammograms.
 
-The paper's source of backgrounds (DESIGN.md 2): each mammogram in a folder is read into the
+The paper's source of backgrounds (docs/design.md, method M2): each mammogram in a folder is read into the
 canonical domain, resampled to the model spacing, masked to the breast (labels, markers, air and
 film borders excluded), and cut into windows that lie entirely inside the breast. The folder is
 trusted to hold negatives; as a second guard a window holding a bright spot that stands out of the

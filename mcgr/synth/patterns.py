@@ -1,4 +1,4 @@
-"""Microcalcification pattern sampler (DESIGN.md 2): clusters, isolated calcifications and their
+"""Microcalcification pattern sampler (docs/design.md, method M2): clusters, isolated calcifications and their
 shapes, as analytic primitives for :func:`mcgr.ops.inject`.
 
 Every calcification is built inside a disc of diameter ``d`` (its extent, drawn in ``size_mm``)

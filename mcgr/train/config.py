@@ -96,7 +96,7 @@ class RFConfig:
     # criterion, mcgr.synth.visibility); 0 seeds every calcification, visible or not
     seed_min_cnr: float = 0.0
     val_t: tuple = (0.25, 0.5, 0.75)
-    # "image": x1 is the observed patch (DESIGN.md 3); "enhanced": the seeded calcifications of the
+    # "image": x1 is the observed patch (docs/design.md, method M3); "enhanced": the seeded calcifications of the
     # patch with their signal amplified to enhance_cnr texture sigmas (at most enhance_max_gain x),
     # mcgr.synth.enhance; needs model.image_condition (the generator must see what to enhance)
     target: str = "image"

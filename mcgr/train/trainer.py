@@ -1,4 +1,4 @@
-"""`mcgr train seg|rf`: the training loop for the segmentor and the RF generator (DESIGN.md 3).
+"""`mcgr train seg|rf`: the training loop for the segmentor and the RF generator (docs/design.md, method M3).
 
 Exact resume: every random draw of step k (diffusion time, noise, seed jitter/dropout, decoys) comes
 from a generator seeded by ``(seed, k)``, the synthetic batch of step k is a function of

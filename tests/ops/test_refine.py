@@ -15,7 +15,7 @@ PARAMS = RefineParams(eta=0.4, lambda_a=0.3, lambda_e=0.4, lambda_o=0.6, sigma_e
 
 
 def energy(z, q, z0, y, zbar, p: RefineParams) -> torch.Tensor:
-    """DESIGN.md 4 written pair by pair: every unordered 4-neighbour pair of a plane listed once."""
+    """docs/design.md, method M4 written pair by pair: every unordered 4-neighbour pair of a plane listed once."""
     N, H, W = z.shape
     idx = torch.arange(H * W).view(H, W)
     pairs = torch.cat([
