@@ -139,3 +139,16 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert main(["adapt", str(d), "--spacing", "0.07", "--out", str(tmp_path / "o2"), "--quick"]) != 0
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "o2" / "x.txt").read_text() == "user file"
+
+
+def test_device_cuda_without_a_gpu_is_refused_before_any_work(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    d = tmp_path / "in"
+    d.mkdir()
+    np.save(d / "a.npy", np.random.default_rng(0).random((300, 300)).astype(np.float32))
+    assert main(["adapt", str(d), "--spacing", "0.07", "--out", str(tmp_path / "o"), "--quick", "--device", "cuda"]) != 0
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
