@@ -35,15 +35,20 @@ def components(mask) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     lab, n = ndimage.label(m, structure=_EIGHT)
     if n == 0:
         return lab, 0, np.zeros((0, 2)), np.zeros(0)
+    cen, area = label_stats(lab, n)
+    return lab, n, cen, area
+
+
+def label_stats(lab: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids [n, 2] (y, x) px, areas [n]) of labels 1..n of ``lab``."""
     # sums over the foreground pixels only: a mask is sparse, and ndimage.center_of_mass walks them all
     flat = lab.ravel()
     on = np.flatnonzero(flat)
     lb = flat[on]
     area = np.bincount(lb, minlength=n + 1)[1:].astype(np.float64)
-    ys = np.bincount(lb, weights=(on // m.shape[1]).astype(np.float64), minlength=n + 1)[1:]
-    xs = np.bincount(lb, weights=(on % m.shape[1]).astype(np.float64), minlength=n + 1)[1:]
-    cen = np.stack([ys / area, xs / area], axis=1)
-    return lab, n, cen, area
+    ys = np.bincount(lb, weights=(on // lab.shape[1]).astype(np.float64), minlength=n + 1)[1:]
+    xs = np.bincount(lb, weights=(on % lab.shape[1]).astype(np.float64), minlength=n + 1)[1:]
+    return np.stack([ys / area, xs / area], axis=1), area
 
 
 def clusters_of(centroids, spacing_mm: float, link_mm: float = 5.0, min_members: int = 3,

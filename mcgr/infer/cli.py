@@ -9,7 +9,6 @@ the run went (``EXIT_STATUS``).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import signal
 import sys
@@ -115,17 +114,10 @@ def check_backend(text: str) -> str:
     return text
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_models(models_dir: str | None, refine: bool) -> tuple[dict, dict]:
     """``({kind: UNet on the CPU}, {kind: {"source", "sha256"}})`` for "seg" and, when ``refine``, "rf",
     from ``models_dir/<kind>`` or the shipped weights; a CLIError says how to get missing ones."""
+    from mcgr.infer.archive import file_sha256
     from mcgr._arguments import CLIError
     from mcgr.models import WEIGHTS_DIR, CheckpointError, load_model
 
@@ -155,7 +147,7 @@ def load_models(models_dir: str | None, refine: bool) -> tuple[dict, dict]:
             models[k] = load_model(d, device="cpu", kind=k)
         except CheckpointError as e:
             raise CLIError(str(e)) from None
-        info[k] = {"source": str(d.resolve()), "sha256": _sha256(d / "model.safetensors")}
+        info[k] = {"source": str(d.resolve()), "sha256": file_sha256(d / "model.safetensors")}
     return models, info
 
 

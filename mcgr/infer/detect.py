@@ -41,7 +41,7 @@ def object_labels(prob: np.ndarray, threshold: float, low: float | None = None, 
     centroids [n, 2], areas [n]) over the ``>= threshold`` pixels, as :func:`mcgr.geometry.components`;
     with ``support=True`` also the labels of each object's extent (its ``>= threshold`` pixels and the
     ``>= low`` pixels joined to them), the calcification's outline for its size and shape."""
-    from mcgr.geometry import _EIGHT
+    from mcgr.geometry import _EIGHT, label_stats
 
     hi = prob >= threshold
     if (low is None or low >= threshold) and merge_px <= 0:
@@ -67,13 +67,8 @@ def object_labels(prob: np.ndarray, threshold: float, low: float | None = None, 
     if n == 0:
         out = grp, 0, np.zeros((0, 2)), np.zeros(0)
         return (*out, ext) if support else out
-    flat = grp.ravel()
-    on = np.flatnonzero(flat)
-    lb = flat[on]
-    area = np.bincount(lb, minlength=n + 1)[1:].astype(np.float64)
-    ys = np.bincount(lb, weights=(on // grp.shape[1]).astype(np.float64), minlength=n + 1)[1:]
-    xs = np.bincount(lb, weights=(on % grp.shape[1]).astype(np.float64), minlength=n + 1)[1:]
-    out = grp, n, np.stack([ys / area, xs / area], axis=1), area
+    cen, area = label_stats(grp, n)
+    out = grp, n, cen, area
     return (*out, ext) if support else out
 
 

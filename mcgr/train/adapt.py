@@ -24,7 +24,6 @@ in ``OUT/work/state.json`` when it ends; a training stage resumes from its last 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -76,10 +75,10 @@ class Plan:
 
 
 def _key(path: str, used: set) -> str:
-    stem = Path(path).name
-    for suf in (".dcm", ".dicom", ".png", ".tif", ".tiff", ".npy"):
-        if stem.lower().endswith(suf):
-            stem = stem[: -len(suf)]
+    """A unique, file-name-safe key for one input: its name without the image suffix."""
+    from mcgr.infer.archive import strip_image_suffix
+
+    stem = strip_image_suffix(Path(path).name)
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem) or "image"
     k, i = stem, 1
     while k in used:
@@ -108,14 +107,6 @@ def list_inputs(specs, spacing: float | None) -> list[dict]:
     if not out:
         raise AdaptError(f"no mammograms found in {' '.join(map(str, specs))}")
     return out
-
-
-def file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_model_grid(item: dict) -> np.ndarray:
@@ -147,8 +138,10 @@ class Adaptation:
                 "plan": self.plan.identity(), "fp_per_image": self.fp_per_image, "init": self.init}
 
     def open(self, resume: bool) -> dict:
+        from mcgr.infer.archive import file_sha256
+
         for it in self.items:
-            it.setdefault("sha256", file_digest(it["path"]))
+            it.setdefault("sha256", file_sha256(it["path"]))
         if self.state_path.is_file():
             if not resume:
                 raise AdaptError(f"{self.out} holds an adaptation already; pass --resume to continue it "

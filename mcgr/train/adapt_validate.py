@@ -35,29 +35,12 @@ METHODS = ("adapted", "start", "dog")
 
 
 def training_injection(img: np.ndarray, region: np.ndarray, seed: int) -> dict:
-    """The training injector into a held-out image: image, truth, background, centres, cluster ids."""
-    from mcgr.ops.inject import InjectParams, inject
-    from mcgr.synth.patterns import sample_calcifications
-    from mcgr.synth.phantom import REGULAR, _keep_calcs
+    """The training injector into a held-out image (:func:`mcgr.train.validate_real.inject_sample`):
+    image, truth, background, centres, cluster ids."""
+    from mcgr.train.validate_real import inject_sample
 
-    H, W = img.shape
-    g = torch.Generator().manual_seed(seed)
-    ys, xs = np.nonzero(region)
-    y0, x0 = int(ys.min()), int(xs.min())
-    h, w = int(ys.max()) - y0 + 1, int(xs.max()) - x0 + 1
-    s = sample_calcifications(1, h, w, MODEL_SPACING_MM, g, clusters=(3, 5), isolated=(10, 20),
-                              thickness_jitter=REGULAR["thickness_jitter"])
-    off = torch.tensor([float(y0), float(x0)])
-    s.prims[:, 1:3] += off.to(s.prims.dtype)
-    s.centres[:, 1:3] += off.to(s.centres.dtype)
-    cy = s.centres[:, 1].round().long().clamp(0, H - 1)
-    cx = s.centres[:, 2].round().long().clamp(0, W - 1)
-    s = _keep_calcs(s, torch.from_numpy(region)[cy, cx])
-    params = InjectParams(mu=REGULAR["mu"], contrast=REGULAR["contrast"], psf_sigma=0.6, local_sigma=8.0, gamma=1.0,
-                          noise=0.0, seed=seed)
-    bg = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
-    out, truth = inject(bg, s.prims, params)
-    return {"image": out.numpy(), "truth": truth.bool().numpy(), "background": img,
+    out, truth, _, s = inject_sample(img, region, seed, clusters=(3, 5), isolated=(10, 20))
+    return {"image": out.numpy(), "truth": truth.numpy(), "background": img,
             "centres": s.centres[:, 1:3].numpy().astype(np.float64), "cluster": s.cluster.numpy().astype(np.int64)}
 
 

@@ -47,9 +47,10 @@ def search_region(img: np.ndarray, skin_mm: float = 3.0, view: str | None = None
     return r.breast, r.keep
 
 
-def inject_field(img: np.ndarray, region: np.ndarray, seed: int):
-    """Clusters and isolated calcifications injected into a canonical field at model spacing.
-    Returns (image, truth mask, background, centres)."""
+def inject_sample(img: np.ndarray, region: np.ndarray, seed: int, clusters=(4, 6), isolated=(15, 25)):
+    """Clusters and isolated calcifications injected into a canonical field at model spacing through
+    the training image formation model (the phantoms' regular parameters, PSF sigma 0.6 px), kept
+    where their centres lie in ``region``. Returns (image, truth mask, background, the CalcSample)."""
     from mcgr.ops.inject import InjectParams, inject
     from mcgr.synth.phantom import REGULAR, _keep_calcs
     from mcgr.synth.patterns import sample_calcifications
@@ -60,7 +61,7 @@ def inject_field(img: np.ndarray, region: np.ndarray, seed: int):
     ys, xs = np.nonzero(region)
     y0, x0 = int(ys.min()), int(xs.min())
     h, w = int(ys.max()) - y0 + 1, int(xs.max()) - x0 + 1
-    s = sample_calcifications(1, h, w, MODEL_SPACING_MM, g, clusters=(4, 6), isolated=(15, 25),
+    s = sample_calcifications(1, h, w, MODEL_SPACING_MM, g, clusters=clusters, isolated=isolated,
                               thickness_jitter=REGULAR["thickness_jitter"])
     off = torch.tensor([float(y0), float(x0)])
     s.prims[:, 1:3] += off.to(s.prims.dtype)
@@ -72,7 +73,13 @@ def inject_field(img: np.ndarray, region: np.ndarray, seed: int):
                           noise=0.0, seed=seed)
     bg = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
     out, truth = inject(bg, s.prims, params)
-    return out, truth.bool(), bg, s.centres[:, 1:3]
+    return out, truth.bool(), bg, s
+
+
+def inject_field(img: np.ndarray, region: np.ndarray, seed: int):
+    """:func:`inject_sample` with this validation's counts. Returns (image, truth mask, background, centres)."""
+    out, truth, bg, s = inject_sample(img, region, seed)
+    return out, truth, bg, s.centres[:, 1:3]
 
 
 def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
