@@ -327,8 +327,16 @@ def acceptance(it, pipe, n: int = 48, win: int = 64, rng_seed: int = 0) -> dict:
         edge = edge[torch.linspace(0, edge.shape[0] - 1, min(16, edge.shape[0])).round().long()]
         ok = (edge[:, 0] >= 0) & (edge[:, 0] <= H - 1) & (edge[:, 1] >= 0) & (edge[:, 1] <= W - 1)
         edge = edge[ok]
-    pts = torch.cat([true, decoy, edge])
-    label = torch.cat([torch.ones(true.shape[0]), torch.zeros(decoy.shape[0]), torch.full((edge.shape[0],), -1.0)])
+    # the base model's own false detections (peaks of its objects at p >= 0.5 far from every
+    # calcification): the decoys a ranking of the base's detections has to push down (dust, grain)
+    zb0 = it.base
+    fpk = (zb0 >= F.max_pool2d(zb0[None, None], 7, stride=1, padding=3)[0, 0]) & (zb0 >= 0.0) & far & it.region
+    fy, fx = fpk.nonzero(as_tuple=True)
+    fsel = torch.randperm(fy.numel(), generator=g)[:n]
+    false_det = torch.stack([fy[fsel], fx[fsel]], 1).float()
+    pts = torch.cat([true, decoy, edge, false_det])
+    label = torch.cat([torch.ones(true.shape[0]), torch.zeros(decoy.shape[0]), torch.full((edge.shape[0],), -1.0),
+                       torch.full((false_det.shape[0],), -2.0)])
     scale = input_scale_of(pipe.gen)
     M = cfg.projections
     qs, ps, us = [], [], []
@@ -364,15 +372,26 @@ def acceptance(it, pipe, n: int = 48, win: int = 64, rng_seed: int = 0) -> dict:
         pec_out = {"n_pectoral_edge": int(edge_sel.sum()), "auc_q_vs_pectoral_edge": _auc(qs[lab], qs[edge_sel]),
                    "q_pectoral_edge_above_0.5": round(float((qs[edge_sel] >= 0.5).mean()), 3)}
     us = np.array(us)
-    qs, ps, us, lab = qs[~edge_sel], ps[~edge_sel], us[~edge_sel], lab[~edge_sel]
-    return {"image": it.im["name"], **pec_out, "n_true": int(lab.sum()), "n_decoy": int((~lab).sum()),
+    fd_sel = label.numpy() == -2
+    fd_out = {"n_false_detections": int(fd_sel.sum())}
+    if fd_sel.any():  # the ranking question: does q (or p x q) put true seeds above the base's false detections?
+        fd_out.update({"auc_q_vs_false_det": _auc(qs[lab], qs[fd_sel]), "auc_p_vs_false_det": _auc(ps[lab], ps[fd_sel]),
+                       "auc_pq_vs_false_det": _auc(ps[lab] * qs[lab], ps[fd_sel] * qs[fd_sel]),
+                       "q_false_det_above_0.5": round(float((qs[fd_sel] >= 0.5).mean()), 3)})
+    per_seed = {"label": label.numpy().astype(int).tolist(), "p": np.round(ps, 6).tolist(),
+                "q": np.round(qs, 6).tolist(), "spread": np.round(us, 6).tolist()}
+    keep = label.numpy() >= 0
+    qs, ps, us, lab = qs[keep], ps[keep], us[keep], lab[keep]
+    return {"image": it.im["name"], **pec_out, **fd_out, "n_true": int(lab.sum()), "n_decoy": int((~lab).sum()),
             "auc_q": _auc(qs[lab], qs[~lab]), "auc_base_p": _auc(ps[lab], ps[~lab]),
+            "auc_pq": _auc(ps[lab] * qs[lab], ps[~lab] * qs[~lab]),
             "auc_rise": _auc(qs[lab] - ps[lab], qs[~lab] - ps[~lab]),
             "auc_low_spread": _auc(-us[lab], -us[~lab]),
             "q_true_median": round(float(np.median(qs[lab])), 3) if lab.any() else None,
             "q_decoy_median": round(float(np.median(qs[~lab])), 3) if (~lab).any() else None,
             "q_decoy_above_0.5": round(float((qs[~lab] >= 0.5).mean()), 3) if (~lab).any() else None,
-            "q_true_above_0.5": round(float((qs[lab] >= 0.5).mean()), 3) if lab.any() else None}
+            "q_true_above_0.5": round(float((qs[lab] >= 0.5).mean()), 3) if lab.any() else None,
+            "per_seed": per_seed}
 
 
 def _auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
@@ -528,7 +547,7 @@ def main(argv=None) -> None:
         rep["ttgpr"] = stage_ttgpr(items, [d for d in a.designs.split(",") if d], a.froc)
     if "accept" in stages:
         rep["acceptance"] = [acceptance(it, it.pipe) for it in items]
-        print(json.dumps(rep["acceptance"]), flush=True)
+        print(json.dumps([{k: v for k, v in r.items() if k != "per_seed"} for r in rep["acceptance"]]), flush=True)
     rep["wall_s"] = round(time.perf_counter() - t0, 1)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(rep, indent=1) + "\n")

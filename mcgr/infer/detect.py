@@ -130,7 +130,8 @@ def morphology(length_mm: float, width_mm: float, solidity: float = 1.0) -> str:
 
 
 def detections_from_prob(prob, spacing_mm: float, threshold: float = 0.5, uncertainty=None,
-                         min_area_px: int = 1, low: float | None = None, merge_mm: float = 0.0) -> list[dict]:
+                         min_area_px: int = 1, low: float | None = None, merge_mm: float = 0.0,
+                         evidence: dict | None = None) -> list[dict]:
     """Calcifications in a probability map ``prob`` [H, W] with pixel size ``spacing_mm``.
 
     ``low`` / ``merge_mm``: fragments of one calcification are one detection when joined by pixels of
@@ -138,7 +139,10 @@ def detections_from_prob(prob, spacing_mm: float, threshold: float = 0.5, uncert
     ``HYSTERESIS_LOW`` and ``MERGE_MM``; the defaults keep plain components).
     Returns a list of dicts ``{"id", "y", "x", "y_mm", "x_mm", "area_px", "area_mm2", "peak_prob",
     "length_mm", "width_mm", "morphology", ["confidence"]}`` sorted by decreasing peak probability
-    (ids follow that order).
+    (ids follow that order). ``evidence``: ``{name: map [H, W]}`` of further per-pixel scores, each
+    reported per detection as its maximum over the object's pixels (TT-GPR passes the base model's
+    probability ``base_prob`` and the generator's vote ``generator_vote``, so a detection keeps the
+    numbers its score was made of).
     """
     if not spacing_mm > 0:
         raise ValueError(f"spacing_mm must be > 0, got {spacing_mm}")
@@ -172,6 +176,15 @@ def detections_from_prob(prob, spacing_mm: float, threshold: float = 0.5, uncert
         if u.shape != p.shape:
             raise ValueError(f"uncertainty must match prob's shape {p.shape}, got {u.shape}")
         conf = 1.0 - np.bincount(lb, weights=u.ravel()[on].astype(np.float64), minlength=n + 1)[1:] / area
+    extra = {}
+    if evidence:
+        by_label = np.argsort(lb, kind="stable")
+        starts = np.r_[0, np.flatnonzero(np.diff(lb[by_label])) + 1]
+        for name, m in evidence.items():
+            m = _np(m).astype(np.float32, copy=False)
+            if m.shape != p.shape:
+                raise ValueError(f"evidence[{name!r}] must match prob's shape {p.shape}, got {m.shape}")
+            extra[name] = np.maximum.reduceat(m.ravel()[on][by_label], starts)
     order = np.argsort(-np.asarray(peak), kind="stable")
     dets = []
     for k in order:
@@ -193,6 +206,8 @@ def detections_from_prob(prob, spacing_mm: float, threshold: float = 0.5, uncert
         }
         if conf is not None:
             d["confidence"] = round(float(np.clip(conf[k], 0.0, 1.0)), 4)
+        for name, v in extra.items():
+            d[name] = round(float(v[k]), 6)
         dets.append(d)
     return dets
 

@@ -75,7 +75,13 @@ class TTGPRConfig:
     refine_rule: "free" lets the refinement move every pixel of a refined tile; "add" keeps the base
         logits on the base model's detections (p >= threshold) and a 1 px ring around them, so
         TT-GPR only adds calcifications: the ones the base found are unchanged pixel for pixel
-        (never grown, eroded, split or merged), and Dice on them is not spent.
+        (never grown, eroded, split or merged), and Dice on them is not spent. "verify": no
+        refinement; the generator re-scores the base model's own candidates (every local maximum of
+        the base logits with p >= tau_seed, base detections included, is a seed) and the output
+        probability is p x q in the projection windows (q the projections' mean vote, the base p
+        outside them): a detection the generator does not re-render as a calcification (dust,
+        grain) drops, a calcification it re-renders keeps its p. The pixels rank anew, so the
+        operating threshold of p does not carry over: pick it on this score's FROC.
     accept_q: with refine_rule "add", a pixel may rise above its base logit only where the mean of
         sigmoid(f(x_m)) over the M projections (not raised by the current probability) is at least
         this (0 = off): a seed the projections do not re-render as a calcification adds nothing.
@@ -153,7 +159,8 @@ class TTGPRConfig:
         need(float(self.evidence_floor) > 0, f"evidence_floor must be > 0, got {self.evidence_floor!r}")
         need(0.0 <= float(self.evidence_weight) <= 1.0, f"evidence_weight must be in [0, 1], got {self.evidence_weight!r}")
         need(0.0 <= float(self.accept_q) < 1.0, f"accept_q must be in [0, 1) (0 = off), got {self.accept_q!r}")
-        need(self.refine_rule in ("free", "add"), f"refine_rule must be 'free' or 'add', got {self.refine_rule!r}")
+        need(self.refine_rule in ("free", "add", "verify"),
+             f"refine_rule must be 'free', 'add' or 'verify', got {self.refine_rule!r}")
         need(float(self.seed_sigma) > 0, f"seed_sigma must be > 0, got {self.seed_sigma!r}")
         need(isinstance(self.refine_steps, int) and self.refine_steps >= 1, f"refine_steps must be >= 1, got {self.refine_steps!r}")
         need(isinstance(self.zbar_every, int) and self.zbar_every >= 0, f"zbar_every must be an integer >= 0, got {self.zbar_every!r}")
@@ -559,6 +566,18 @@ def refine_stage(Z: torch.Tensor, Z0: torch.Tensor, bp: BasePass, sur: Surrogate
     return gated
 
 
+def verified_logits(base: torch.Tensor, vote: torch.Tensor, covered: torch.Tensor, floor: float = -40.0) -> torch.Tensor:
+    """refine_rule "verify": the logit of p x q where a projection window covers a pixel (``vote``
+    q in [0, 1], ``covered`` bool), the ``base`` logit elsewhere; computed in log space, so a base p
+    of 1 - 1e-7 (a logit float32's sigmoid rounds to 1) keeps its rank: logit(pq) = log(pq) -
+    log((1 - p) + p (1 - q)). Clamped below at ``floor``."""
+    logp, log1mp = F.logsigmoid(base), F.logsigmoid(-base)
+    logq = torch.log(vote.clamp(min=0.0, max=1.0))
+    log1mq = torch.log1p(-vote.clamp(min=0.0, max=1.0))
+    z = (logp + logq) - torch.logaddexp(log1mp, logp + log1mq)
+    return torch.where(covered, z.clamp(min=floor), base)
+
+
 def accept(canvas: torch.Tensor, base: torch.Tensor, vote: torch.Tensor | None, cfg: TTGPRConfig) -> torch.Tensor:
     """Stage *accept*: what of the refined ``canvas`` becomes a detection. With ``refine_rule="add"`` a
     pixel rises above its ``base`` logit only where the projections' mean vote ``vote`` (the last
@@ -634,6 +653,10 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
                                           backend, projector, timings, progress)
         vote = sur.q
         unc = torch.where(sur.covered, sur.u, unc if unc is not None else torch.zeros_like(sur.u))
+        if cfg.refine_rule == "verify":  # the generator re-scores the base's candidates: no refinement
+            canvas = verified_logits(bp.canvas, sur.q, sur.covered)
+            refined = _tiles_touched(sur.covered, bp.grid, backend)
+            break
         t = time.perf_counter()
         gated = refine_stage(Z, Z0, bp, sur, canvas, cfg, backend)
         if gated.numel() == 0:
@@ -645,6 +668,11 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
     canvas = accept(canvas, bp.canvas, vote, cfg)
     unc = unc if unc is not None else torch.zeros_like(bp.canvas)
     return FieldResult(bp.canvas, canvas, unc, grid, float(refined.float().mean()), n_seeds, timings)
+
+
+def _tiles_touched(covered: torch.Tensor, grid: TileGrid, backend: str) -> torch.Tensor:
+    """[P] bool: the tiles some projection window touches."""
+    return (gather_tiles(covered.float(), grid, backend=backend) > 0.5).flatten(1).any(1)
 
 
 def _checked_seeds(seeds, H: int, W: int, dev) -> torch.Tensor | None:

@@ -68,13 +68,20 @@ def test_detections_match_scipy_labelled_reductions_on_random_maps():
         cen = np.asarray(ndimage.center_of_mass(np.ones_like(p), lab, idx))
         peak = ndimage.maximum(p, lab, idx)
         conf = 1 - ndimage.mean(u, lab, idx)
-        dets = detections_from_prob(p, 0.1, 0.6, uncertainty=u, min_area_px=2)
+        base = rng.random(p.shape).astype(np.float32)
+        vote = rng.random(p.shape).astype(np.float32)
+        base_max, vote_max = ndimage.maximum(base, lab, idx), ndimage.maximum(vote, lab, idx)
+        dets = detections_from_prob(p, 0.1, 0.6, uncertainty=u, min_area_px=2,
+                                    evidence={"base_prob": base, "generator_vote": vote})
         want = sorted((k for k in range(n) if area[k] >= 2), key=lambda k: -peak[k])
         assert len(dets) == len(want)
         for d, k in zip(dets, want):
             assert d["area_px"] == int(area[k]) and d["peak_prob"] == round(float(peak[k]), 4)
             assert abs(d["y"] - cen[k, 0]) <= 0.006 and abs(d["x"] - cen[k, 1]) <= 0.006
             assert abs(d["confidence"] - conf[k]) <= 6e-5
+            assert abs(d["base_prob"] - base_max[k]) <= 5e-7 and abs(d["generator_vote"] - vote_max[k]) <= 5e-7
+    with pytest.raises(ValueError, match="evidence"):
+        detections_from_prob(p, 0.1, 0.6, evidence={"base_prob": base[:5]})
 
 
 def test_skin_band_equals_the_full_distance_transform():

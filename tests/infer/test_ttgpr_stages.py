@@ -95,3 +95,61 @@ def test_propose_given_seeds_windows_cover_them():
     with pytest.raises(ValueError, match="seed_region must be"):
         covered_region(grid, (100, 100), torch.zeros(5, 5, dtype=torch.bool), "cpu")
     assert math.isfinite(float(prop.seeds.sum()))
+
+
+def test_verified_logits_are_the_logit_of_p_times_q_in_windows_and_the_base_elsewhere():
+    from mcgr.infer.ttgpr import verified_logits
+
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(40, 30, generator=g) * 6
+    base[0, :5] = torch.tensor([16.0, 17.0, 18.0, 25.0, 40.0])  # p rounds to 1 in float32: ranks must survive
+    vote = torch.rand(40, 30, generator=g)
+    vote[1, :3] = torch.tensor([0.0, 1.0, 0.5])
+    covered = torch.rand(40, 30, generator=g) > 0.3
+    covered[:2] = True
+    got = verified_logits(base, vote, covered).double()
+    p = torch.sigmoid(base.double())
+    pq = (p * vote.double()).clamp(1e-300, 1 - 1e-16)
+    want = torch.where(covered, torch.log(pq) - torch.log1p(-pq), base.double())
+    exact = covered & (vote > 0) & (base < 15)  # where float64's 1 - pq is itself exact enough
+    torch.testing.assert_close(got[exact], want[exact], atol=1e-4, rtol=1e-4)
+    assert torch.equal(got[~covered], base.double()[~covered])
+    assert got[1, 0].item() == -40.0  # q = 0: the floor, not -inf
+    assert got[1, 1].item() == pytest.approx(base[1, 1].item(), abs=1e-5)  # q = 1: p unchanged
+    # q = 1 - 1e-3 on p -> 1: logit(pq) -> logit(q) = 6.9; p x q never above p
+    v = torch.full((1, 5), 1 - 1e-3)
+    z = verified_logits(base[:1, :5], v, torch.ones(1, 5, dtype=torch.bool))
+    assert bool((z <= base[:1, :5] + 1e-5).all())
+    assert bool((torch.diff(z[0]) >= 0).all())  # the order of p is kept at equal q
+    assert z[0, -1].item() == pytest.approx(math.log(1 - 1e-3) - math.log(1e-3), abs=1e-3)
+
+
+def test_run_field_verify_rescores_base_candidates_and_leaves_the_rest():
+    """refine_rule "verify": a projector that erases the window's calcifications votes q = 0 there:
+    every seeded maximum drops, pixels no window covers keep the base logits, nothing rises."""
+    from mcgr.infer.ttgpr import run_field
+    from mcgr.ops._tiling import tile_grid as grid_of
+
+    img = torch.zeros(128, 128)
+    img[30:33, 30:33] = 1.0   # two bright spots: candidates of the closed-form segmentor
+    img[90:93, 100:103] = 1.0
+    grid = grid_of((128, 128), tile=64, overlap=0.25)
+
+    class Seg(torch.nn.Module):  # logits 10 x - 3: p >= 0.05 only on the spots
+        def forward(self, x):
+            return 10 * x - 3
+
+    seen = []
+
+    def erase(windows, origins, seeds):
+        seen.append(len(origins))
+        return torch.zeros_like(windows)
+
+    cfg = TTGPRConfig(refine_rule="verify", tau_seed=0.05, window=32)
+    fr = run_field(img, grid, Seg(), None, cfg, projector=erase, backend="reference")
+    assert sum(seen) >= 2 and fr.seeds >= 2
+    assert fr.logits[31, 31].item() < math.log(0.05 / 0.95)      # the spot's p x q with q = sigmoid(-3) ~ 0.047
+    assert bool((fr.logits <= fr.base_logits + 1e-5).all())       # p x q <= p everywhere
+    far = torch.zeros(128, 128, dtype=torch.bool)
+    far[60:70, 0:10] = True                                       # no window reaches here
+    assert torch.equal(fr.logits[far], fr.base_logits[far])
