@@ -68,16 +68,16 @@ def view_item(view: str) -> dict:
     return items[0]
 
 
-def variant_image() -> dict:
+def variant_image(seed: int = 900051) -> dict:
     from mcgr.synth.phantom import breast_phantom
     from mcgr.train.validate_real import VARIANT_TEXTURE
 
-    ph = breast_phantom(1536, 1152, seed=900051, anatomy=True, texture=VARIANT_TEXTURE)
+    ph = breast_phantom(1536, 1152, seed=seed, anatomy=True, texture=VARIANT_TEXTURE)
     return {"image": ph.image.numpy(), "truth": ph.truth.numpy().astype(bool), "background": ph.background.numpy(),
             "centres": ph.centres.numpy().astype(np.float64), "cluster": np.full(ph.centres.shape[0], -1, np.int64)}
 
 
-def injected(view: str, fold: int, index: int, draws: int) -> list[tuple[str, dict]]:
+def injected(view: str, fold: int, index: int, draws: range) -> list[tuple[str, dict]]:
     """(injector, image) pairs of a held-out view, seeded as mcgr.train.adapt_validate.validate_fold."""
     from mcgr.train.adapt import read_model_grid
     from mcgr.train.adapt_validate import (SEED_INDEPENDENT, SEED_TRAINING, independent_injection,
@@ -89,7 +89,7 @@ def injected(view: str, fold: int, index: int, draws: int) -> list[tuple[str, di
     out = []
     for inj, fn, seed0 in (("training", training_injection, SEED_TRAINING),
                            ("independent", independent_injection, SEED_INDEPENDENT)):
-        for k in range(draws):
+        for k in draws:
             out.append((inj, fn(img, region, seed0 + 1000 * fold + 10 * index + k)))
     return out
 
@@ -122,14 +122,22 @@ def main(argv=None) -> None:
     ap.add_argument("--folds", default="rcc=2:1-132,rmlo=3:1-133")
     ap.add_argument("--variant", type=int, default=2, help="the fold whose pair scores the variant phantom (-1: none)")
     ap.add_argument("--injections", type=int, default=1, help="draws per injector and view")
+    ap.add_argument("--first-draw", type=int, default=0, help="the first draw (seeds as the adaptation's validation: draw k)")
+    ap.add_argument("--variant-seeds", default="900051", help="phantom seeds of the procedural variant")
     ap.add_argument("--designs", default=",".join(DESIGNS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/cpu-2core-epyc/ttgpr_designs.json")
+    ap.add_argument("--merge", default=None, help="RUN.json,RUN.json,...: pool these runs' counts, write --out, print")
     a = ap.parse_args(argv)
+    if a.merge:
+        rep = merged(a.merge.split(","))
+        Path(a.out).write_text(json.dumps(rep, indent=1) + "\n")
+        print(summary(rep))
+        return
     torch.set_num_threads(a.threads)
     from mcgr.infer.pipeline import Pipeline
     from mcgr.models import load_model
-    from mcgr.train.adapt_validate import CLUSTER_RATES, RATES, _visible_ignore, pooled, score_image
+    from mcgr.train.adapt_validate import CLUSTER_RATES, RATES, _visible_ignore, score_image
 
     work = Path(a.adapt) / "work"
     designs = [d for d in a.designs.split(",") if d]
@@ -146,10 +154,12 @@ def main(argv=None) -> None:
 
     jobs = []  # (image group, pipe maker, [(injector, image)])
     for view, (fold, key) in folds.items():  # one held-out view per fold: its index in the fold is 0
-        jobs.append((view, (fold, key), lambda v=view, f=fold: injected(v, f, 0, a.injections)))
+        draws = range(a.first_draw, a.first_draw + a.injections)
+        jobs.append((view, (fold, key), lambda v=view, f=fold, d=draws: injected(v, f, 0, d)))
     if a.variant >= 0:
         key = next(k for v, (f, k) in folds.items() if f == a.variant)
-        jobs.append(("variant", (a.variant, key), lambda: [("procedural", variant_image())]))
+        seeds = [int(v) for v in a.variant_seeds.split(",") if v]
+        jobs.append(("variant", (a.variant, key), lambda: [("procedural", variant_image(v)) for v in seeds]))
     t0 = time.perf_counter()
     groups: dict = {}
     ratios: dict = {d: [] for d in designs}
@@ -164,17 +174,37 @@ def main(argv=None) -> None:
             rec["images"].append({"key": name, "scores": {group: {m: [score_image(p, im, ignore)] for m, p in probs.items()}}})
             for d in designs:
                 ratios[d].append(ratio[d])
-    table = {}
-    for group, rec in groups.items():
-        table[group] = {m: pooled([rec], group, m) for m in ["base", *designs]}
     rep = {"adapt": a.adapt, "folds": a.folds, "variant_fold": a.variant, "injections": a.injections,
-           "rates": list(RATES), "cluster_rates": list(CLUSTER_RATES), "table": table,
+           "first_draw": a.first_draw, "variant_seeds": a.variant_seeds,
+           "rates": list(RATES), "cluster_rates": list(CLUSTER_RATES), "table": pooled_table(groups, ["base", *designs]),
+           "groups": groups,
            "time_over_base": {d: round(float(np.mean(r)), 2) for d, r in ratios.items() if r},
            "torch_threads": a.threads, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "wall_s": round(time.perf_counter() - t0, 1)}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(rep, indent=1) + "\n")
     print(summary(rep))
+
+
+def pooled_table(groups: dict, methods: list[str]) -> dict:
+    from mcgr.train.adapt_validate import pooled
+
+    return {group: {m: pooled([rec], group, m) for m in methods} for group, rec in groups.items()}
+
+
+def merged(paths: list[str]) -> dict:
+    """Several runs' per-image counts pooled together (the designs every run holds)."""
+    reps = [json.loads(Path(p).read_text()) for p in paths]
+    methods = [m for m in reps[0]["table"][next(iter(reps[0]["table"]))] if all(
+        m in r["table"][g] for r in reps for g in r["table"])]
+    groups: dict = {}
+    for r in reps:
+        for g, rec in r["groups"].items():
+            groups.setdefault(g, {"images": []})["images"] += rec["images"]
+    ratios = {m: round(float(np.mean([r["time_over_base"][m] for r in reps])), 2) for m in methods if m != "base"}
+    return {"merged": paths, "rates": reps[0]["rates"], "cluster_rates": reps[0]["cluster_rates"],
+            "table": pooled_table(groups, methods), "time_over_base": ratios,
+            "n_images": {g: len(rec["images"]) for g, rec in groups.items()}}
 
 
 def summary(rep: dict) -> str:

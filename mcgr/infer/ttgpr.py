@@ -310,7 +310,8 @@ def field_seeds(score: torch.Tensor, image: torch.Tensor, region: torch.Tensor, 
 
 @dataclass
 class FieldResult:
-    """Outputs on the model-spacing canvas [H, W]."""
+    """Outputs on the model-spacing canvas [H, W]; ``vote``: the last surrogate's q (the mean over
+    the projections of sigmoid(f(x_m)), 0 outside its windows), None without TT-GPR."""
 
     base_logits: torch.Tensor
     logits: torch.Tensor
@@ -319,6 +320,7 @@ class FieldResult:
     refined_fraction: float
     seeds: int
     timings: dict
+    vote: torch.Tensor | None = None
 
 
 def _timed(timings: dict, key: str, device: torch.device, t0: float) -> float:
@@ -578,11 +580,15 @@ def verified_logits(base: torch.Tensor, vote: torch.Tensor, covered: torch.Tenso
     return torch.where(covered, z.clamp(min=floor), base)
 
 
-def accept(canvas: torch.Tensor, base: torch.Tensor, vote: torch.Tensor | None, cfg: TTGPRConfig) -> torch.Tensor:
+def accept(canvas: torch.Tensor, base: torch.Tensor, vote: torch.Tensor | None, cfg: TTGPRConfig,
+           covered: torch.Tensor | None = None) -> torch.Tensor:
     """Stage *accept*: what of the refined ``canvas`` becomes a detection. With ``refine_rule="add"`` a
     pixel rises above its ``base`` logit only where the projections' mean vote ``vote`` (the last
     surrogate's q, 0 outside its windows) is >= ``accept_q``, and the base detections keep their
-    base logits pixel for pixel (:func:`keep_found`); ``"free"`` accepts the refinement as it is."""
+    base logits pixel for pixel (:func:`keep_found`); ``"free"`` accepts the refinement as it is;
+    ``"verify"`` scores p x q where a window ``covered`` a pixel (:func:`verified_logits`)."""
+    if cfg.refine_rule == "verify":
+        return base if vote is None or covered is None else verified_logits(base, vote, covered)
     if cfg.refine_rule != "add":
         return canvas
     if cfg.accept_q > 0 and vote is not None:
@@ -632,13 +638,8 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
     P = bp.Y.shape[0]
     if not refine_on or (gen is None and projector is None) or cfg.iterations == 0 or P == 0:
         return FieldResult(bp.canvas, bp.canvas, None, grid, 0.0, 0, timings)
-    clip = cfg.logit_clip  # the refinement's start and anchor; bp.canvas keeps the segmentor's own logits
-    Z0 = bp.Z0.clamp(-clip, clip) if clip > 0 else bp.Z0
-    canvas = bp.canvas.clamp(-clip, clip) if clip > 0 else bp.canvas
-    Z, refined, vote, unc, offset, n_seeds = Z0.clone(), torch.zeros(P, dtype=torch.bool, device=dev), None, None, 0, 0
-    win = cfg.window if 0 < cfg.window < max(H, W) else max(H, W)
-    size = (min(win, H), min(win, W))
-    per_call = max(1, batch * grid.tile ** 2 // (cfg.projections * size[0] * size[1]))  # the memory of `batch` tiles
+    Z0, canvas, win, size, per_call = _refinement_setup(bp, cfg, (H, W), batch)
+    Z, refined, sur, unc, offset, n_seeds = Z0.clone(), torch.zeros(P, dtype=torch.bool, device=dev), None, None, 0, 0
     inside, region = covered_region(grid, (H, W), seed_region, dev)
     for _ in range(cfg.iterations):
         t = time.perf_counter()
@@ -651,11 +652,9 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
             break
         sur, offset = projected_surrogate(image, prop.windows, size, per_call, gen, predictor, cfg, offset, autocast,
                                           backend, projector, timings, progress)
-        vote = sur.q
         unc = torch.where(sur.covered, sur.u, unc if unc is not None else torch.zeros_like(sur.u))
         if cfg.refine_rule == "verify":  # the generator re-scores the base's candidates: no refinement
-            canvas = verified_logits(bp.canvas, sur.q, sur.covered)
-            refined = _tiles_touched(sur.covered, bp.grid, backend)
+            refined |= _tiles_touched(sur.covered, bp.grid, backend)
             break
         t = time.perf_counter()
         gated = refine_stage(Z, Z0, bp, sur, canvas, cfg, backend)
@@ -665,9 +664,23 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
         t = _timed(timings, "refine", dev, t)
         canvas = stitch(Z, bp.grid, bp.weights, backend=backend)
         _timed(timings, "stitch", dev, t)
-    canvas = accept(canvas, bp.canvas, vote, cfg)
-    unc = unc if unc is not None else torch.zeros_like(bp.canvas)
-    return FieldResult(bp.canvas, canvas, unc, grid, float(refined.float().mean()), n_seeds, timings)
+    canvas = accept(canvas, bp.canvas, sur.q if sur else None, cfg, sur.covered if sur else None)
+    unc, vote = (unc, sur.q) if sur else (torch.zeros_like(bp.canvas), torch.zeros_like(bp.canvas))
+    return FieldResult(bp.canvas, canvas, unc, grid, float(refined.float().mean()), n_seeds, timings, vote)
+
+
+def _refinement_setup(bp: BasePass, cfg: TTGPRConfig, shape, batch: int):
+    """The refinement's start and anchor (``logit_clip``: clamped; ``bp.canvas`` keeps the segmentor's
+    own logits), the projection window, its (h, w) and the windows per generator call (the memory of
+    ``batch`` tiles)."""
+    H, W = shape
+    clip = cfg.logit_clip
+    Z0 = bp.Z0.clamp(-clip, clip) if clip > 0 else bp.Z0
+    canvas = bp.canvas.clamp(-clip, clip) if clip > 0 else bp.canvas
+    win = cfg.window if 0 < cfg.window < max(H, W) else max(H, W)
+    size = (min(win, H), min(win, W))
+    per_call = max(1, batch * bp.grid.tile ** 2 // (cfg.projections * size[0] * size[1]))
+    return Z0, canvas, win, size, per_call
 
 
 def _tiles_touched(covered: torch.Tensor, grid: TileGrid, backend: str) -> torch.Tensor:
