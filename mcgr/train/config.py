@@ -1,7 +1,8 @@
 """Training configuration: YAML files and named presets, checked key by key.
 
 ``load_config(kind, spec)``: ``spec`` is a preset name (``tiny``, ``default``: files
-``mcgr/train/presets/<kind>_<name>.yaml``) or a path to a YAML file. A file may start from a preset
+``mcgr/train/presets/<kind>_<name>.yaml``: the shipped recipes and the test-size ``tiny``) or a path to a
+YAML file (the research candidates live in the repository's ``experiments/presets/``). A file may start from a preset
 with ``preset: <name>`` and override any subset of keys; every key it sets must exist, otherwise
 :class:`ConfigError` names the file and the dotted key.
 """
