@@ -124,12 +124,6 @@ def _box_from(c: torch.Tensor, shape, reach: int, half: int) -> torch.Tensor:
     return (s / (n * n)).float()
 
 
-def box_mean(x: torch.Tensor, half: int) -> torch.Tensor:
-    """Mean of ``x`` [H, W] over the (2 half + 1)^2 box at each pixel (edges replicated), from a
-    summed-area table: four reads per pixel whatever the box size."""
-    return _box_from(_summed_area(x, half), x.shape, half, half)
-
-
 def _binomial3(x: torch.Tensor) -> torch.Tensor:
     """[1, 2, 1] / 4 along both axes (edges replicated), as shifted sums: a 1-channel conv2d is
     ~30x slower on a CPU."""

@@ -118,12 +118,6 @@ def primitive_volume(calcs: torch.Tensor) -> torch.Tensor:
     return torch.where(shape == SHAPE_CAPSULE, cap, ell)
 
 
-def primitive_area(calcs: torch.Tensor) -> torch.Tensor:
-    """Analytic footprint area of each primitive (px^2): ellipse pi rx ry, capsule 4 rx ry + pi ry^2."""
-    ry, rx, shape = calcs[:, 3], calcs[:, 4], calcs[:, 7]
-    return torch.where(shape == SHAPE_CAPSULE, 4.0 * rx * ry + math.pi * ry * ry, math.pi * rx * ry)
-
-
 def primitive_half_extent(calcs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Half height and half width (px) of each primitive's axis-aligned bounding box."""
     ry, rx, a, shape = calcs[:, 3], calcs[:, 4], calcs[:, 5], calcs[:, 7]

@@ -296,12 +296,3 @@ def _check(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: loss.hard_weight must be > 0, got {cfg.loss.hard_weight}")
     if not cfg.loss.faint_weight >= 0:
         raise ConfigError(f"{source}: loss.faint_weight must be >= 0, got {cfg.loss.faint_weight}")
-
-
-def config_from_dict(kind: str, data: dict, source: str) -> TrainConfig:
-    """Rebuild a config saved as JSON (a checkpoint's ``train`` entry), with the same checks."""
-    data = dict(data)
-    data.pop("preset", None)
-    cfg = _merge(TrainConfig(kind=kind, model=_default_model(kind)), data, source)
-    _check(cfg, source)
-    return cfg
