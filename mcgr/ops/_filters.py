@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mcgr.ops.inject import gaussian_taps
+from mcgr.ops._inject_params import gaussian_taps
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float, mode: str = "reflect", truncate: float = 3.0) -> torch.Tensor:
