@@ -22,15 +22,14 @@ import triton
 import triton.language as tl
 
 from mcgr.kernels._rng import _hash32
-
-from mcgr.ops._rng import hash32
-from mcgr.ops.inject import (
+from mcgr.ops._inject_params import (
     SHAPE_CAPSULE,
     InjectParams,
     gaussian_taps,
     primitive_volume,
     primitive_window,
 )
+from mcgr.ops._rng import hash32
 
 # geometry table columns (float32) and window table columns (int32), one row per primitive
 _G_CY, _G_CX, _G_RY, _G_RX, _G_COS, _G_SIN, _G_T, _G_CAP, _G_SCALE, _G_DEP = range(10)

@@ -96,11 +96,10 @@ def _seed_key(seed: int) -> int:
     return x
 
 
-def rf_step_triton(params, x: torch.Tensor, v: torch.Tensor | None, w: torch.Tensor | None,
+def rf_step_triton(params, mode: int, x: torch.Tensor, v: torch.Tensor | None, w: torch.Tensor | None,
                    out: torch.Tensor | None) -> torch.Tensor:
-    """Launcher (the signature of the reference launcher in mcgr/ops/rf_step.py): returns ``out`` or a new tensor."""
-    from mcgr.ops.rf_step import MODES
-
+    """Launcher (the signature of the reference launcher in mcgr/ops/rf_step.py, with ``mode`` the
+    code of ``params.mode`` in its ``MODES``): returns ``out`` or a new tensor."""
     x = x.contiguous()
     v = x if v is None else v.contiguous()
     w = x if w is None else w.contiguous()
@@ -112,7 +111,7 @@ def rf_step_triton(params, x: torch.Tensor, v: torch.Tensor | None, w: torch.Ten
         block = min(block, triton.next_power_of_2(n))
         grid = (triton.cdiv(n, block),)
         _rf_step_kernel[grid](res, x, v, w, n, float(params.a), float(params.b), _seed_key(params.seed),
-                              int(params.offset), MODE=MODES[params.mode], BLOCK=block,
+                              int(params.offset), MODE=mode, BLOCK=block,
                               num_warps=4 if block <= 2048 else 8, enable_fp_fusion=False)
     if out is not None and res is not out:
         out.copy_(res)

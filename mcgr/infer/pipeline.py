@@ -342,7 +342,7 @@ class Pipeline:
         # flush with the border puts a cut-off bright edge against the U-Net's zero padding, and the
         # segmentor fires along it. Padding by reflection moves that seam outside the image (three
         # regular phantoms: Dice 0.48/0.38/0.26 without, 0.62/0.42/0.28 with; neutral on the
-        # sfm-benign-0 views, benchmarks/border_rules.py).
+        # sfm-benign-0 views, experiments/border_rules.py).
         pad = min(self.border_pad, model_shape[0] - 1, model_shape[1] - 1)
         if pad > 0:
             x = torch.nn.functional.pad(x[None, None], (pad, pad, pad, pad), mode="reflect")[0, 0].contiguous()

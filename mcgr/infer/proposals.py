@@ -26,34 +26,17 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mcgr.ops._filters import gaussian_blur
+
 MAD_SCALE = 1.4826
 NOISE_FLOOR = 1e-5  # intensity units of the [0, 1] image: 1 / 65535 is 1.5e-5
 FILTERS = ("matched", "dog", "tophat")
 DEFAULT_FILTERS = ("matched",)
 
 
-def _gauss1d(sigma: float, device) -> torch.Tensor:
-    r = max(1, int(math.ceil(4.0 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=torch.float32, device=device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``x`` [H, W] (edges replicated; the kernel is cut at 4 sigma), as
-    shifted sums (a 1-channel conv2d is ~30x slower on a CPU)."""
-    k = _gauss1d(float(sigma), x.device).tolist()
-    r = (len(k) - 1) // 2
-    H, W = x.shape
-    p = F.pad(x.float()[None, None], (r, r, 0, 0), mode="replicate")[0, 0]
-    row = k[0] * p[:, 0:W]
-    for i in range(1, len(k)):
-        row += k[i] * p[:, i:i + W]
-    p = F.pad(row[None, None], (0, 0, r, r), mode="replicate")[0, 0]
-    out = k[0] * p[0:H]
-    for i in range(1, len(k)):
-        out += k[i] * p[i:i + H]
-    return out
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The proposers' Gaussian: ``x`` [H, W] in float32, edges replicated, the kernel cut at 4 sigma."""
+    return gaussian_blur(x.float(), float(sigma), "replicate", truncate=4.0)
 
 
 def local_noise(resp: torch.Tensor, region: torch.Tensor | None, block: int = 64,
@@ -103,7 +86,7 @@ def dog_evidence(image: torch.Tensor, region: torch.Tensor | None, sigmas, k: fl
     """max over ``sigmas`` of (G_s - G_ks) * I / (k - 1) divided by its local robust noise, >= 0."""
     best = torch.zeros_like(image, dtype=torch.float32)
     for s in sigmas:
-        d = (gaussian_blur(image, s) - gaussian_blur(image, k * s)) / (k - 1.0)
+        d = (_blur(image, s) - _blur(image, k * s)) / (k - 1.0)
         torch.maximum(best, d / local_noise(d, region, block), out=best)
     return best
 
@@ -122,12 +105,6 @@ def _box_from(c: torch.Tensor, shape, reach: int, half: int) -> torch.Tensor:
     o = reach - half  # padded row/column where pixel 0's box starts
     s = c[o + n:o + n + H, o + n:o + n + W] - c[o:o + H, o + n:o + n + W] - c[o + n:o + n + H, o:o + W] + c[o:o + H, o:o + W]
     return (s / (n * n)).float()
-
-
-def box_mean(x: torch.Tensor, half: int) -> torch.Tensor:
-    """Mean of ``x`` [H, W] over the (2 half + 1)^2 box at each pixel (edges replicated), from a
-    summed-area table: four reads per pixel whatever the box size."""
-    return _box_from(_summed_area(x, half), x.shape, half, half)
 
 
 def _binomial3(x: torch.Tensor) -> torch.Tensor:
@@ -175,14 +152,14 @@ def tophat_evidence(image: torch.Tensor, region: torch.Tensor | None, spacing_mm
     """White top-hat of the lightly smoothed image against the largest opening by ``size_mm``
     segments in 4 orientations (lines longer than ``size_mm`` are removed), divided by the local
     robust noise of the fine residual ``x - G_1 x``; >= 0."""
-    x = gaussian_blur(image, smooth_px) if smooth_px > 0 else image.float()
+    x = _blur(image, smooth_px)
     L = max(3, int(round(size_mm / spacing_mm)) | 1)
     opened = None
     for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
         o = _line_extreme(_line_extreme(x, L, dy, dx, torch.minimum), L, dy, dx, torch.maximum)
         opened = o if opened is None else torch.maximum(opened, o, out=opened)
     th = x - opened
-    return (th / local_noise(x - gaussian_blur(x, 1.0), region, block)).clamp(min=0)
+    return (th / local_noise(x - _blur(x, 1.0), region, block)).clamp(min=0)
 
 
 def evidence_map(image: torch.Tensor, region: torch.Tensor | None = None, spacing_mm: float = 0.07,

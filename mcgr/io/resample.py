@@ -234,20 +234,6 @@ class ModelTransform:
             out = resample(a.astype(np.float32, copy=False), self.model_mm, self.source_mm, "linear", out_shape=shape)
         return np.ascontiguousarray(out[:, ::-1]) if self.flipped else out
 
-    def to_model(self, arr, kind: str = "auto"):
-        """Inverse of :meth:`to_source`: ``arr`` on the source grid and orientation -> canonical model grid."""
-        a = np.asarray(arr.detach().cpu() if isinstance(arr, torch.Tensor) else arr)
-        if a.shape != tuple(self.source_shape):
-            raise ValueError(f"arr must be on the source grid {tuple(self.source_shape)}, got shape {a.shape}")
-        if kind == "auto":
-            kind = "mask" if a.dtype == np.bool_ else "map"
-        if self.flipped:
-            a = a[:, ::-1]
-        a = np.ascontiguousarray(a)
-        if kind == "mask":
-            return resample_mask(a.astype(bool, copy=False), self.source_mm, self.model_mm, out_shape=self.model_shape)
-        return resample(a.astype(np.float32, copy=False), self.source_mm, self.model_mm, "area", out_shape=self.model_shape)
-
     def model_to_source_px(self, y, x):
         """Canonical model-grid pixel coordinates (y, x) -> source (row, col), float, same shapes."""
         s = self.scale

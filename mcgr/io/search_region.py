@@ -18,7 +18,7 @@ validation alike.
     and benign (the image border is not a skin line);
   - the outermost ``border_mm`` of the image (a scanned film's bright edge strip: on the four
     sfm-benign-0 views 1 mm removed 40 of the 63 detections within 2 mm of the border,
-    benchmarks/border_rules.py), on images with air only (a crop has no film edge);
+    experiments/border_rules.py), on images with air only (a crop has no film edge);
   - scanner lines (:func:`mcgr.io.artefacts.scan_lines`);
   - saturated markers: components of pixels at exactly 1 of at least ``MARKER_MM2`` mm^2 (what the
     reader makes of burnt-in markers and text at full white), grown by ``marker_margin_mm``;

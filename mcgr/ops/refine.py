@@ -310,4 +310,7 @@ def _refine_cuda(z, q, z0, y, zbar, params, steps, out):
 def _refine_triton(z, q, z0, y, zbar, params, steps, out):
     from mcgr.kernels.refine import refine_triton
 
-    return refine_triton(z, q, z0, y, zbar, params, steps, out=out)
+    res, f = refine_triton(z, q, z0, y, zbar, params, steps, out=out)
+    if f:
+        raise _nonfinite_error(f)
+    return res

@@ -213,7 +213,7 @@ def _launch_cuda(params: RfStepParams, x, v, w, out):
 def _launch_triton(params: RfStepParams, x, v, w, out):
     from mcgr.kernels.rf_step import rf_step_triton
 
-    return rf_step_triton(params, x, v, w, out)
+    return rf_step_triton(params, MODES[params.mode], x, v, w, out)
 
 
 # --------------------------------------------------------------------------------------------

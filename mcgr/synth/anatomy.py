@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from mcgr.synth.augment import gaussian_blur
+from mcgr.ops._filters import gaussian_blur
 
 KINDS = ("pectoral", "border", "film_edge", "marker", "vessel", "ligament", "scratch", "dust")
 

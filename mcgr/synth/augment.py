@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mcgr.ops import _filters
+from mcgr.ops._filters import gaussian_blur
 
 DEFAULT_AUGMENT = {
     "blur_px": 1.0,  # max Gaussian sigma of the extra blur (drawn in [0, blur_px] half the time)
@@ -41,14 +41,6 @@ DEFAULT_AUGMENT = {
     "scale": (0.8, 1.2),  # pixel-spacing resampling factor of the crop
     "speck_probability": 0.5,  # share of patches given 1-4 sharp dust specks (mcgr.synth.anatomy.specks)
 }
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``x`` [B, H, W] (reflect padding, taps to ceil(3 sigma));
-    :func:`mcgr.ops._filters.gaussian_blur` on one channel. Sigma in px; 0 returns ``x``."""
-    if sigma <= 0:
-        return x
-    return _filters.gaussian_blur(x[:, None], sigma, "reflect")[:, 0]
 
 
 def resampled_crop(src: torch.Tensor, index: int, size: int, g: torch.Generator, scale=(0.8, 1.2),

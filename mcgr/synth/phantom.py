@@ -119,7 +119,7 @@ def _mlo_anatomy(image: torch.Tensor, breast: torch.Tensor, g: torch.Generator, 
     """Pectoral muscle (a bright, striated triangle behind a slightly bowed edge from the top edge to
     the chest wall) and local artefacts in random windows; returns (image, pectoral mask)."""
     from mcgr.synth.anatomy import add_anatomy
-    from mcgr.synth.augment import gaussian_blur
+    from mcgr.ops._filters import gaussian_blur
 
     H, W = image.shape
     u = torch.rand(6, generator=g).tolist()

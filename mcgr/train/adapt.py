@@ -29,7 +29,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from mcgr import MODEL_SPACING_MM
+from mcgr.train.adapt_validate import read_model_grid
 
 STAGES = ("harvest", "site", "mine", "seg", "rf", "validate", "write")
 MAX_FOLDS = 8
@@ -107,17 +107,6 @@ def list_inputs(specs, spacing: float | None) -> list[dict]:
     if not out:
         raise AdaptError(f"no mammograms found in {' '.join(map(str, specs))}")
     return out
-
-
-def read_model_grid(item: dict) -> np.ndarray:
-    """One input, canonical, at the model spacing (float32)."""
-    from mcgr.io import read_mammogram, to_model_spacing
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = read_mammogram(item["path"], spacing=item["spacing"])
-    img, _ = to_model_spacing(m, MODEL_SPACING_MM)
-    return np.ascontiguousarray(img, dtype=np.float32)
 
 
 class Adaptation:

@@ -111,6 +111,6 @@ def write_cards(out: Path, state: dict, site: dict, pooled: dict | None, plan, f
         f"- generator: preset `adapt` from the start, {plan.rf_steps} steps: the site's windows (three quarters of "
         "the patches), a decoy seed at each mined false detection and on bright texture", "",
         "The generator is not fold-trained: its acceptance at true against decoy seeds is measured by "
-        "`python -m benchmarks.seed_recall`.", ""]
+        "`python -m experiments.seed_recall`.", ""]
     (out / "seg" / "card.md").write_text("\n".join(seg) + "\n")
     (out / "rf" / "card.md").write_text("\n".join(rf) + "\n")

@@ -18,6 +18,8 @@ pool into one FROC (:func:`pooled_report`).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -103,13 +105,23 @@ def score_image(prob: np.ndarray, im: dict, ignore: np.ndarray) -> dict:
     return {"all": a, "visible": v, "clusters": cluster_counts(prob, im["centres"], im["cluster"])}
 
 
+def read_model_grid(item: dict) -> np.ndarray:
+    """One input, canonical, at the model spacing (float32)."""
+    from mcgr.io import read_mammogram, to_model_spacing
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = read_mammogram(item["path"], spacing=item["spacing"])
+    img, _ = to_model_spacing(m, MODEL_SPACING_MM)
+    return np.ascontiguousarray(img, dtype=np.float32)
+
+
 def validate_fold(n: int, items: list[dict], fold_model, start_model, injections: int, progress: bool = True,
                   device: str = "cpu") -> dict:
     """One fold's counts: every held-out image x injector x draw, for each method (module doc)."""
     from mcgr.eval.baselines import dog_hessian
     from mcgr.infer.pipeline import Pipeline
     from mcgr.models import load_model
-    from mcgr.train.adapt import read_model_grid
     from mcgr.train.validate_real import search_region
 
     pipes = {"adapted": Pipeline(load_model(fold_model, kind="seg", device=device), None, device=device),

@@ -1,7 +1,8 @@
 """Training configuration: YAML files and named presets, checked key by key.
 
 ``load_config(kind, spec)``: ``spec`` is a preset name (``tiny``, ``default``: files
-``mcgr/train/presets/<kind>_<name>.yaml``) or a path to a YAML file. A file may start from a preset
+``mcgr/train/presets/<kind>_<name>.yaml``: the shipped recipes and the test-size ``tiny``) or a path to a
+YAML file (the research candidates live in the repository's ``experiments/presets/``). A file may start from a preset
 with ``preset: <name>`` and override any subset of keys; every key it sets must exist, otherwise
 :class:`ConfigError` names the file and the dotted key.
 """
@@ -295,12 +296,3 @@ def _check(cfg: TrainConfig, source: str) -> None:
         raise ConfigError(f"{source}: loss.hard_weight must be > 0, got {cfg.loss.hard_weight}")
     if not cfg.loss.faint_weight >= 0:
         raise ConfigError(f"{source}: loss.faint_weight must be >= 0, got {cfg.loss.faint_weight}")
-
-
-def config_from_dict(kind: str, data: dict, source: str) -> TrainConfig:
-    """Rebuild a config saved as JSON (a checkpoint's ``train`` entry), with the same checks."""
-    data = dict(data)
-    data.pop("preset", None)
-    cfg = _merge(TrainConfig(kind=kind, model=_default_model(kind)), data, source)
-    _check(cfg, source)
-    return cfg

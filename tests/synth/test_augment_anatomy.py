@@ -4,8 +4,9 @@ import pytest
 import torch
 from scipy import ndimage
 
+from mcgr.ops._filters import gaussian_blur
 from mcgr.synth.anatomy import KINDS, add_anatomy
-from mcgr.synth.augment import DEFAULT_AUGMENT, gaussian_blur, resampled_crop, site_augment
+from mcgr.synth.augment import DEFAULT_AUGMENT, resampled_crop, site_augment
 from mcgr.synth.backgrounds import procedural_backgrounds
 from mcgr.synth.dataset import SynthPairs
 

@@ -1,9 +1,13 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from mcgr.train.cli import main
 from mcgr.train.config import ConfigError, load_config, preset_names
+
+# the research presets (not shipped): loaded by path, as a user loads any YAML
+EXPERIMENT_PRESETS = Path(__file__).resolve().parents[2] / "experiments" / "presets"
 
 
 def test_presets_exist_and_load():
@@ -15,7 +19,15 @@ def test_presets_exist_and_load():
     enhance = load_config("rf", "enhance")
     assert load_config("rf", "default") == dataclasses.replace(
         enhance, optim=dataclasses.replace(enhance.optim, steps=25000))
-    assert load_config("rf", "plain").model.in_channels == 2
+    assert load_config("rf", EXPERIMENT_PRESETS / "rf_plain.yaml").model.in_channels == 2
+
+
+def test_experiment_presets_load_by_path():
+    files = sorted(EXPERIMENT_PRESETS.glob("*.yaml"))
+    assert files
+    for f in files:
+        kind = f.stem.split("_")[0]
+        assert load_config(kind, f).kind == kind
 
 
 def test_file_overrides_a_preset(tmp_path):
@@ -94,7 +106,7 @@ def test_seg_loss_leaves_invisible_calcifications_out(tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text("preset: tiny\nloss: {ignore_below_cnr: 3.0}\n")
     cfg = load_config("seg", p)
-    assert load_config("seg", "visible").loss.ignore_below_cnr == 3.0
+    assert load_config("seg", EXPERIMENT_PRESETS / "seg_visible.yaml").loss.ignore_below_cnr == 3.0
     b = SynthPairs(patch_size=64, batch_size=4, seed=3, mc_free_fraction=0.0).batch(0)
     from mcgr.models.segmentor import segmentor_config
     from mcgr.models.unet import UNet, standardise

@@ -1,6 +1,6 @@
 """What the segmentor may grow to within the full-field budget: forward time per 256 px tile.
 
-    python -m benchmarks.capacity [--threads 1]
+    python -m experiments.capacity [--threads 1]
 
 U-Nets of several widths and depths (random weights: time does not depend on them), batch 4 tiles,
 bf16 autocast + channels-last where the CPU runs bf16 natively (as the pipeline does), median of

@@ -1,7 +1,7 @@
 """What the tile count costs and buys: overlap 0.25 against 0.125, and tiles skipped where the
 image proposes no calcification, each with its Dice / FROC change and its network time.
 
-    python -m benchmarks.tile_economy [--n 6] [--seed 0] [--size 1536 1152] [--floors 5,6] [--threads 1] [--json PATH]
+    python -m experiments.tile_economy [--n 6] [--seed 0] [--size 1536 1152] [--floors 5,6] [--threads 1] [--json PATH]
 
 Phantoms: ``mcgr eval --synthetic``'s held-out set (``breast_phantom`` seeds ``seed..seed+n-1``, the
 odd ones faint), the shipped segmentor, base pass (no TT-GPR), side by side in one run:

@@ -1,6 +1,6 @@
 """TT-GPR settings against the base segmentor on held-out faint phantoms (the table in docs/design.md).
 
-    python -m benchmarks.ttgpr_trials '[{"surrogate": "raise", "tau_seed": 0.3}]' [--seg DIR] [--rf DIR] [--n 2] [--size 768x640]
+    python -m experiments.ttgpr_trials '[{"surrogate": "raise", "tau_seed": 0.3}]' [--seg DIR] [--rf DIR] [--n 2] [--size 768x640]
         [--first-seed 1000] [--oracle-seeds] [--oracle-generator [--oracle-cnr 10] [--oracle-gain 4]]
 
 Each JSON object is a set of TTGPRConfig overrides (``refine`` may be a dict of RefineParams). The

@@ -1,6 +1,6 @@
 """Hostile but ordinary inputs: how much a hot spot, a saturated marker or padded air move the Dice.
 
-``python benchmarks/robust_inputs.py [--seeds 3] [--out F.json]``
+``python -m experiments.robust_inputs [--seeds 3] [--out F.json]``
 
 Each phantom (regular contrast) (:func:`mcgr.synth.phantom.breast_phantom`, 1536 x 1152 px at 0.07 mm, seeds
 2000 up: never a training or tuning seed) is written as a 16-bit MONOCHROME2 DICOM whose tissue spans

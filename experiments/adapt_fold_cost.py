@@ -1,7 +1,7 @@
 """What the validation's shorter fold schedule costs: one fold of an adaptation trained with the shipped
 schedule beside the fold model ``mcgr adapt`` trained, scored on the same injected images.
 
-    python -m benchmarks.adapt_fold_cost --adapt runs/adapt-benign --fold 2 [--steps 2000]
+    python -m experiments.adapt_fold_cost --adapt runs/adapt-benign --fold 2 [--steps 2000]
         [--out benchmarks/results/cpu-2core-epyc/adapt_fold_cost.json]
 
 trains the fold's segmentor (every image but the fold's held-out ones) for ``--steps`` (default: the

@@ -1,11 +1,11 @@
 """Leave-one-view-out generators of an adaptation, for the acceptance ROC of TT-GPR's generator.
 
-    python -m benchmarks.adapt_rf_folds --adapt runs/adapt-benign --hold-out 1-132 [--steps 1500]
+    python -m experiments.adapt_rf_folds --adapt runs/adapt-benign --hold-out 1-132 [--steps 1500]
 
 trains the generator of ``mcgr adapt``'s stage ``rf`` (preset ``rf_adapt``, the site's PSF, decoys at
 the mined detections) without the held-out image's windows and mined patches, into
 ``ADAPT/work/rf-folds/<key>``. ``mcgr adapt`` does not fold-train the generator (its validation scores
-the segmentor); this is the held-out generator that ``python -m benchmarks.seed_recall --stages accept
+the segmentor); this is the held-out generator that ``python -m experiments.seed_recall --stages accept
 --rf ADAPT/work/rf-folds/<key>/model`` measures on the held-out view.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The pipeline's border rules measured on the sfm-benign-0 films only (the held-out case is never read).
 
-    python -m benchmarks.border_rules [--weights DIR] [--out benchmarks/results/cpu-2core-epyc/border_rules.json]
+    python -m experiments.border_rules [--weights DIR] [--out benchmarks/results/cpu-2core-epyc/border_rules.json]
 
 For each of the four views, the base model's detections and clusters with the film-edge band
 (``border_margin_mm`` 0, 1, 2) and the reflect padding of the canvas (``border_pad`` 0, 32), and

@@ -1,6 +1,6 @@
 """How often one true calcification becomes several detections, and two become one, by object rule.
 
-``python benchmarks/object_splits.py [--seeds 4]``
+``python -m experiments.object_splits [--seeds 4]``
 
 On regular phantoms (:func:`mcgr.synth.phantom.breast_phantom`, 1536 x 1152 px at 0.07 mm, seeds 1000
 up: not training seeds), the shipped segmentor (base, at its operating threshold) gives a probability

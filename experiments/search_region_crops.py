@@ -1,6 +1,6 @@
 """How much of an image without air is searched: crops of the sfm-benign-0 views.
 
-``python benchmarks/search_region_crops.py``
+``python -m experiments.search_region_crops``
 
 Each ``sfm-benign-0`` view (the only real case used to choose anything) is read at 0.05 mm, resampled
 to 0.07 mm, and three 1024 px crops at fixed places are cut from it; for the whole view and each
