@@ -1,10 +1,10 @@
 """TT-GPR under shift: seed recall of the proposers, base vs TT-GPR designs, oracle seeds, and the
 generator's per-seed acceptance on real-background decoys (docs/ttgpr_shift.md).
 
-    python -m benchmarks.seed_recall [--seg shipped|DIR] [--rf shipped|DIR] [--views rcc,rmlo]
+    python -m experiments.seed_recall [--seg shipped|DIR] [--rf shipped|DIR] [--views rcc,rmlo]
         [--phantoms variant,faint] [--size 1536x1152] [--stages seeds,ttgpr,accept] [--threads 1]
         [--designs NAME,...] [--froc] [--out benchmarks/results/seed_recall.json] [--plot docs/ttgpr_shift_seed_recall.png]
-    python -m benchmarks.seed_recall --table benchmarks/results/seed_recall.json   # the markdown tables
+    python -m experiments.seed_recall --table benchmarks/results/seed_recall.json   # the markdown tables
 
 Images (none of them chose anything the shipped models were trained or tuned on):
 * ``rcc`` / ``rmlo`` ...: the ``sfm-benign-0`` view at 0.07 mm with synthetic calcifications injected

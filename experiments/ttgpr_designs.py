@@ -79,9 +79,8 @@ def variant_image(seed: int = 900051) -> dict:
 
 def injected(view: str, fold: int, index: int, draws: range) -> list[tuple[str, dict]]:
     """(injector, image) pairs of a held-out view, seeded as mcgr.train.adapt_validate.validate_fold."""
-    from mcgr.train.adapt import read_model_grid
     from mcgr.train.adapt_validate import (SEED_INDEPENDENT, SEED_TRAINING, independent_injection,
-                                           training_injection)
+                                           read_model_grid, training_injection)
     from mcgr.train.validate_real import search_region
 
     img = read_model_grid(view_item(view))
