@@ -134,8 +134,7 @@ class Prepared:
         self.base = stitch(self.Z0, p.grid, gaussian_weights(p.grid.tile))
         self.t_base = time.perf_counter() - t
         self.P = int(p.grid.origins.shape[0])
-        self.pad = p.pad
-        self.centres = im["centres"] + p.pad  # canvas px (the image is at the model spacing already)
+        self.centres = p.geometry.source_to_canvas(im["centres"]).float()  # canvas px
         self.visible = _visible(im)
         iy = self.centres[:, 0].round().long().clamp(0, self.base.shape[0] - 1)
         ix = self.centres[:, 1].round().long().clamp(0, self.base.shape[1] - 1)
@@ -312,7 +311,7 @@ def acceptance(it, pipe, n: int = 48, win: int = 64, rng_seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(rng_seed)
     true = it.centres[it.visible & it.in_region]
     true = true[torch.randperm(true.shape[0], generator=g)[:n]]
-    truth = F.pad(it.im["truth"].float()[None, None], (it.pad,) * 4)[0, 0] > 0
+    truth = it.prep.geometry.to_canvas(it.im["truth"] > 0, "constant")
     far = F.max_pool2d(truth.float()[None, None], 17, stride=1, padding=8)[0, 0] == 0
     ev = it.evidence
     peaks = (ev >= F.max_pool2d(ev[None, None], 7, stride=1, padding=3)[0, 0]) & (ev >= cfg.evidence_floor) & far
@@ -322,7 +321,7 @@ def acceptance(it, pipe, n: int = 48, win: int = 64, rng_seed: int = 0) -> dict:
     decoy = torch.stack([dy[pick], dx[pick]], 1).float()
     # the pectoral edge of an MLO view (outside the search region: what the exclusion protects from)
     pec = it.prep.pectoral or {}
-    edge = torch.tensor(pec.get("boundary") or [], dtype=torch.float32).reshape(-1, 2) + it.pad
+    edge = it.prep.geometry.source_to_canvas(torch.tensor(pec.get("boundary") or [], dtype=torch.float64)).float()
     if edge.shape[0]:
         edge = edge[torch.linspace(0, edge.shape[0] - 1, min(16, edge.shape[0])).round().long()]
         ok = (edge[:, 0] >= 0) & (edge[:, 0] <= H - 1) & (edge[:, 1] >= 0) & (edge[:, 1] <= W - 1)

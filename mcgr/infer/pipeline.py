@@ -17,6 +17,7 @@ from mcgr import MODEL_SPACING_MM
 from mcgr.infer.detect import HYSTERESIS_LOW, MERGE_MM, clusters_from_detections, detections_from_prob
 from mcgr.infer.tiling import tile_grid
 from mcgr.infer.ttgpr import TTGPRConfig, run_field
+from mcgr.io.field_geometry import FieldGeometry
 from mcgr.io.search_region import deeper_than, search_region  # noqa: F401 - deeper_than: its old home
 
 
@@ -53,10 +54,11 @@ class Result:
 class Prepared:
     """An image made ready for the networks by :meth:`Pipeline.prepare` (all on the CPU but ``x``).
 
-    x: the reflect-padded canvas [H + 2 pad, W + 2 pad] at the model spacing, on the pipeline's device.
-    grid: its breast tiles. bm / keep: the breast mask and the kept region (breast less skin band,
-    film edge and scan lines) on the unpadded model grid; seed_region: ``keep`` padded like ``x``.
-    src_shape / model_shape: the input's grid and the model grid. timings: read, resample, mask, grid.
+    x: the reflect-padded canvas (``geometry.canvas_shape``) at the model spacing, on the pipeline's
+    device. grid: its breast tiles. bm / keep: the breast mask and the kept region (breast less skin
+    band, film edge and scan lines) on the unpadded model grid; seed_region: ``keep`` on the canvas.
+    geometry: the input's grid, the model grid and the canvas (:class:`FieldGeometry`); ``pad``,
+    ``src_shape``, ``model_shape`` and ``spacing`` read from it. timings: read, resample, mask, grid.
     """
 
     x: torch.Tensor
@@ -64,24 +66,31 @@ class Prepared:
     bm: torch.Tensor
     keep: torch.Tensor
     seed_region: torch.Tensor
-    pad: int
-    src_shape: tuple
-    model_shape: tuple
-    spacing: float
+    geometry: FieldGeometry
     mammogram: object = None
     timings: dict = field(default_factory=dict)
     pectoral: dict | None = None
 
+    @property
+    def pad(self) -> int:
+        return self.geometry.pad
 
-def _resample(x: torch.Tensor, shape: tuple[int, int], mode: str) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(shape):
-        return x
-    y = x[None, None].float()
-    if mode == "area":
-        out = torch.nn.functional.interpolate(y, size=shape, mode="area")
-    else:
-        out = torch.nn.functional.interpolate(y, size=shape, mode="bilinear", align_corners=False)
-    return out[0, 0]
+    @property
+    def src_shape(self) -> tuple[int, int]:
+        return self.geometry.source_shape
+
+    @property
+    def model_shape(self) -> tuple[int, int]:
+        return self.geometry.model_shape
+
+    @property
+    def spacing(self) -> float:
+        return self.geometry.source_mm
+
+
+def _rounded(points) -> list:
+    """[K, 2] points as a JSON-ready list of [row, col] pairs at 0.1 px."""
+    return [[round(float(r), 1), round(float(c), 1)] for r, c in np.asarray(points).reshape(-1, 2)]
 
 
 def cpu_has_bf16() -> bool:
@@ -174,12 +183,32 @@ def _check_api_spacing(spacing, shape) -> float:
     return s
 
 
-def _shifted(projector, pad: int):
-    """``projector`` seen from the canvas: window origins moved from canvas px to input px."""
+def _shifted(projector, geometry: FieldGeometry):
+    """``projector`` seen from the canvas: window origins moved from canvas px to model-grid px."""
     def call(windows, origins, seeds):
-        return projector(windows, [(y0 - pad, x0 - pad) for y0, x0 in origins], seeds)
+        model = geometry.canvas_to_model(np.asarray(origins, dtype=np.int64).reshape(-1, 2))
+        return projector(windows, [(y0, x0) for y0, x0 in model.tolist()], seeds)
 
     return call
+
+
+def _seed_points(seeds, shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """``seeds`` (a [K, 2] array of (row, col) numbers) as float64 [K, 2]; with ``shape``, each checked
+    to lie on that grid (0 <= row <= rows - 1, 0 <= col <= cols - 1)."""
+    try:
+        arr = np.asarray(seeds.detach().cpu() if isinstance(seeds, torch.Tensor) else seeds)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError("seeds must be a [K, 2] array of (row, col) points") from None
+    if arr.dtype.kind not in "iuf" or not (arr.ndim == 2 and arr.shape[1] == 2 or arr.size == 0):
+        raise ValueError(f"seeds must be a [K, 2] array of (row, col) numbers, got shape {tuple(arr.shape)} "
+                         f"of {arr.dtype}")
+    sd = torch.as_tensor(arr.astype(np.float64)).reshape(-1, 2)
+    if shape is not None:
+        h, w = shape
+        bad = ~torch.isfinite(sd).all(1) | (sd[:, 0] < 0) | (sd[:, 0] > h - 1) | (sd[:, 1] < 0) | (sd[:, 1] > w - 1)
+        if bool(bad.any()):
+            raise ValueError(f"seeds must be (row, col) points on the {h} x {w} image; {int(bad.sum())} of {len(sd)} are not")
+    return sd
 
 
 class Pipeline:
@@ -275,12 +304,9 @@ class Pipeline:
         canonical already and used as it is: its values are not re-stretched (the reader leaves float
         data in [0, 1] alone too) and it is never mirrored."""
         prep = self.prepare(image, spacing=spacing, breast_mask=breast_mask, view=view)
-        mammo = prep.mammogram
-        if seeds is not None and not canonical and mammo is not None and mammo.flipped:
+        if seeds is not None and not canonical:
             # the caller's points are in the orientation the results come back in: the file's
-            sd = np.array(seeds, dtype=np.float64).reshape(-1, 2)
-            sd[:, 1] = prep.src_shape[1] - 1 - sd[:, 1]
-            seeds = sd
+            seeds = prep.geometry.stored_to_source(_seed_points(seeds))
         fr = self.network(prep, refine=refine, progress=progress, seeds=seeds, projector=projector)
         return self.finish(prep, fr, canonical=canonical)
 
@@ -304,11 +330,9 @@ class Pipeline:
             spacing = _check_api_spacing(spacing, tuple(img.shape))
         timings["read"] = time.perf_counter() - t
         t = time.perf_counter()
-        src_shape = tuple(img.shape)
-        img = img.to(self.device)
-        scale = spacing / MODEL_SPACING_MM
-        model_shape = (max(1, round(src_shape[0] * scale)), max(1, round(src_shape[1] * scale)))
-        x = _resample(img, model_shape, "area" if scale < 1 else "linear").contiguous()
+        geo = FieldGeometry.for_image(tuple(img.shape), spacing, MODEL_SPACING_MM, border_pad=self.border_pad,
+                                      flipped=mammo is not None and bool(mammo.flipped))
+        x = geo.to_model(img.to(self.device)).contiguous()
         timings["resample"] = time.perf_counter() - t
         t = time.perf_counter()
         bm_given = None
@@ -317,9 +341,9 @@ class Pipeline:
 
             bm_given, _ = as_tensor(breast_mask, "breast_mask")
             bm_given = bm_given.to("cpu").bool()
-            if tuple(bm_given.shape) != src_shape:
-                raise ValueError(f"breast_mask must match the image shape {src_shape}, got {tuple(bm_given.shape)}")
-            bm_given = (_resample(bm_given.float(), model_shape, "linear") >= 0.5).numpy()
+            if tuple(bm_given.shape) != geo.source_shape:
+                raise ValueError(f"breast_mask must match the image shape {geo.source_shape}, got {tuple(bm_given.shape)}")
+            bm_given = geo.mask_to_model(bm_given).numpy()
         if view is None and mammo is not None:
             view = mammo.view
         # one decision of where to search (mcgr.io.search_region): breast or the whole image when it
@@ -333,9 +357,7 @@ class Pipeline:
         pectoral = None
         if region.pectoral is not None:
             pectoral = {k: v for k, v in region.pectoral.items() if k != "boundary"}
-            ry, rx = src_shape[0] / model_shape[0], src_shape[1] / model_shape[1]
-            pectoral["boundary"] = [[round((py + 0.5) * ry - 0.5, 1), round((px + 0.5) * rx - 0.5, 1)]
-                                    for py, px in region.pectoral["boundary"]]
+            pectoral["boundary"] = _rounded(geo.model_to_source(np.asarray(region.pectoral["boundary"], np.float64)))
         timings["mask"] = time.perf_counter() - t
         t = time.perf_counter()
         # Reflect-pad the canvas: where tissue runs into the image border (the chest wall), a tile
@@ -343,83 +365,51 @@ class Pipeline:
         # segmentor fires along it. Padding by reflection moves that seam outside the image (three
         # regular phantoms: Dice 0.48/0.38/0.26 without, 0.62/0.42/0.28 with; neutral on the
         # sfm-benign-0 views, experiments/border_rules.py).
-        pad = min(self.border_pad, model_shape[0] - 1, model_shape[1] - 1)
-        if pad > 0:
-            x = torch.nn.functional.pad(x[None, None], (pad, pad, pad, pad), mode="reflect")[0, 0].contiguous()
-            bm_run = torch.nn.functional.pad(bm[None, None].float(), (pad, pad, pad, pad), mode="replicate")[0, 0] > 0.5
-        else:
-            bm_run = bm
-        grid = tile_grid(tuple(x.shape), tile=self.tile, overlap=self.overlap, breast_mask=bm_run)
+        x = geo.to_canvas(x, "reflect")
+        grid = tile_grid(tuple(x.shape), tile=self.tile, overlap=self.overlap, breast_mask=geo.to_canvas(bm, "replicate"))
         timings["grid"] = time.perf_counter() - t
-        seed_region = torch.nn.functional.pad(keep, (pad, pad, pad, pad)) if pad > 0 else keep
-        return Prepared(x=x, grid=grid, bm=bm, keep=keep, seed_region=seed_region, pad=pad, src_shape=src_shape,
-                        model_shape=model_shape, spacing=spacing, mammogram=mammo, timings=timings, pectoral=pectoral)
+        return Prepared(x=x, grid=grid, bm=bm, keep=keep, seed_region=geo.to_canvas(keep, "constant"), geometry=geo,
+                        mammogram=mammo, timings=timings, pectoral=pectoral)
 
     def network(self, prep: "Prepared", refine: bool = True, progress=None, seeds=None, projector=None):
         """The segmentor and TT-GPR on a :meth:`prepare`'d image: the canvas's field result (logits,
         uncertainty, timings), for :meth:`finish`. ``seeds``/``projector`` as :meth:`__call__`."""
-        pad, src_shape, model_shape = prep.pad, prep.src_shape, prep.model_shape
+        geo = prep.geometry
         canvas_seeds = None
         if seeds is not None:
-            try:
-                arr = np.asarray(seeds.detach().cpu() if isinstance(seeds, torch.Tensor) else seeds)
-            except (TypeError, ValueError, RuntimeError):
-                raise ValueError("seeds must be a [K, 2] array of (row, col) points") from None
-            if arr.dtype.kind not in "iuf" or not (arr.ndim == 2 and arr.shape[1] == 2 or arr.size == 0):
-                raise ValueError(f"seeds must be a [K, 2] array of (row, col) numbers, got shape {tuple(arr.shape)} "
-                                 f"of {arr.dtype}")
-            sd = torch.as_tensor(arr.astype(np.float64)).reshape(-1, 2)
-            h, w = src_shape
-            bad = ~torch.isfinite(sd).all(1) | (sd[:, 0] < 0) | (sd[:, 0] > h - 1) | (sd[:, 1] < 0) | (sd[:, 1] > w - 1)
-            if bool(bad.any()):
-                raise ValueError(f"seeds must be (row, col) points on the {h} x {w} image; {int(bad.sum())} of {len(sd)} are not")
-            # the resampling is corner-aligned (align_corners=False): centre i maps to (i + 0.5) r - 0.5
-            ry, rx = model_shape[0] / h, model_shape[1] / w
-            sd = torch.stack([((sd[:, 0] + 0.5) * ry - 0.5).clamp(0, model_shape[0] - 1),
-                              ((sd[:, 1] + 0.5) * rx - 0.5).clamp(0, model_shape[1] - 1)], 1)
-            canvas_seeds = (sd + max(pad, 0)).float().to(self.device)
+            sd = _seed_points(seeds, geo.source_shape)
+            canvas_seeds = geo.source_to_canvas(sd, clamp=True).float().to(self.device)
         fr = run_field(prep.x, prep.grid, self.seg, self.gen, self.config, refine_on=refine, backend=self.backend,
                        autocast=self.autocast, progress=progress, seed_region=prep.seed_region, seeds=canvas_seeds,
-                       projector=_shifted(projector, max(pad, 0)) if projector is not None else None)
+                       projector=_shifted(projector, geo) if projector is not None else None)
         return fr
 
     def finish(self, prep: "Prepared", fr, canonical: bool = True) -> Result:
         """Probability, mask, calcifications and clusters on the input's grid from :meth:`network`'s
         result (CPU-side post-processing; may run in another thread than :meth:`network`).
-        ``canonical=False``: a mirrored file's arrays and coordinates are given back as stored."""
-        pad, src_shape, model_shape, spacing = prep.pad, prep.src_shape, prep.model_shape, prep.spacing
-        bm, keep, mammo = prep.bm, prep.keep, prep.mammogram
+        ``canonical=False``: a mirrored file's arrays and coordinates are given back as stored.
+        A new :class:`Result`; ``prep`` and ``fr`` are left as they were."""
+        geo, spacing, mammo = prep.geometry, prep.spacing, prep.mammogram
         timings = dict(prep.timings)
         for k, v in fr.timings.items():
             timings[k] = timings.get(k, 0.0) + v
         t = time.perf_counter()
-        if pad > 0:
-            crop = (slice(pad, pad + model_shape[0]), slice(pad, pad + model_shape[1]))
-            fr.logits, fr.base_logits = fr.logits[crop], fr.base_logits[crop]
-            if fr.uncertainty is not None:
-                fr.uncertainty = fr.uncertainty[crop]
-        bm_dev = keep.to(self.device)
-        prob_m = torch.sigmoid(fr.logits) * bm_dev
-        base_m = torch.sigmoid(fr.base_logits) * bm_dev
-        unc_m = fr.uncertainty * bm_dev if fr.uncertainty is not None else None
-        mode = "linear"
-        prob = _resample(prob_m, src_shape, mode).clamp(0, 1).cpu()
-        base = _resample(base_m, src_shape, mode).clamp(0, 1).cpu()
-        unc = _resample(unc_m, src_shape, mode).clamp(min=0).cpu() if unc_m is not None else None
-        bm_src = (_resample(bm.float(), src_shape, "linear") >= 0.5) if tuple(bm.shape) != src_shape else bm
-        bm_src = bm_src.cpu()
+        keep = prep.keep.to(self.device)
+        prob = geo.to_source(torch.sigmoid(geo.crop_canvas(fr.logits)) * keep).clamp(0, 1).cpu()
+        base = geo.to_source(torch.sigmoid(geo.crop_canvas(fr.base_logits)) * keep).clamp(0, 1).cpu()
+        unc = None
+        if fr.uncertainty is not None:
+            unc = geo.to_source(geo.crop_canvas(fr.uncertainty) * keep).clamp(min=0).cpu()
+        bm_src = geo.mask_to_source(prep.bm.cpu())
         pectoral = prep.pectoral
-        orientation = "canonical"
-        if not canonical and mammo is not None and mammo.flipped:
+        orientation = "source" if mammo is not None and not canonical else "canonical"
+        if orientation == "source" and geo.flipped:
             # the file's own orientation: every array and coordinate mirrored once, here
-            prob, base, bm_src = prob.flip(-1), base.flip(-1), bm_src.flip(-1)
-            unc = unc.flip(-1) if unc is not None else None
-            w = src_shape[1]
+            prob, base, bm_src = geo.to_stored(prob), geo.to_stored(base), geo.to_stored(bm_src)
+            unc = geo.to_stored(unc) if unc is not None else None
             if pectoral is not None:
-                pectoral = dict(pectoral, boundary=[[y, round(w - 1 - x, 1)] for y, x in pectoral.get("boundary", [])])
-            orientation = "source"
-        elif mammo is not None:
-            orientation = "source" if not canonical else "canonical"
+                boundary = np.asarray(pectoral.get("boundary", []), np.float64).reshape(-1, 2)
+                pectoral = dict(pectoral, boundary=_rounded(geo.source_to_stored(boundary)))
         mask = prob >= self.config.threshold
         dets = detections_from_prob(prob, spacing, self.config.threshold, uncertainty=unc, low=HYSTERESIS_LOW,
                                     merge_mm=MERGE_MM)

@@ -37,12 +37,19 @@ def output_length(n_in: int, from_mm: float, to_mm: float) -> int:
     return max(1, int(round(n_in * from_mm / to_mm)))
 
 
+def regrid_px(c, from_mm: float, to_mm: float):
+    """Pixel-centre coordinates ``c`` on a grid at ``from_mm`` as coordinates on the grid at ``to_mm``
+    (both corner-aligned, module docstring): ``(c + 0.5) * from_mm / to_mm - 0.5``, where
+    :func:`resample` puts what lay at ``c``. Any array kind that does arithmetic; no clamping."""
+    return (c + 0.5) * (from_mm / to_mm) - 0.5
+
+
 def _taps(n_in: int, n_out: int, from_mm: float, to_mm: float, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """``(idx [n_out, K] int64, w [n_out, K] float32)``: output ``j = sum_k w[j, k] * input[idx[j, k]]``."""
     r = to_mm / from_mm  # output pixel length in input pixels
     j = np.arange(n_out, dtype=np.float64)
     if mode == "linear":
-        u = np.clip((j + 0.5) * r - 0.5, 0.0, n_in - 1)
+        u = np.clip(regrid_px(j, to_mm, from_mm), 0.0, n_in - 1)  # the output centres on the input grid
         i0 = np.floor(u).astype(np.int64)
         i1 = np.minimum(i0 + 1, n_in - 1)
         f = u - i0
@@ -236,9 +243,8 @@ class ModelTransform:
 
     def model_to_source_px(self, y, x):
         """Canonical model-grid pixel coordinates (y, x) -> source (row, col), float, same shapes."""
-        s = self.scale
-        row = (np.asarray(y, dtype=np.float64) + 0.5) * s - 0.5
-        col = (np.asarray(x, dtype=np.float64) + 0.5) * s - 0.5
+        row = regrid_px(np.asarray(y, dtype=np.float64), self.model_mm, self.source_mm)
+        col = regrid_px(np.asarray(x, dtype=np.float64), self.model_mm, self.source_mm)
         if self.flipped:
             col = self.source_shape[1] - 1 - col
         return row, col
@@ -249,8 +255,7 @@ class ModelTransform:
         col = np.asarray(col, dtype=np.float64)
         if self.flipped:
             col = self.source_shape[1] - 1 - col
-        s = self.scale
-        return (row + 0.5) / s - 0.5, (col + 0.5) / s - 0.5
+        return regrid_px(row, self.source_mm, self.model_mm), regrid_px(col, self.source_mm, self.model_mm)
 
 
 def check_model_grid(shape, spacing_mm: float, model_mm: float = MODEL_SPACING_MM, *,
