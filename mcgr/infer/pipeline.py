@@ -397,9 +397,11 @@ class Pipeline:
         keep = prep.keep.to(self.device)
         prob = geo.to_source(torch.sigmoid(geo.crop_canvas(fr.logits)) * keep).clamp(0, 1).cpu()
         base = geo.to_source(torch.sigmoid(geo.crop_canvas(fr.base_logits)) * keep).clamp(0, 1).cpu()
-        unc = None
+        unc = vote = None
         if fr.uncertainty is not None:
             unc = geo.to_source(geo.crop_canvas(fr.uncertainty) * keep).clamp(min=0).cpu()
+        if fr.uncertainty is not None and fr.vote is not None:  # TT-GPR ran: each detection keeps its q
+            vote = geo.to_source(geo.crop_canvas(fr.vote) * keep).clamp(0, 1).cpu()
         bm_src = geo.mask_to_source(prep.bm.cpu())
         pectoral = prep.pectoral
         orientation = "source" if mammo is not None and not canonical else "canonical"
@@ -407,12 +409,16 @@ class Pipeline:
             # the file's own orientation: every array and coordinate mirrored once, here
             prob, base, bm_src = geo.to_stored(prob), geo.to_stored(base), geo.to_stored(bm_src)
             unc = geo.to_stored(unc) if unc is not None else None
+            vote = geo.to_stored(vote) if vote is not None else None
             if pectoral is not None:
                 boundary = np.asarray(pectoral.get("boundary", []), np.float64).reshape(-1, 2)
                 pectoral = dict(pectoral, boundary=_rounded(geo.source_to_stored(boundary)))
         mask = prob >= self.config.threshold
+        # with TT-GPR a detection carries the numbers its score was made of: the base model's
+        # probability and the generator's vote (the maxima over the object's pixels)
+        evidence = {"base_prob": base, "generator_vote": vote} if vote is not None else None
         dets = detections_from_prob(prob, spacing, self.config.threshold, uncertainty=unc, low=HYSTERESIS_LOW,
-                                    merge_mm=MERGE_MM)
+                                    merge_mm=MERGE_MM, evidence=evidence)
         clusters = clusters_from_detections(dets, spacing)
         timings["detect"] = time.perf_counter() - t
         return Result(prob=prob, mask=mask, uncertainty=unc, base_prob=base, detections=dets, clusters=clusters,

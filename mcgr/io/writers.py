@@ -146,7 +146,7 @@ def write_outputs(out_dir, stem: str, mammogram: Mammogram, prob_canonical, mask
     ``prob_canonical`` (float [h, w] in [0, 1]) and ``mask_canonical`` (bool [h, w]) are on the
     canonical model grid (``model_mm``) or on the grid of ``mammogram.image``; ``uncertainty`` the same
     shape (optional). ``detections``: dicts ``{"id", "y", "x", "area_px", "peak_prob", "cluster"[,
-    "confidence"]}`` with y, x in canonical model-grid pixels and area in model-grid pixels;
+    "confidence", "base_prob", "generator_vote"]}`` with y, x in canonical model-grid pixels and area in model-grid pixels;
     ``clusters``: dicts ``{"id", "members", "y", "x"}``. ``outputs``: the kinds to write
     (:func:`output_set`; default :data:`DEFAULT_OUTPUTS`); "seg" is written for DICOM input only and
     "uncertainty" only when ``uncertainty`` is given. Returns ``{kind: path}`` of the files written.
@@ -266,6 +266,9 @@ def _records(t: ModelTransform, dets: list[dict], cls: list[dict]) -> tuple[list
             rec["morphology"] = str(d["morphology"])
         if "confidence" in d:
             rec["confidence"] = round(float(d["confidence"]), 4)
+        for k in ("base_prob", "generator_vote"):  # TT-GPR: the numbers the detection's score was made of
+            if k in d:
+                rec[k] = round(float(d[k]), 6)
         rows.append(rec)
     crow = []
     for c in cls:

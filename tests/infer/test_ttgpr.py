@@ -238,3 +238,31 @@ def test_the_pipeline_gives_a_projector_origins_in_input_pixels():
     # two spots, each window centred near its seed (clamped to the canvas)
     assert len(seen) == 2 and all(abs(y0 + 16 - sy) <= 8 and abs(x0 + 16 - sx) <= 8
                                   for (y0, x0), (sy, sx) in zip(sorted(seen), [(40, 50), (70, 20)]))
+
+
+def test_verify_rule_detections_keep_the_base_probability_and_the_generator_vote():
+    """refine_rule "verify" through the pipeline: a projector that returns each window as it is
+    makes q = p at every pixel a window covers (the segmentor is pointwise), so the written score
+    is p^2 there, and each detection's base_prob / generator_vote is the maximum of p over its
+    pixels (closed form on the spot's known intensity)."""
+    from mcgr.infer.pipeline import Pipeline
+
+    img = torch.zeros(150, 150)
+    img[60:63, 70:73] = 0.3   # logit -15 + 55 x 0.3 = 1.5: p = sigmoid(1.5) = 0.8176 on 9 px
+    img[61, 71] = 0.32        # the peak: logit 2.6, p 0.9309
+    cfg = TTGPRConfig(refine_rule="verify", tau_seed=0.05, projections=1, window=32, threshold=0.5)
+    pipe = Pipeline(_StepSeg(), None, config=cfg, autocast=False, border_pad=32, skin_margin_mm=0.0,
+                    border_margin_mm=0.0, drop_scan_lines=False)
+    res = pipe(img, spacing=0.07, breast_mask=torch.ones(150, 150, dtype=torch.bool),
+               projector=lambda windows, origins, seeds: windows)
+    p_peak, p_ring = 1 / (1 + math.exp(-2.6)), 1 / (1 + math.exp(-1.5))
+    assert float(res.base_prob[61, 71]) == pytest.approx(p_peak, abs=1e-4)
+    assert float(res.prob[61, 71]) == pytest.approx(p_peak ** 2, abs=1e-4)
+    assert float(res.prob[60, 70]) == pytest.approx(p_ring ** 2, abs=1e-4)
+    assert len(res.detections) == 1
+    d = res.detections[0]
+    assert d["base_prob"] == pytest.approx(p_peak, abs=1e-4)
+    assert d["generator_vote"] == pytest.approx(p_peak, abs=1e-4)
+    assert d["peak_prob"] == pytest.approx(p_peak ** 2, abs=1e-4)
+    base_only = pipe(img, spacing=0.07, breast_mask=torch.ones(150, 150, dtype=torch.bool), refine=False)
+    assert "generator_vote" not in base_only.detections[0]  # without TT-GPR there is no vote to report

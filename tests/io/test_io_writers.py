@@ -47,6 +47,7 @@ def test_outputs_line_up_with_the_source(tmp_path, laterality):
     _, t = to_model_spacing(m)
     points = [(100, 40), (104, 47), (97, 52)]
     prob, mask, dets, clusters = _detections(t, points)
+    dets[0].update(base_prob=0.8123456, generator_vote=0.25)  # a TT-GPR detection's two numbers
     unc = np.full(t.model_shape, 0.25, np.float32)
     paths = write_outputs(tmp_path / "out", "case", m, prob, mask, dets, clusters, uncertainty=unc,
                           outputs=OUTPUT_KINDS)
@@ -71,6 +72,8 @@ def test_outputs_line_up_with_the_source(tmp_path, laterality):
         assert abs(d["row"] - r) <= 0.7 and abs(d["col"] - c) <= 0.7, (d, r, c)
         assert d["y_mm"] == pytest.approx(d["row"] * 0.05) and d["x_mm"] == pytest.approx(d["col"] * 0.05)
         assert d["area_mm2"] == pytest.approx(0.07**2) and d["cluster"] == 1 and d["peak_prob"] == 0.9
+    assert doc["detections"][0]["base_prob"] == 0.812346 and doc["detections"][0]["generator_vote"] == 0.25
+    assert "base_prob" not in doc["detections"][1] and "generator_vote" not in doc["detections"][1]
 
     seg = pydicom.dcmread(paths["seg"])
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
