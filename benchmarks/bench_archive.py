@@ -244,10 +244,9 @@ def mcgr_side(side: str, inputs: Path, out: Path, models: Path | None, args) -> 
         from mcgr.archive.inputs import iter_inputs
         from mcgr.archive.run_folder import RunFolder
         from mcgr.infer.loader import load_models
-        from mcgr.infer.pipeline import Pipeline
 
         torch.set_num_threads(args.threads)
-        pipe = Pipeline(load_models(models, refine=False).seg, None, device=args.device)
+        pipe = load_models(models, refine=False).pipeline(device=args.device)
         t = time.perf_counter()
         with RunFolder(out, {"refine": False}, resume=False) as run:
             run_local(iter_inputs([str(inputs)], exclude=[out]), pipe, run, Tally())
