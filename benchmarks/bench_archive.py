@@ -17,7 +17,7 @@ with texture) into a temporary folder and runs, side by side, with the same torc
   (the local engine: prefetch reader and write-behind writer around the networks; the default output
   set: mask PNG, overlay, JSON, DICOM SEG, and the manifest; ``--outputs`` passes another set).
 - ``base-serial``: the same pipeline and outputs through the serial engine
-  (``mcgr.infer.archive.run_local``), to show what the overlap buys.
+  (``mcgr.archive.engine.run_local``), to show what the overlap buys.
 - ``ray``: ``mcgr infer --engine ray`` with one worker per core (optional).
 
 Per side: wall time from the first read to the last output written (model loading and a one-image
@@ -240,16 +240,16 @@ def mcgr_side(side: str, inputs: Path, out: Path, models: Path | None, args) -> 
 
     refine = side.startswith("ttgpr")
     if side == "base-serial":
-        from mcgr.infer import archive
-        from mcgr.infer.cli import load_models
-        from mcgr.infer.pipeline import Pipeline
+        from mcgr.archive.engine import Tally, run_local
+        from mcgr.archive.inputs import iter_inputs
+        from mcgr.archive.run_folder import RunFolder
+        from mcgr.infer.loader import load_models
 
         torch.set_num_threads(args.threads)
-        ms, _ = load_models(str(models) if models else None, False)
-        pipe = Pipeline(ms["seg"], None, device=args.device)
+        pipe = load_models(models, refine=False).pipeline(device=args.device)
         t = time.perf_counter()
-        with archive.RunFolder(out, {"refine": False}, resume=False) as run:
-            archive.run_local(archive.iter_inputs([str(inputs)], exclude=[out]), pipe, run, archive.Tally())
+        with RunFolder(out, {"refine": False}, resume=False) as run:
+            run_local(iter_inputs([str(inputs)], exclude=[out]), pipe, run, Tally())
         rc = 0
     else:
         argv = ["infer", str(inputs), "--out", str(out), "--quiet", "--device", args.device, "--threads", str(args.threads)]
@@ -282,16 +282,14 @@ def footprint(tmp: Path, models: Path | None, args) -> list[dict]:
 
     from PIL import Image
 
-    from mcgr.infer.cli import load_models
-    from mcgr.infer.pipeline import Pipeline, operating_config
+    from mcgr.infer.loader import load_models
     from mcgr.io import write_outputs
     from mcgr.io.maps import encode_map
     from mcgr.io.writers import DEFAULT_OUTPUTS, _transform_for
 
     write_archive(tmp / "fp", 1, tuple(args.size), seed=2)
     path = str(next((tmp / "fp").glob("*.dcm")))
-    ms, _ = load_models(str(models) if models else None, True)
-    pipe = Pipeline(ms["seg"], ms["rf"], config=operating_config(ms["seg"]), device=args.device)
+    pipe = load_models(models).pipeline(device=args.device)
     shape = f"{args.size[0]}x{args.size[1]}"
     rows = []
     for refine in (False, True):

@@ -1,7 +1,7 @@
 """What every ``mcgr`` command line shares: the user-facing error and the argparse value types.
 
 Kept below the commands (stdlib only) so that :mod:`mcgr.cli` and each stage's own CLI
-(:mod:`mcgr.infer.cli`, :mod:`mcgr.eval.cli`, :mod:`mcgr.train.cli`) import it without importing one another.
+(:mod:`mcgr.archive.cli`, :mod:`mcgr.eval.cli`, :mod:`mcgr.train.cli`) import it without importing one another.
 """
 from __future__ import annotations
 

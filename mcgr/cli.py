@@ -102,7 +102,7 @@ def check_synth_memory(args) -> None:
 
 @subcommand
 def _add_infer(sub) -> None:
-    from mcgr.infer.cli import add_arguments
+    from mcgr.archive.cli import add_arguments
 
     p = sub.add_parser("infer", help="segment microcalcifications in mammograms (files, folders, globs, manifests)",
                        description="Full-field MC segmentation with TT-GPR; one result folder and one manifest.jsonl "
@@ -112,7 +112,7 @@ def _add_infer(sub) -> None:
 
 
 def _infer(args) -> int:
-    from mcgr.infer.cli import run
+    from mcgr.archive.cli import run
 
     return run(args)
 

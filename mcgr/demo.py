@@ -87,6 +87,14 @@ def check_demo_size(size: tuple[int, int]) -> None:
                f"--size {h}x{w}: a {h} x {w} px phantom and its segmentation")
 
 
+def demo_pipeline(models: str | None = None, device: str = "cpu", backend: str = "auto"):
+    """The demo's pipeline: the models in ``models`` (None: the shipped weights) at their operating
+    threshold, loaded as every command loads them (:meth:`mcgr.infer.pipeline.Pipeline.from_pretrained`)."""
+    from mcgr.infer.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(models or None, device=device, backend=backend)
+
+
 def run_demo(out: str | Path = "mcgr-demo", seed: int = 0, size: tuple[int, int] = (1536, 1152), faint: bool = True,
              device: str = "cpu", backend: str = "auto", models: str | None = None, quiet: bool = False,
              force: bool = False) -> dict:
@@ -96,7 +104,6 @@ def run_demo(out: str | Path = "mcgr-demo", seed: int = 0, size: tuple[int, int]
     from PIL import Image
 
     from mcgr import MODEL_SPACING_MM
-    from mcgr.infer.pipeline import Pipeline
     from mcgr.io.reader import Mammogram
     from mcgr.io.writers import OUTPUT_KINDS, write_outputs
     from mcgr.synth.phantom import breast_phantom
@@ -110,13 +117,7 @@ def run_demo(out: str | Path = "mcgr-demo", seed: int = 0, size: tuple[int, int]
     ph = breast_phantom(size[0], size[1], seed=seed, faint=faint)
     say(f"phantom: {size[0]} x {size[1]} px at {MODEL_SPACING_MM} mm, {len(ph.centres)} calcifications "
         f"({'fainter than the training median' if faint else 'at the training median'}), seed {seed}")
-    if models:
-        from mcgr.models import load_model
-
-        pipe = Pipeline(load_model(Path(models) / "seg", device=device, kind="seg"),
-                        load_model(Path(models) / "rf", device=device, kind="rf"), device=device, backend=backend)
-    else:
-        pipe = Pipeline.from_pretrained(device=device, backend=backend)
+    pipe = demo_pipeline(models, device=device, backend=backend)
     res = pipe(ph.image, spacing=MODEL_SPACING_MM, breast_mask=ph.breast)
     thr = pipe.config.threshold
     base = score(res.base_prob, ph.truth, ph.breast, MODEL_SPACING_MM, thr)

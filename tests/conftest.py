@@ -1,7 +1,12 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# The infer tests build their tiny models and mammogram folders with the archive tests' factory.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "archive"))
 
 # Triton kernels run on CPU tensors in the interpreter when no GPU is present. Set before any
 # import of triton so that every test sees the same mode.

@@ -2,12 +2,16 @@
 and ``importlib.import_module("mcgr....")`` calls), and no two modules import each other, directly or
 around a loop.
 
-    helpers (the package root's constants, _validate, _interop, _backends, _arguments, geometry, ...)
+    helpers (the package root's constants, _validate, _interop, _backends, _arguments, _digest, geometry, ...)
     < ops and the Triton kernels (the top-level kernels/ package, shipped as mcgr.kernels)
-    < io < models < synth < infer < eval < train < applications (cli, demo, info, __main__)
+    < io < models < synth < infer < archive < eval < train < applications (cli, demo, info, __main__)
 
-infer, eval and train are one stage layer; inside it inference uses neither evaluation nor training,
-evaluation runs inference, and training evaluates its model cards. A new top-level module must be
+infer is the algorithm (the pipeline, TT-GPR, the model loader) and uses no stage above it. archive
+is the batch service of ``mcgr infer`` (inputs, result store, engines, its command line): it runs
+inference and uses neither evaluation nor training. Evaluation runs inference (not the archive).
+Training sits above archive because ``mcgr adapt`` takes its images in the archive's input forms
+(files, folders, globs, manifests: ``mcgr.archive.inputs``), and above eval because it evaluates
+its model cards; nothing below imports training, so no cycle arises. A new top-level module must be
 placed here (the test fails on an unknown one), so the layering stays a decision. The package root
 re-exports Pipeline lazily and sits above everything; ``mcgr._backends`` loads ``mcgr.ops.<op>`` by
 name, the registry the ops register their launchers into (REGISTRY below): both stay out of the
@@ -28,20 +32,21 @@ REGISTRY = {("mcgr._backends", "mcgr.ops")}  # (importer, imported by name): the
 
 # rank of each first-level name under mcgr; equal ranks may import each other
 LAYERS = {
-    "_C": 0, "_validate": 0, "_interop": 0, "_backends": 0, "_arguments": 0, "_memory": 0,
+    "_C": 0, "_validate": 0, "_interop": 0, "_backends": 0, "_arguments": 0, "_memory": 0, "_digest": 0,
     "geometry": 0,
     "ops": 1, "kernels": 1,
     "io": 2,
     "models": 3,
     "synth": 4,
     "infer": 5,
-    "eval": 6,
-    "train": 7,
-    "cli": 8, "demo": 8, "info": 8, "__main__": 8,
+    "archive": 6,
+    "eval": 7,
+    "train": 8,
+    "cli": 9, "demo": 9, "info": 9, "__main__": 9,
 }
-LAYER_NAMES = {0: "helpers", 1: "ops", 2: "io", 3: "models", 4: "synth", 5: "infer", 6: "eval", 7: "train",
-               8: "applications"}
-ROOT_FACADE = 9  # mcgr/__init__.py re-exports Pipeline lazily: it sits above everything it names
+LAYER_NAMES = {0: "helpers", 1: "ops", 2: "io", 3: "models", 4: "synth", 5: "infer", 6: "archive", 7: "eval",
+               8: "train", 9: "applications"}
+ROOT_FACADE = 10  # mcgr/__init__.py re-exports Pipeline lazily: it sits above everything it names
 
 
 def _root_constants() -> set[str]:

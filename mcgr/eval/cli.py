@@ -4,6 +4,9 @@ Methods: ``base`` (the synthetic-only segmentor), ``ttgpr`` (the full pipeline w
 pipeline run gives both), ``dog`` and ``tophat`` (the classic baselines of
 :mod:`mcgr.eval.baselines`). Every method sees the same canonical image and the same breast mask
 (the dataset's, else :func:`mcgr.io.breast_mask`); maps are evaluated on the image's own grid.
+The pipeline is the one every command loads from the model folder (:func:`mcgr.infer.loader.load_models`),
+at the models' operating threshold (TT-GPR keeps the base's detections above it); the report
+scores every map at ``--threshold``.
 """
 from __future__ import annotations
 
@@ -82,8 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def ttgpr_config(text: str):
-    """A :class:`mcgr.infer.ttgpr.TTGPRConfig` with ``KEY=VALUE,...`` overrides (top-level fields)."""
+def ttgpr_overrides(text: str) -> dict:
+    """``{field: value}`` of ``--ttgpr KEY=VALUE,...`` (top-level :class:`mcgr.infer.ttgpr.TTGPRConfig`
+    fields), or a CLIError naming the item."""
     from mcgr._arguments import CLIError
     from mcgr.infer.ttgpr import TTGPRConfig
 
@@ -100,8 +104,16 @@ def ttgpr_config(text: str):
             kw[key] = types[key](val.strip()) if types[key] is not bool else val.strip().lower() in ("1", "true", "yes")
         except ValueError:
             raise CLIError(f"--ttgpr: {key} needs a {types[key].__name__}, got {val!r}") from None
+    return kw
+
+
+def ttgpr_config(text: str):
+    """A :class:`mcgr.infer.ttgpr.TTGPRConfig` with ``KEY=VALUE,...`` overrides (top-level fields)."""
+    from mcgr._arguments import CLIError
+    from mcgr.infer.ttgpr import TTGPRConfig
+
     try:
-        return dataclasses.replace(cfg, **kw).validated()
+        return dataclasses.replace(TTGPRConfig(), **ttgpr_overrides(text)).validated()
     except ValueError as exc:
         raise CLIError(f"--ttgpr: {exc}") from None
 
@@ -130,26 +142,22 @@ def _dataset(args):
 
 
 def _pipeline(args):
+    """The pipeline of ``--models`` (default: the shipped weights) as every command loads it
+    (:func:`mcgr.infer.loader.load_models`): at the models' operating threshold unless ``--ttgpr``
+    sets ``threshold``; the generator only when TT-GPR is evaluated."""
     from mcgr._arguments import CLIError
-    from mcgr.infer.pipeline import Pipeline
-    from mcgr.models import CheckpointError, load_model, load_pretrained
+    from mcgr.infer.loader import ModelFolderError, load_models
+    from mcgr.models import CheckpointError
 
     cfg = ttgpr_config(args.ttgpr)
-    need_rf = "ttgpr" in args.methods
+    threshold = cfg.threshold if "threshold" in ttgpr_overrides(args.ttgpr) else None
     try:
-        if args.models:
-            root = Path(args.models)
-            for sub in ("seg",) + (("rf",) if need_rf else ()):
-                if not (root / sub / "config.json").is_file():
-                    raise CLIError(f"--models {root}: no {sub}/config.json (expected {sub}/ written by mcgr.models.save_model)")
-            seg = load_model(root / "seg", device="cpu", kind="seg")
-            gen = load_model(root / "rf", device="cpu", kind="rf") if need_rf else None
-        else:
-            seg = load_pretrained("seg")
-            gen = load_pretrained("rf") if need_rf else None
+        loaded = load_models(args.models, refine="ttgpr" in args.methods, threshold=threshold, argument="--models")
+    except ModelFolderError as exc:
+        raise CLIError(str(exc)) from None
     except CheckpointError as exc:
         raise CLIError(f"cannot load the models: {exc}") from None
-    return Pipeline(seg, gen, config=cfg, device=args.device, backend=args.backend, tile=args.tile)
+    return loaded.pipeline(cfg, device=args.device, backend=args.backend, tile=args.tile)
 
 
 def _prepare_out(out: Path, force: bool) -> None:

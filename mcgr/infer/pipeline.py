@@ -258,27 +258,18 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, models=None, device="cpu", backend: str = "auto", config: TTGPRConfig | None = None,
-                        fp_per_image: float | None = None, **kw) -> "Pipeline":
+                        fp_per_image: float | None = None, threshold: float | None = None, refine: bool = True,
+                        **kw) -> "Pipeline":
         """The pipeline with the models in folder ``models`` (``seg/`` and ``rf/``, e.g. written by
-        ``mcgr adapt``), or with the weights shipped in the package when None; at the segmentor's
-        operating threshold, or at the point of its calibration curve for ``fp_per_image`` false
-        objects per image (:func:`operating_point`), unless ``config`` is given."""
-        from pathlib import Path
+        ``mcgr adapt``), or with the weights shipped in the package when None, loaded as every mcgr
+        command loads them (:func:`mcgr.infer.loader.load_models`): ``config`` (default
+        :class:`TTGPRConfig`) at the segmentor's operating threshold, or at the point of its
+        calibration curve for ``fp_per_image`` false objects per image (:func:`operating_point`),
+        or at ``threshold`` when given. ``refine=False``: the segmentor alone (no TT-GPR)."""
+        from mcgr.infer.loader import load_models
 
-        from mcgr.models import load_model, load_pretrained
-
-        if models is None:
-            seg = load_pretrained("seg", device=device)
-            gen = load_pretrained("rf", device=device)
-        else:
-            root = Path(models)
-            for k in ("seg", "rf"):
-                if not (root / k / "model.safetensors").is_file() or not (root / k / "config.json").is_file():
-                    raise FileNotFoundError(f"models {root}: no {k} model in {root / k} (model.safetensors + config.json)")
-            seg = load_model(root / "seg", device=device, kind="seg")
-            gen = load_model(root / "rf", device=device, kind="rf")
-        return cls(seg, gen, config=config or operating_config(seg, fp_per_image=fp_per_image), device=device,
-                   backend=backend, **kw)
+        loaded = load_models(models, refine=refine, fp_per_image=fp_per_image, threshold=threshold, device=device)
+        return cls(loaded.seg, loaded.rf, config=loaded.config(config), device=device, backend=backend, **kw)
 
     def __call__(self, image, spacing: float | None = None, refine: bool = True, breast_mask=None,
                  progress=None, seeds=None, projector=None, view: str | None = None, canonical: bool = False) -> Result:

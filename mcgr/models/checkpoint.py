@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from mcgr._digest import file_sha256
 from mcgr.models.unet import UNet, UNetConfig
 
 KINDS = ("seg", "rf")
@@ -37,24 +38,13 @@ class UnverifiedWeightsWarning(UserWarning):
     """A model folder whose config records no sha256 of its weights (written before it was recorded)."""
 
 
-def weights_sha256(path: str | os.PathLike) -> str:
-    """sha256 (hex) of a weights file, streamed."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_model_config(cfg: dict, directory: str | os.PathLike) -> dict:
     """Write ``directory/config.json`` from ``cfg`` with ``weights_sha256`` set to the digest of the
     ``model.safetensors`` beside it (every writer of a model folder's config goes through here, so
     each new folder carries its hash). Returns the config written."""
     directory = Path(directory)
     cfg = dict(cfg)
-    cfg["weights_sha256"] = weights_sha256(directory / "model.safetensors")
+    cfg["weights_sha256"] = file_sha256(directory / "model.safetensors")
     write_json(cfg, directory / "config.json")
     return cfg
 
@@ -183,7 +173,7 @@ def check_weights(directory: str | os.PathLike, cfg: dict) -> None:
         raise CheckpointError(f"{directory / 'config.json'}: weights_sha256 must be a 64-digit hex sha256, got {want!r}")
     if not wpath.is_file():
         raise FileNotFoundError(f"{wpath}: no such file")
-    got = weights_sha256(wpath)
+    got = file_sha256(wpath)
     if got != want.lower():
         raise CheckpointError(f"{wpath}: sha256 {got} differs from the weights_sha256 {want} its config records: "
                               f"the weights are damaged or not the ones this config describes")

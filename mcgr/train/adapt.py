@@ -76,7 +76,7 @@ class Plan:
 
 def _key(path: str, used: set) -> str:
     """A unique, file-name-safe key for one input: its name without the image suffix."""
-    from mcgr.infer.archive import strip_image_suffix
+    from mcgr.archive.inputs import strip_image_suffix
 
     stem = strip_image_suffix(Path(path).name)
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem) or "image"
@@ -90,18 +90,15 @@ def _key(path: str, used: set) -> str:
 
 def list_inputs(specs, spacing: float | None) -> list[dict]:
     """The adaptation's images from ``mcgr infer``'s input forms (files, folders, globs, manifests)."""
-    from mcgr.infer.archive import ArchiveError, iter_inputs
+    from mcgr.archive.inputs import iter_inputs
 
     out, used, bad = [], set(), []
-    try:
-        for it in iter_inputs(specs):
-            if it.error:
-                bad.append(f"{it.origin or it.path}: {it.error}")
-                continue
-            out.append({"path": it.path, "key": _key(it.path, used),
-                        "spacing": it.spacing if it.spacing is not None else spacing})
-    except ArchiveError as exc:
-        raise AdaptError(str(exc)) from None
+    for it in iter_inputs(specs):  # a spec that names nothing is an item with its error, never an exception
+        if it.error:
+            bad.append(f"{it.origin or it.path}: {it.error}")
+            continue
+        out.append({"path": it.path, "key": _key(it.path, used),
+                    "spacing": it.spacing if it.spacing is not None else spacing})
     if bad:
         raise AdaptError("unusable inputs: " + "; ".join(bad[:5]) + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""))
     if not out:
@@ -127,7 +124,7 @@ class Adaptation:
                 "plan": self.plan.identity(), "fp_per_image": self.fp_per_image, "init": self.init}
 
     def open(self, resume: bool) -> dict:
-        from mcgr.infer.archive import file_sha256
+        from mcgr._digest import file_sha256
 
         for it in self.items:
             it.setdefault("sha256", file_sha256(it["path"]))

@@ -2,7 +2,7 @@
 files, on this machine (``--engine local``) or on a Ray cluster (``--engine ray``).
 
 Per input: the files of :func:`mcgr.io.write_outputs` in ``DIR/<key>/`` and one line of
-``DIR/manifest.jsonl`` (see :mod:`mcgr.infer.archive` for the layout, the commit protocol and
+``DIR/manifest.jsonl`` (see :mod:`mcgr.archive` for the layout, the commit protocol and
 ``--resume``). A bad input is reported and the run goes on; the exit status tells a scheduler how
 the run went (``EXIT_STATUS``).
 """
@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 ENGINES = ("local", "ray")
+TILE, OVERLAP = 256, 0.25
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 EXIT_STATUS = (f"exit status: {EXIT_OK} every input done (or already complete); {EXIT_SOME_FAILED} some inputs "
                f"failed (the others are done; reasons in the manifest); {EXIT_ERROR} nothing done (every input "
@@ -114,41 +115,22 @@ def check_backend(text: str) -> str:
     return text
 
 
-def load_models(models_dir: str | None, refine: bool) -> tuple[dict, dict]:
-    """``({kind: UNet on the CPU}, {kind: {"source", "sha256"}})`` for "seg" and, when ``refine``, "rf",
-    from ``models_dir/<kind>`` or the shipped weights; a CLIError says how to get missing ones."""
-    from mcgr.infer.archive import file_sha256
+def load_models(models_dir: str | None, refine: bool, fp_per_image: float | None = None):
+    """The models of ``--models`` (None: the shipped weights) through the one loader of every
+    command (:func:`mcgr.infer.loader.load_models`), its errors as one-line CLIErrors."""
     from mcgr._arguments import CLIError
-    from mcgr.models import WEIGHTS_DIR, CheckpointError, load_model
+    from mcgr.infer.loader import ModelFolderError
+    from mcgr.infer.loader import load_models as load
+    from mcgr.models import CheckpointError
 
-    kinds = ("seg", "rf") if refine else ("seg",)
-    if models_dir is None:
-        root = WEIGHTS_DIR
-        missing = [k for k in kinds if not (root / k / "model.safetensors").is_file()]
-        if missing:
-            need = " and ".join(f"`mcgr train {k} --config default --out runs/{k}` + "
-                                f"`python -m mcgr.train.ship {k} runs/{k}`" for k in missing)
-            raise CLIError(f"no shipped {'/'.join(missing)} weights in {root}: train and install them with {need}, "
-                           f"or pass --models DIR holding seg/ and rf/ model folders"
-                           + (" (--no-refine needs seg/ only)" if refine else ""))
-    else:
-        root = Path(models_dir)
-        if not root.is_dir():
-            raise CLIError(f"--models {models_dir}: no such folder")
-        for k in kinds:
-            if not (root / k / "model.safetensors").is_file() or not (root / k / "config.json").is_file():
-                raise CLIError(f"--models {models_dir}: no {k} model in {root / k} (model.safetensors + config.json, "
-                               f"as written by `mcgr train {k}` in <run>/model)"
-                               + (" (--no-refine needs seg/ only)" if k == "rf" else ""))
-    models, info = {}, {}
-    for k in kinds:
-        d = root / k
-        try:
-            models[k] = load_model(d, device="cpu", kind=k)
-        except CheckpointError as e:
-            raise CLIError(str(e)) from None
-        info[k] = {"source": str(d.resolve()), "sha256": file_sha256(d / "model.safetensors")}
-    return models, info
+    try:
+        return load(models_dir, refine=refine, fp_per_image=fp_per_image, argument="--models")
+    except ModelFolderError as e:
+        raise CLIError(str(e) + (" (--no-refine needs seg/ only)" if refine and "rf" in e.missing else "")) from None
+    except CheckpointError as e:
+        raise CLIError(str(e)) from None
+    except ValueError as e:  # fp_per_image without a calibration curve
+        raise CLIError(f"--fp-per-image: {e}") from None
 
 
 def _raise_interrupt(*_):
@@ -181,95 +163,79 @@ def check_outputs(text: str | None, save_prob: bool, refine: bool) -> list[str]:
     return kinds
 
 
-def run(args) -> int:
+def check_engine(args) -> str:
+    """The engine options checked together, before anything is created; returns the device."""
     from mcgr._arguments import CLIError
-    from mcgr.infer import archive
-    from mcgr.infer.ttgpr import TTGPRConfig
+    from mcgr._backends import BackendError, check_backend as check_backend_on
 
-    refine = not args.no_refine
     backend = check_backend(args.backend)
-    outputs = check_outputs(args.outputs, args.save_prob, refine)
-    if args.engine == "local":
-        if args.address or args.num_gpus_per_worker is not None or args.workers is not None:
-            raise CLIError("--address, --num-gpus-per-worker and --workers need --engine ray")
-        device = check_device(args.device)
-    else:
+    if args.engine == "ray":
         if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
             raise CLIError(f"--device must be auto, cpu or cuda, got {args.device!r}")
-        device = args.device
         try:  # checked before the run folder is made: a refused run leaves nothing behind
             import ray  # noqa: F401
         except ImportError:
             raise CLIError("--engine ray needs Ray: pip install 'mcgr[distributed]'") from None
-    from mcgr._backends import BackendError, check_backend as check_backend_on
-
+        return args.device  # a Ray worker's device is known once the cluster is: it checks its own backend
+    if args.address or args.num_gpus_per_worker is not None or args.workers is not None:
+        raise CLIError("--address, --num-gpus-per-worker and --workers need --engine ray")
+    device = check_device(args.device)
     try:  # the backend asked for (--backend or MCGR_BACKEND) must run on the device, before any compute
-        if args.engine == "local":  # (a Ray worker's device is known once the cluster is: it checks its own)
-            check_backend_on(backend, device)
+        check_backend_on(backend, device)
     except BackendError as e:
         raise CLIError(str(e)) from None
-    models, model_info = load_models(args.models, refine)
-    from mcgr.infer.pipeline import operating_config, operating_point
+    return device
 
-    try:
-        point = operating_point(models["seg"], args.fp_per_image)
-    except ValueError as exc:
-        raise CLIError(f"--fp-per-image: {exc}") from None
-    cfg = operating_config(models["seg"], TTGPRConfig(), fp_per_image=args.fp_per_image)
-    point["threshold"] = cfg.threshold
-    tile, overlap = 256, 0.25
-    settings = {"refine": refine, "spacing": args.spacing, "device": device, "backend": backend,
-                "engine": args.engine, "threads": args.threads if args.engine == "local" else args.cpus_per_worker,
-                "models": model_info, "operating_point": point, "ttgpr": cfg.to_dict(), "tile": tile, "overlap": overlap,
-                "outputs": outputs}
-    out = Path(args.out)
-    excluded_note = check_out(out, args.inputs)
-    if excluded_note:  # said even with --quiet: it decides which files are inputs
-        print(f"mcgr infer: note: {excluded_note}", file=sys.stderr)
 
+def run_settings(args, device: str, loaded, outputs: list, refine: bool) -> dict:
+    """The settings of the run (``run.json``, each manifest line): what defines its results."""
+    cfg = loaded.config()
+    point = dict(loaded.operating_point, threshold=cfg.threshold)
+    return {"refine": refine, "spacing": args.spacing, "device": device, "backend": check_backend(args.backend),
+            "engine": args.engine, "threads": args.threads if args.engine == "local" else args.cpus_per_worker,
+            "models": loaded.sources, "operating_point": point, "ttgpr": cfg.to_dict(), "tile": TILE,
+            "overlap": OVERLAP, "outputs": outputs}
+
+
+def local_pipeline(loaded, device: str, backend: str, threads: int | None):
+    """The local engine's pipeline of ``loaded`` (:class:`mcgr.infer.loader.Models`)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return loaded.pipeline(device=device, backend=backend, tile=TILE, overlap=OVERLAP)
+
+
+def _progress_bar(quiet: bool):
     try:
         from tqdm import tqdm
-
-        bar = tqdm(desc="mcgr infer", unit="img", disable=args.quiet, dynamic_ncols=True, file=sys.stderr)
     except ImportError:
-        bar = None
-    tally = archive.Tally(bar=bar, quiet=args.quiet)
-    old_term = _sigterm_as_interrupt()
-    try:
-        with archive.RunFolder(out, settings, resume=args.resume) as runf:
-            items = archive.iter_inputs(args.inputs, exclude=[out])
-            if args.engine == "local":
-                import torch
+        return None
+    return tqdm(desc="mcgr infer", unit="img", disable=quiet, dynamic_ncols=True, file=sys.stderr)
 
-                from mcgr.infer.pipeline import Pipeline
 
-                if args.threads:
-                    torch.set_num_threads(args.threads)
-                pipe = Pipeline(models["seg"], models.get("rf"), config=cfg, device=device, backend=backend,
-                                tile=tile, overlap=overlap)
-                from mcgr.infer.stages import run_overlapped
+def _process(args, runf, loaded, settings: dict, tally) -> None:
+    """Stream the inputs through the engine chosen into the open run folder ``runf``."""
+    from mcgr.archive.inputs import iter_inputs
 
-                run_overlapped(items, pipe, runf, tally)  # read ahead and write behind the networks
-            else:
-                from mcgr.infer.ray_engine import run_ray
+    items = iter_inputs(args.inputs, exclude=[runf.out])
+    if args.engine == "local":
+        from mcgr.archive.engine import run_overlapped
 
-                run_ray(items, models, runf, tally, address=args.address, device=device,
-                        gpus_per_worker=args.num_gpus_per_worker, workers=args.workers,
-                        cpus_per_worker=args.cpus_per_worker, tile=tile, overlap=overlap, config=cfg)
-            if tally.total == 0:
-                runf.discard = True  # nothing found: leave no run behind that a next run would have to --resume
-    except archive.ArchiveError as e:
-        raise CLIError(str(e)) from None
-    except Terminated:
-        print(f"mcgr infer: stopped by SIGTERM after {tally.ok} done, {tally.error} failed; "
-              f"continue with --resume", file=sys.stderr)
-        return EXIT_TERMINATED
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
-        if bar is not None:
-            bar.close()
-    manifest = out / archive.MANIFEST
+        pipe = local_pipeline(loaded, settings["device"], settings["backend"], args.threads)
+        run_overlapped(items, pipe, runf, tally)  # read ahead and write behind the networks
+    else:
+        from mcgr.archive.ray_engine import run_ray
+
+        run_ray(items, loaded.nets, runf, tally, address=args.address, device=settings["device"],
+                gpus_per_worker=args.num_gpus_per_worker, workers=args.workers,
+                cpus_per_worker=args.cpus_per_worker, tile=TILE, overlap=OVERLAP, config=loaded.config())
+
+
+def _report(args, out: Path, tally) -> int:
+    """Print the run's counts; the exit status (``EXIT_STATUS``)."""
+    from mcgr.archive.layout import MANIFEST
+
     parts = [f"{tally.ok} done", f"{tally.error} failed"]
     if tally.skipped:
         parts.append(f"{tally.skipped} skipped (given twice)")
@@ -279,7 +245,7 @@ def run(args) -> int:
         print("mcgr infer: error: no mammogram found in the inputs "
               "(files: DICOM, PNG, TIFF, NPY; folders are searched recursively)", file=sys.stderr)
         return EXIT_ERROR
-    print(f"mcgr infer: {', '.join(parts)}; manifest: {manifest}")
+    print(f"mcgr infer: {', '.join(parts)}; manifest: {out / MANIFEST}")
     if tally.ok + tally.skipped + tally.complete == 0:
         print("mcgr infer: error: nothing could be done: every input failed (reasons above and in the manifest)",
               file=sys.stderr)
@@ -290,6 +256,44 @@ def run(args) -> int:
     return EXIT_OK
 
 
+def run(args) -> int:
+    from mcgr._arguments import CLIError
+    from mcgr.archive.engine import Tally
+    from mcgr.archive.layout import ArchiveError
+    from mcgr.archive.run_folder import RunFolder
+
+    refine = not args.no_refine
+    check_backend(args.backend)
+    outputs = check_outputs(args.outputs, args.save_prob, refine)
+    device = check_engine(args)
+    loaded = load_models(args.models, refine, args.fp_per_image)
+    settings = run_settings(args, device, loaded, outputs, refine)
+    out = Path(args.out)
+    excluded_note = check_out(out, args.inputs)
+    if excluded_note:  # said even with --quiet: it decides which files are inputs
+        print(f"mcgr infer: note: {excluded_note}", file=sys.stderr)
+    bar = _progress_bar(args.quiet)
+    tally = Tally(bar=bar, quiet=args.quiet)
+    old_term = _sigterm_as_interrupt()
+    try:
+        with RunFolder(out, settings, resume=args.resume) as runf:
+            _process(args, runf, loaded, settings, tally)
+            if tally.total == 0:
+                runf.discard = True  # nothing found: leave no run behind that a next run would have to --resume
+    except ArchiveError as e:
+        raise CLIError(str(e)) from None
+    except Terminated:
+        print(f"mcgr infer: stopped by SIGTERM after {tally.ok} done, {tally.error} failed; "
+              f"continue with --resume", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        if bar is not None:
+            bar.close()
+    return _report(args, out, tally)
+
+
 def check_out(out: Path, inputs) -> str | None:
     """Refuse, before anything is computed or created, an --out that would mix results into the
     inputs (the input folder itself, the manifest this run writes, an --out inside an input folder
@@ -297,7 +301,8 @@ def check_out(out: Path, inputs) -> str | None:
     output name. An --out inside an input folder is otherwise excluded from the scan, and the
     returned note says so (None when there is nothing to say)."""
     from mcgr._arguments import CLIError
-    from mcgr.infer import archive
+    from mcgr.archive.inputs import is_inside, is_manifest_file, key_from_rel, walk_folder
+    from mcgr.archive.layout import MANIFEST
 
     out_real = os.path.realpath(out)
     names: dict[str, str] = {}
@@ -309,19 +314,19 @@ def check_out(out: Path, inputs) -> str | None:
             if spec_real == out_real:
                 raise CLIError(f"--out {out} is the input folder {spec}: results would be mixed with the inputs; "
                                f"choose an --out outside it (or a new folder inside it)")
-            if archive._inside(out_real, spec_real):
+            if is_inside(out_real, spec_real):
                 if os.path.isdir(out):
-                    own = next(iter(archive.walk_folder(str(out))), None)
+                    own = next(iter(walk_folder(str(out))), None)
                     if own is not None:
                         raise CLIError(f"--out {out} lies inside the input folder {spec} and holds images of its own "
                                        f"({own}), which the scan would skip: choose an --out without images")
                 note = f"--out {out} lies inside the input folder {spec}: it is not searched for inputs"
         elif os.path.isfile(spec):
-            if os.path.realpath(spec) == os.path.realpath(out / archive.MANIFEST):
+            if os.path.realpath(spec) == os.path.realpath(out / MANIFEST):
                 raise CLIError(f"{spec} is the manifest this run writes; to redo a run's inputs, write into another --out")
-            if archive.is_manifest_file(spec):
+            if is_manifest_file(spec):
                 continue
-            key = archive._key_from_rel(os.path.basename(spec))
+            key = key_from_rel(os.path.basename(spec))
             real = os.path.realpath(spec)
             if key in names and names[key] != real:
                 raise CLIError(f"{names[key]} and {real} both map to the output folder {key!r}: give them as a "

@@ -14,8 +14,10 @@ from PIL import Image
 from archive_factory import SPACING, SHAPE, make_models, manifest
 from dicom_factory import breast_phantom, write_dicom
 
+from mcgr.archive.inputs import iter_inputs
+from mcgr.archive.layout import STAGING
+from mcgr.archive.store import verify_result
 from mcgr.cli import main
-from mcgr.infer import archive as A
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,7 @@ def test_resume_redoes_a_replaced_input_and_an_overwritten_result(models, tmp_pa
     assert np.asarray(Image.open(out / "b" / "b.mask.png")).shape == tuple(SHAPE)
     assert now["c"]["result_id"] == first["c"]["result_id"], "an unchanged result was redone"
     for key, r in now.items():
-        assert A.verify_result(out / key, r)
+        assert verify_result(out / key, r)
 
 
 # ---------------------------------------------------------------- folder scanning
@@ -86,7 +88,7 @@ def test_scan_stays_in_the_tree_and_skips_mcgr_outputs(tmp_path):
     done.mkdir()
     _image(done / "old_result.npy", 2)
     (done / ".done").write_text("{}")
-    keys = sorted(i.key for i in A.iter_inputs([str(root)]))
+    keys = sorted(i.key for i in iter_inputs([str(root)]))
     # x once: link_in and p1 are one folder of the tree (walked in name order, link_in first)
     assert keys == ["link_in/x"], keys
 
@@ -173,7 +175,7 @@ def test_out_equal_to_the_input_folder_is_refused_and_leaves_nothing(models, tmp
     # an --out inside the input folder is excluded from the scan
     assert _infer(models, src, "--out", src / "results") == 0
     assert [r["key"] for r in manifest(src / "results")] == ["a"]
-    assert not (src / "results" / A.STAGING).exists()
+    assert not (src / "results" / STAGING).exists()
 
 
 def test_sigterm_exit_status_is_documented_in_the_help(capsys):

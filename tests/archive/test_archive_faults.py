@@ -16,8 +16,11 @@ import pytest
 from archive_factory import SHAPE, SPACING, make_models, manifest
 from dicom_factory import breast_phantom, write_dicom
 
+from mcgr._digest import file_sha256
+from mcgr.archive import run_folder
+from mcgr.archive.layout import ArchiveError
+from mcgr.archive.run_folder import RunFolder
 from mcgr.cli import main
-from mcgr.infer import archive as A
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,7 @@ def test_a_seg_that_cannot_be_made_keeps_the_other_outputs(models, tmp_path):
 def test_the_input_hash_is_of_the_bytes_read_so_resume_redoes_a_file_replaced_mid_run(models, tmp_path, monkeypatch,
                                                                                     capsys):
     src = _npy(tmp_path / "in" / "a.npy", 1)
-    first = A.file_sha256(src)
+    first = file_sha256(src)
     from mcgr.infer.pipeline import Pipeline
 
     real_finish = Pipeline.finish
@@ -70,12 +73,12 @@ def test_the_input_hash_is_of_the_bytes_read_so_resume_redoes_a_file_replaced_mi
     assert _infer(models, src, "--out", out) == 0
     monkeypatch.setattr(Pipeline, "finish", real_finish)
     (rec,) = manifest(out)
-    assert rec["input_sha256"] == first != A.file_sha256(src)
+    assert rec["input_sha256"] == first != file_sha256(src)
     capsys.readouterr()
     assert _infer(models, src, "--out", out, "--resume") == 0
     assert "1 done" in capsys.readouterr().out
     (rec,) = manifest(out)
-    assert rec["input_sha256"] == A.file_sha256(src)
+    assert rec["input_sha256"] == file_sha256(src)
 
 
 def test_a_changed_manifest_spacing_is_redone_by_resume(models, tmp_path, capsys):
@@ -177,25 +180,25 @@ def test_a_manifest_id_that_would_nest_is_an_error(models, tmp_path):
 
 def test_deleting_the_lock_file_cannot_let_a_second_run_in(tmp_path):
     out = tmp_path / "out"
-    with A.RunFolder(out, {"refine": False}, resume=False):
+    with RunFolder(out, {"refine": False}, resume=False):
         for stale in out.glob(".mcgr*lock*"):
             stale.unlink()
-        with pytest.raises(A.ArchiveError, match="another mcgr infer"):
-            A.RunFolder(out, {"refine": False}, resume=True).open()
+        with pytest.raises(ArchiveError, match="another mcgr infer"):
+            RunFolder(out, {"refine": False}, resume=True).open()
     assert not [p.name for p in out.iterdir() if "lock" in p.name]
 
 
 def test_a_full_disk_while_resuming_leaves_no_temporary(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    with A.RunFolder(out, {"refine": False}, resume=False) as run:
+    with RunFolder(out, {"refine": False}, resume=False) as run:
         run.manifest.append({"status": "ok", "key": "a", "input": "/nowhere", "result_id": "x"})
 
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(A, "verify_result", full)
-    with pytest.raises(A.ArchiveError, match="No space left"):
-        A.RunFolder(out, {"refine": False}, resume=True).open()
+    monkeypatch.setattr(run_folder, "verify_result", full)  # where RunFolder looks it up
+    with pytest.raises(ArchiveError, match="No space left"):
+        RunFolder(out, {"refine": False}, resume=True).open()
     assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl", "run.json"]
 
 

@@ -11,8 +11,8 @@ import torch
 from archive_factory import SPACING, SHAPE, make_models, manifest
 from dicom_factory import breast_phantom, write_dicom
 
+from mcgr.archive.store import verify_result
 from mcgr.cli import main
-from mcgr.infer import archive as A
 from mcgr.io import read_prob_map
 
 
@@ -86,7 +86,7 @@ def test_resume_with_another_set_redoes_the_inputs(data, tmp_path):
     for key, r in second.items():
         assert r["result_id"] != first[key]["result_id"], f"{key} was kept although written with another set"
         assert r["settings"]["outputs"] == ["mask", "json", "seg", "overlay", "prob"]
-        assert f"{key}.prob.png" in _files(out, key) and A.verify_result(out / key, r)
+        assert f"{key}.prob.png" in _files(out, key) and verify_result(out / key, r)
         assert set(r["sha256"]) == set(_files(out, key))
     assert _infer(data, out, "--resume", "--save-prob") == 0  # the same set: nothing redone
     assert {r["key"]: r["result_id"] for r in manifest(out)} == {k: r["result_id"] for k, r in second.items()}

@@ -11,9 +11,12 @@ import pytest
 import torch
 from archive_factory import SPACING, assert_same_result, expected_outputs, leftovers, make_folder, make_models, manifest
 
-from mcgr.infer import archive as A
+from mcgr.archive.engine import Prefetcher, Tally, WriteBehind, run_overlapped
+from mcgr.archive.inputs import iter_inputs
+from mcgr.archive.layout import DONE, STAGING
+from mcgr.archive.run_folder import RunFolder
+from mcgr.archive.store import verify_result
 from mcgr.infer.pipeline import Pipeline
-from mcgr.infer.stages import Prefetcher, WriteBehind, run_overlapped
 from mcgr.models import load_model
 
 
@@ -146,9 +149,9 @@ class FailingAt(Pipeline):
 
 def _run(data, out, pipe, resume=False):
     settings = {"refine": False, "spacing": SPACING}
-    tally = A.Tally()
-    with A.RunFolder(out, settings, resume=resume) as run:
-        items = A.iter_inputs([str(data["root"] / "in")], exclude=[out])
+    tally = Tally()
+    with RunFolder(out, settings, resume=resume) as run:
+        items = iter_inputs([str(data["root"] / "in")], exclude=[out])
         run_overlapped(items, pipe, run, tally, prefetch=1, write_behind=1)
     return tally
 
@@ -164,7 +167,7 @@ def test_overlapped_engine_equals_the_api_and_reports_each_failure(data, tmp_pat
     tally = _run(data, out, pipe)
     lines = manifest(out)
     good = {str(p): k for k, p in data["inputs"]["good"].items()}
-    assert [r["input"] for r in lines] == [it.path for it in A.iter_inputs([str(data["root"] / "in")])]  # input order
+    assert [r["input"] for r in lines] == [it.path for it in iter_inputs([str(data["root"] / "in")])]  # input order
     by_input = {r["input"]: r for r in lines}
     assert by_input[str(data["inputs"]["bad"])]["status"] == "error"  # unreadable: from the reader
     e1 = by_input[str(data["inputs"]["good"]["e1"])]
@@ -173,7 +176,7 @@ def test_overlapped_engine_equals_the_api_and_reports_each_failure(data, tmp_pat
         if key == "e1":
             continue
         r = by_input[path]
-        assert r["status"] == "ok" and A.verify_result(out / key, r)
+        assert r["status"] == "ok" and verify_result(out / key, r)
         assert_same_result(out / key, data["want"] / key)
         assert r["timings"]["total"] >= r["timings"]["base"] + r["timings"]["write"]
     assert not (out / "e1").exists()
@@ -192,10 +195,10 @@ def test_an_interrupt_commits_what_the_networks_finished_and_leaves_no_partial_f
     assert set(pipe.networks_done) == committed and committed
     for r in lines:
         if r["status"] == "ok":
-            assert A.verify_result(out / r["key"], r)
+            assert verify_result(out / r["key"], r)
     # no result folder without its manifest line, none for the interrupted input
     keys = {r["key"] for r in lines if r["status"] == "ok"}
-    on_disk = {str(p.parent.relative_to(out)) for p in out.rglob(A.DONE) if A.STAGING not in p.parts}
+    on_disk = {str(p.parent.relative_to(out)) for p in out.rglob(DONE) if STAGING not in p.parts}
     assert on_disk == keys and "e2" not in on_disk
     # --resume completes the run with the plain pipeline, nothing redone twice
     tally = _run(data, out, _pipe(data), resume=True)

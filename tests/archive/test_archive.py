@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 from archive_factory import SPACING, assert_same_result, expected_outputs, leftovers, make_folder, make_models, manifest
 
+from mcgr.archive.inputs import iter_inputs
+from mcgr.archive.layout import STAGING
+from mcgr.archive.run_folder import RunFolder
+from mcgr.archive.store import verify_result
 from mcgr.cli import main
-from mcgr.infer import archive as A
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def _check_complete(data, out):
             assert r["status"] == "error"
         else:
             assert r["status"] == "ok", r
-            assert A.verify_result(out / r["key"], r)
+            assert verify_result(out / r["key"], r)
             assert_same_result(out / r["key"], data["want"] / r["key"])
     assert leftovers(out) == []
     return lines
@@ -97,7 +100,7 @@ def test_every_crash_state_is_redone_by_resume(data, tmp_path):
     out, recs = _completed_run(data, tmp_path)
     ids = {k: r.get("result_id") for k, r in recs.items()}
     # 1. a folder whose manifest line was written but that was never moved into place
-    staged = out / A.STAGING / "r-crashed"
+    staged = out / STAGING / "r-crashed"
     shutil.move(str(out / "a"), str(staged))
     # 2. a result file cut short after the commit (disk trouble, a careless copy)
     p = out / "sub" / "b" / "b.mask.png"
@@ -132,7 +135,7 @@ def test_resume_retries_failures_and_adds_new_inputs(data, tmp_path):
 
 def test_concurrent_runs_into_one_folder_are_refused(data, tmp_path, capsys):
     out = tmp_path / "out"
-    with A.RunFolder(out, {"refine": False}, resume=False):
+    with RunFolder(out, {"refine": False}, resume=False):
         assert main(_argv(data, out)) == 1
     assert "another mcgr infer is writing" in capsys.readouterr().err
 
@@ -159,7 +162,7 @@ def test_folder_walk_keys_and_exclusions(tmp_path):
         (root / name).write_bytes(b"x")
     (root / "p1" / "s" / "1.2.840.10008.5.1.4.1.1.1.2.777").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 8)
     (root / "readme.md").write_text("not an image, no DICOM preamble")
-    items = list(A.iter_inputs([str(root)], exclude=[str(root / "out")]))
+    items = list(iter_inputs([str(root)], exclude=[str(root / "out")]))
     assert [(i.key, i.error) for i in items] == [
         ("z", None), ("p1/x", None), ("p1/y", None), ("p1/s/1.2.840.10008.5.1.4.1.1.1.2.777", None)]
     assert all(os.path.isabs(i.path) for i in items)
@@ -172,8 +175,8 @@ def test_inputs_are_streamed_not_listed(tmp_path, monkeypatch):
         (root / d / "img.npy").write_bytes(b"x")
     listed = []
     real = os.scandir
-    monkeypatch.setattr(A.os, "scandir", lambda p: (listed.append(os.path.basename(p)), real(p))[1])
-    it = A.iter_inputs([str(root)])
+    monkeypatch.setattr(os, "scandir", lambda p: (listed.append(os.path.basename(p)), real(p))[1])
+    it = iter_inputs([str(root)])
     first = next(it)
     assert first.key == "a/img" and listed == ["in", "a"], listed
     assert [i.key for i in it] == ["b/img", "c/img"] and listed == ["in", "a", "b", "c"]
@@ -193,7 +196,7 @@ def test_inputs_are_streamed_not_listed(tmp_path, monkeypatch):
 
     t = threading.Thread(target=producer, daemon=True)
     t.start()
-    it = A.iter_inputs([str(fifo)])
+    it = iter_inputs([str(fifo)])
     try:
         assert next(it).key == "img"  # read while the producer still holds the rest back
         go.set()
@@ -210,7 +213,7 @@ def test_manifest_parsing(tmp_path):
     (tmp_path / "m1.csv").write_text("f.npy\n# comment\n\nf.npy,0.1\n")
     (tmp_path / "m2.csv").write_text("Filename,Spacing_mm\nf.npy,0.05\n,0.1\n")
     (tmp_path / "m3.jsonl").write_text('"f.npy"\n{"input": "f.npy", "spacing_mm": 0.2, "id": "../up"}\n[1]\n')
-    got = [(i.key, i.spacing, i.error) for i in A.iter_inputs([str(tmp_path / m) for m in ("m1.csv", "m2.csv", "m3.jsonl")])]
+    got = [(i.key, i.spacing, i.error) for i in iter_inputs([str(tmp_path / m) for m in ("m1.csv", "m2.csv", "m3.jsonl")])]
     assert got[0] == ("f", None, None) and got[1] == ("f", 0.1, None) and got[2] == ("f", 0.05, None)
     assert got[3][2].startswith("m2.csv line 3: no path")
     assert got[4] == ("f", None, None)

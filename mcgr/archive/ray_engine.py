@@ -19,7 +19,11 @@ import os
 import sys
 from pathlib import Path
 
-from mcgr.infer.archive import ArchiveError, InputItem, RunFolder, Tally, commit, is_complete, process_item
+from mcgr.archive.engine import Tally, process_item
+from mcgr.archive.inputs import InputItem
+from mcgr.archive.layout import ArchiveError
+from mcgr.archive.run_folder import RunFolder
+from mcgr.archive.store import commit, is_complete
 
 IN_FLIGHT_PER_WORKER = 2  # one running + one queued: the worker never waits for the driver
 MAX_RESTARTS = 2

@@ -1,0 +1,133 @@
+"""One way from a model folder to the networks of a pipeline and their operating threshold, used by
+every command (``mcgr infer``, ``mcgr eval``, ``mcgr demo``, ``python -m mcgr.train.validate_real``)
+and by :meth:`mcgr.infer.pipeline.Pipeline.from_pretrained`, so that one folder gives one pipeline
+whichever way it is named.
+
+A model folder ``DIR`` holds ``seg/`` (the segmentor) and ``rf/`` (the generator), each with
+``model.safetensors`` and ``config.json`` (as ``mcgr train``, ``mcgr adapt`` and
+``python -m mcgr.train.ship`` write them); None names the weights shipped in the package
+(:data:`mcgr.models.WEIGHTS_DIR`). For the segmentor alone (``refine=False``) ``DIR`` may also be
+the segmentor's own folder (``<run>/model`` of ``mcgr train seg``). The operating threshold is the
+segmentor's (:func:`mcgr.infer.pipeline.operating_point`: its config's ``operating_threshold``, or
+the point of its calibration curve for ``fp_per_image``), else :class:`TTGPRConfig`'s default.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from mcgr.infer.ttgpr import TTGPRConfig
+
+KINDS = ("seg", "rf")
+
+
+class ModelFolderError(FileNotFoundError):
+    """A model folder without the networks asked for; the message names the folder, what is missing
+    and how to get it. ``missing``: the kinds not found ("seg", "rf")."""
+
+    def __init__(self, message: str, missing=()):
+        super().__init__(message)
+        self.missing = tuple(missing)
+
+
+@dataclass
+class Models:
+    """The networks of one model folder, ready for a :class:`~mcgr.infer.pipeline.Pipeline`.
+
+    nets: ``{"seg": UNet[, "rf": UNet]}`` in eval mode. sources: ``{kind: {"source": folder,
+    "sha256": digest of its model.safetensors}}``. operating_point: ``{"threshold", "source"[, ...]}``
+    (:func:`~mcgr.infer.pipeline.operating_point`; threshold None: the config's own).
+    """
+
+    nets: dict
+    sources: dict
+    operating_point: dict
+
+    @property
+    def seg(self):
+        return self.nets["seg"]
+
+    @property
+    def rf(self):
+        return self.nets.get("rf")
+
+    @property
+    def threshold(self) -> float:
+        """The threshold a pipeline of these models runs at."""
+        return self.config().threshold
+
+    def config(self, config: TTGPRConfig | None = None) -> TTGPRConfig:
+        """``config`` (default :class:`TTGPRConfig`) at the operating threshold (its own threshold
+        when the weights prescribe none)."""
+        cfg = config or TTGPRConfig()
+        t = self.operating_point["threshold"]
+        return replace(cfg, threshold=float(t)) if t is not None else cfg
+
+    def pipeline(self, config: TTGPRConfig | None = None, **kw):
+        """The :class:`~mcgr.infer.pipeline.Pipeline` of these models at :meth:`config`;
+        ``kw``: the pipeline's other arguments (device, backend, tile, ...)."""
+        from mcgr.infer.pipeline import Pipeline
+
+        return Pipeline(self.seg, self.rf, config=self.config(config), **kw)
+
+
+def _has_model(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+
+
+def _shipped_folders(kinds: tuple, argument: str) -> dict:
+    import mcgr.models
+
+    root = Path(mcgr.models.WEIGHTS_DIR)
+    missing = [k for k in kinds if not (root / k / "model.safetensors").is_file()]
+    if missing:
+        need = " and ".join(f"`mcgr train {k} --config default --out runs/{k}` + "
+                            f"`python -m mcgr.train.ship {k} runs/{k}`" for k in missing)
+        raise ModelFolderError(f"no shipped {'/'.join(missing)} weights in {root}: train and install them with "
+                               f"{need}, or pass {argument} DIR holding seg/ and rf/ model folders", missing)
+    return {k: root / k for k in kinds}
+
+
+def model_folders(models: str | os.PathLike | None = None, refine: bool = True, argument: str = "models") -> dict:
+    """``{kind: folder}`` of "seg" and, when ``refine``, "rf" in ``models`` (None: the shipped
+    weights), checked to hold ``model.safetensors`` and ``config.json``. ``argument``: how the
+    caller names ``models`` in messages (``--models`` on a command line). Raises
+    :class:`ModelFolderError`."""
+    kinds = KINDS if refine else ("seg",)
+    if models is None:
+        return _shipped_folders(kinds, argument)
+    root = Path(models)
+    if not root.is_dir():
+        raise ModelFolderError(f"{argument} {models}: no such folder", kinds)
+    if not refine and not (root / "seg").is_dir() and _has_model(root):
+        return {"seg": root}  # the segmentor's own folder
+    for k in kinds:
+        if not _has_model(root / k):
+            raise ModelFolderError(f"{argument} {models}: no {k} model in {root / k} (model.safetensors + "
+                                   f"config.json, as written by `mcgr train {k}` in <run>/model)", (k,))
+    return {k: root / k for k in kinds}
+
+
+def load_models(models: str | os.PathLike | None = None, refine: bool = True, fp_per_image: float | None = None,
+                threshold: float | None = None, device="cpu", argument: str = "models") -> Models:
+    """The networks in ``models`` (see the module doc; None: the shipped weights) on ``device``, with
+    their operating point: the segmentor's threshold, or for ``fp_per_image`` the point of its
+    calibration curve (ValueError for weights without one), or ``threshold`` when given.
+
+    Missing folders raise :class:`ModelFolderError` (a FileNotFoundError), damaged ones
+    :class:`mcgr.models.CheckpointError` (a ValueError); both name the file.
+    """
+    from mcgr._digest import file_sha256
+    from mcgr.infer.pipeline import operating_point
+    from mcgr.models import load_model
+
+    folders = model_folders(models, refine, argument)
+    nets = {k: load_model(d, device=device, kind=k) for k, d in folders.items()}
+    sources = {k: {"source": str(d.resolve()), "sha256": file_sha256(d / "model.safetensors")}
+               for k, d in folders.items()}
+    if threshold is not None:
+        point = {"threshold": float(threshold), "source": "argument"}
+    else:
+        point = operating_point(nets["seg"], fp_per_image)
+    return Models(nets=nets, sources=sources, operating_point=point)
