@@ -244,9 +244,10 @@ def mcgr_side(side: str, inputs: Path, out: Path, models: Path | None, args) -> 
         from mcgr.archive.inputs import iter_inputs
         from mcgr.archive.run_folder import RunFolder
         from mcgr.infer.loader import load_models
+        from mcgr.infer.pipeline import Pipeline
 
         torch.set_num_threads(args.threads)
-        pipe = load_models(models, refine=False).pipeline(device=args.device)
+        pipe = Pipeline.from_models(load_models(models, refine=False), device=args.device)
         t = time.perf_counter()
         with RunFolder(out, {"refine": False}, resume=False) as run:
             run_local(iter_inputs([str(inputs)], exclude=[out]), pipe, run, Tally())
@@ -283,13 +284,14 @@ def footprint(tmp: Path, models: Path | None, args) -> list[dict]:
     from PIL import Image
 
     from mcgr.infer.loader import load_models
+    from mcgr.infer.pipeline import Pipeline
     from mcgr.io import write_outputs
     from mcgr.io.maps import encode_map
     from mcgr.io.writers import DEFAULT_OUTPUTS, _transform_for
 
     write_archive(tmp / "fp", 1, tuple(args.size), seed=2)
     path = str(next((tmp / "fp").glob("*.dcm")))
-    pipe = load_models(models).pipeline(device=args.device)
+    pipe = Pipeline.from_models(load_models(models), device=args.device)
     shape = f"{args.size[0]}x{args.size[1]}"
     rows = []
     for refine in (False, True):

@@ -220,7 +220,8 @@ def val_probs(call, images: np.ndarray) -> np.ndarray:
 
 def full_field_s(seg, call, image, reps: int = 2) -> dict:
     """The pipeline's ``base`` stage and total on ``image`` with ``call`` as its segmentor (best of reps)."""
-    from mcgr.infer.pipeline import Pipeline, operating_config
+    from mcgr.infer.loader import operating_config
+    from mcgr.infer.pipeline import Pipeline
 
     net = RuntimeNet(seg, call)
     pipe = Pipeline(net, None, config=operating_config(seg), device="cpu", autocast=False)
@@ -254,7 +255,7 @@ def main(argv=None) -> list[dict]:
     if bad:
         ap.error(f"unknown runtimes {bad}; choose from {','.join(RUNTIMES)}")
     torch.set_num_threads(a.threads)
-    from mcgr.infer.pipeline import operating_config
+    from mcgr.infer.loader import operating_config
     from mcgr.models import load_pretrained
     from mcgr.models.unet import standardise
     from mcgr.synth.dataset import validation_set

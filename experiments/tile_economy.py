@@ -61,7 +61,7 @@ def main(argv=None) -> list[dict]:
     from mcgr import MODEL_SPACING_MM
     from mcgr.demo import score
     from mcgr.eval.objects import froc
-    from mcgr.infer.pipeline import operating_config
+    from mcgr.infer.loader import operating_config
     from mcgr.models import load_pretrained
     from mcgr.synth.phantom import breast_phantom
 

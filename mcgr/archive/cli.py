@@ -201,9 +201,11 @@ def local_pipeline(loaded, device: str, backend: str, threads: int | None):
     """The local engine's pipeline of ``loaded`` (:class:`mcgr.infer.loader.Models`)."""
     import torch
 
+    from mcgr.infer.pipeline import Pipeline
+
     if threads:
         torch.set_num_threads(threads)
-    return loaded.pipeline(device=device, backend=backend, tile=TILE, overlap=OVERLAP)
+    return Pipeline.from_models(loaded, device=device, backend=backend, tile=TILE, overlap=OVERLAP)
 
 
 def _progress_bar(quiet: bool):

@@ -147,6 +147,7 @@ def _pipeline(args):
     sets ``threshold``; the generator only when TT-GPR is evaluated."""
     from mcgr._arguments import CLIError
     from mcgr.infer.loader import ModelFolderError, load_models
+    from mcgr.infer.pipeline import Pipeline
     from mcgr.models import CheckpointError
 
     cfg = ttgpr_config(args.ttgpr)
@@ -157,7 +158,7 @@ def _pipeline(args):
         raise CLIError(str(exc)) from None
     except CheckpointError as exc:
         raise CLIError(f"cannot load the models: {exc}") from None
-    return loaded.pipeline(cfg, device=args.device, backend=args.backend, tile=args.tile)
+    return Pipeline.from_models(loaded, cfg, device=args.device, backend=args.backend, tile=args.tile)
 
 
 def _prepare_out(out: Path, force: bool) -> None:

@@ -8,7 +8,7 @@ A model folder ``DIR`` holds ``seg/`` (the segmentor) and ``rf/`` (the generator
 ``python -m mcgr.train.ship`` write them); None names the weights shipped in the package
 (:data:`mcgr.models.WEIGHTS_DIR`). For the segmentor alone (``refine=False``) ``DIR`` may also be
 the segmentor's own folder (``<run>/model`` of ``mcgr train seg``). The operating threshold is the
-segmentor's (:func:`mcgr.infer.pipeline.operating_point`: its config's ``operating_threshold``, or
+segmentor's (:func:`operating_point`: its config's ``operating_threshold``, or
 the point of its calibration curve for ``fp_per_image``), else :class:`TTGPRConfig`'s default.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Models:
 
     nets: ``{"seg": UNet[, "rf": UNet]}`` in eval mode. sources: ``{kind: {"source": folder,
     "sha256": digest of its model.safetensors}}``. operating_point: ``{"threshold", "source"[, ...]}``
-    (:func:`~mcgr.infer.pipeline.operating_point`; threshold None: the config's own).
+    (:func:`operating_point`; threshold None: the config's own).
     """
 
     nets: dict
@@ -64,12 +64,37 @@ class Models:
         t = self.operating_point["threshold"]
         return replace(cfg, threshold=float(t)) if t is not None else cfg
 
-    def pipeline(self, config: TTGPRConfig | None = None, **kw):
-        """The :class:`~mcgr.infer.pipeline.Pipeline` of these models at :meth:`config`;
-        ``kw``: the pipeline's other arguments (device, backend, tile, ...)."""
-        from mcgr.infer.pipeline import Pipeline
 
-        return Pipeline(self.seg, self.rf, config=self.config(config), **kw)
+def operating_point(segmentor, fp_per_image: float | None = None) -> dict:
+    """The threshold the segmentor's weights prescribe: ``{"threshold", "source"[, "fp_per_image"]}``.
+
+    Without ``fp_per_image``: the ``operating_threshold`` its config carries (``mcgr adapt`` chooses it
+    on its leave-image-out FROC; the shipped weights carry one too), else None. With it: the lowest
+    threshold of the weights' calibration curve (``operating_points``, written by ``mcgr adapt``) whose
+    measured false objects per image are <= ``fp_per_image``; weights without a curve raise ValueError."""
+    cfg = getattr(segmentor, "config", None) or {}
+    if fp_per_image is None:
+        t = cfg.get("operating_threshold")
+        return {"threshold": None if t is None else float(t), "source": "weights" if t is not None else "default"}
+    if not (isinstance(fp_per_image, (int, float)) and not isinstance(fp_per_image, bool) and fp_per_image > 0):
+        raise ValueError(f"fp_per_image must be a number > 0, got {fp_per_image!r}")
+    pts = cfg.get("operating_points")
+    if not pts or not pts.get("thresholds"):
+        raise ValueError("these weights carry no calibration curve (operating_points); fp_per_image needs "
+                         "weights written by mcgr adapt, or give a threshold in the config")
+    ok = [t for t, f in zip(pts["thresholds"], pts["fp_per_image"]) if f <= fp_per_image]
+    t = min(ok) if ok else max(pts["thresholds"])
+    i = pts["thresholds"].index(t)
+    return {"threshold": float(t), "source": "calibration", "fp_per_image_target": float(fp_per_image),
+            "fp_per_image_measured": round(float(pts["fp_per_image"][i]), 3)}
+
+
+def operating_config(segmentor, config: TTGPRConfig | None = None, fp_per_image: float | None = None) -> TTGPRConfig:
+    """``config`` (default :class:`TTGPRConfig`) at the segmentor's operating threshold
+    (:func:`operating_point`), else the config's own threshold."""
+    cfg = config or TTGPRConfig()
+    t = operating_point(segmentor, fp_per_image)["threshold"]
+    return replace(cfg, threshold=float(t)) if t is not None else cfg
 
 
 def _has_model(folder: Path) -> bool:
@@ -119,7 +144,6 @@ def load_models(models: str | os.PathLike | None = None, refine: bool = True, fp
     :class:`mcgr.models.CheckpointError` (a ValueError); both name the file.
     """
     from mcgr._digest import file_sha256
-    from mcgr.infer.pipeline import operating_point
     from mcgr.models import load_model
 
     folders = model_folders(models, refine, argument)

@@ -15,6 +15,7 @@ import torch
 
 from mcgr import MODEL_SPACING_MM
 from mcgr.infer.detect import HYSTERESIS_LOW, MERGE_MM, clusters_from_detections, detections_from_prob
+from mcgr.infer.loader import Models, load_models
 from mcgr.infer.tiling import tile_grid
 from mcgr.infer.ttgpr import TTGPRConfig, run_field
 from mcgr.io.field_geometry import FieldGeometry
@@ -99,40 +100,6 @@ def cpu_has_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-def operating_point(segmentor, fp_per_image: float | None = None) -> dict:
-    """The threshold the segmentor's weights prescribe: ``{"threshold", "source"[, "fp_per_image"]}``.
-
-    Without ``fp_per_image``: the ``operating_threshold`` its config carries (``mcgr adapt`` chooses it
-    on its leave-image-out FROC; the shipped weights carry one too), else None. With it: the lowest
-    threshold of the weights' calibration curve (``operating_points``, written by ``mcgr adapt``) whose
-    measured false objects per image are <= ``fp_per_image``; weights without a curve raise ValueError."""
-    cfg = getattr(segmentor, "config", None) or {}
-    if fp_per_image is None:
-        t = cfg.get("operating_threshold")
-        return {"threshold": None if t is None else float(t), "source": "weights" if t is not None else "default"}
-    if not (isinstance(fp_per_image, (int, float)) and not isinstance(fp_per_image, bool) and fp_per_image > 0):
-        raise ValueError(f"fp_per_image must be a number > 0, got {fp_per_image!r}")
-    pts = cfg.get("operating_points")
-    if not pts or not pts.get("thresholds"):
-        raise ValueError("these weights carry no calibration curve (operating_points); fp_per_image needs "
-                         "weights written by mcgr adapt, or give a threshold in the config")
-    ok = [t for t, f in zip(pts["thresholds"], pts["fp_per_image"]) if f <= fp_per_image]
-    t = min(ok) if ok else max(pts["thresholds"])
-    i = pts["thresholds"].index(t)
-    return {"threshold": float(t), "source": "calibration", "fp_per_image_target": float(fp_per_image),
-            "fp_per_image_measured": round(float(pts["fp_per_image"][i]), 3)}
-
-
-def operating_config(segmentor, config: TTGPRConfig | None = None, fp_per_image: float | None = None) -> TTGPRConfig:
-    """``config`` (default :class:`TTGPRConfig`) at the segmentor's operating threshold
-    (:func:`operating_point`), else the config's own threshold."""
-    from dataclasses import replace
-
-    cfg = config or TTGPRConfig()
-    t = operating_point(segmentor, fp_per_image)["threshold"]
-    return replace(cfg, threshold=float(t)) if t is not None else cfg
 
 
 def _check_image(image) -> torch.Tensor:
@@ -264,12 +231,16 @@ class Pipeline:
         ``mcgr adapt``), or with the weights shipped in the package when None, loaded as every mcgr
         command loads them (:func:`mcgr.infer.loader.load_models`): ``config`` (default
         :class:`TTGPRConfig`) at the segmentor's operating threshold, or at the point of its
-        calibration curve for ``fp_per_image`` false objects per image (:func:`operating_point`),
+        calibration curve for ``fp_per_image`` false objects per image (:func:`mcgr.infer.loader.operating_point`),
         or at ``threshold`` when given. ``refine=False``: the segmentor alone (no TT-GPR)."""
-        from mcgr.infer.loader import load_models
-
         loaded = load_models(models, refine=refine, fp_per_image=fp_per_image, threshold=threshold, device=device)
-        return cls(loaded.seg, loaded.rf, config=loaded.config(config), device=device, backend=backend, **kw)
+        return cls.from_models(loaded, config, device=device, backend=backend, **kw)
+
+    @classmethod
+    def from_models(cls, models: Models, config: TTGPRConfig | None = None, **kw) -> "Pipeline":
+        """The pipeline of networks :func:`mcgr.infer.loader.load_models` loaded, at their operating
+        threshold (:meth:`Models.config`); ``kw``: the pipeline's other arguments (device, backend, tile, ...)."""
+        return cls(models.seg, models.rf, config=models.config(config), **kw)
 
     def __call__(self, image, spacing: float | None = None, refine: bool = True, breast_mask=None,
                  progress=None, seeds=None, projector=None, view: str | None = None, canonical: bool = False) -> Result:
@@ -315,8 +286,6 @@ class Pipeline:
             img = torch.from_numpy(np.ascontiguousarray(mammo.image, dtype=np.float32)) if isinstance(mammo.image, np.ndarray) else mammo.image
             spacing = mammo.spacing_mm
         else:
-            from mcgr._interop import as_tensor
-
             img = _check_image(image)
             spacing = _check_api_spacing(spacing, tuple(img.shape))
         timings["read"] = time.perf_counter() - t

@@ -182,8 +182,9 @@ def load_pipe(model_dir: str):
     ``seg/``, or the segmentor's own folder) at its operating threshold, loaded as every command
     loads it (:func:`mcgr.infer.loader.load_models`)."""
     from mcgr.infer.loader import load_models
+    from mcgr.infer.pipeline import Pipeline
 
-    return load_models(None if model_dir == "shipped" else model_dir, refine=False).pipeline()
+    return Pipeline.from_models(load_models(None if model_dir == "shipped" else model_dir, refine=False))
 
 
 def at_threshold(pipe, threshold: float):

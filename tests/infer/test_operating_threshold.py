@@ -1,7 +1,7 @@
 """The segmentor's shipped operating threshold reaches the pipeline's config (and an explicit config wins)."""
 import types
 
-from mcgr.infer.pipeline import operating_config
+from mcgr.infer.loader import operating_config
 from mcgr.infer.ttgpr import TTGPRConfig
 
 

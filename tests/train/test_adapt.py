@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from mcgr.cli import main
-from mcgr.infer.pipeline import Pipeline, operating_point
+from mcgr.infer.loader import operating_point
+from mcgr.infer.pipeline import Pipeline
 from mcgr.train.adapt_validate import THRESHOLDS, cluster_counts, operating_threshold
 
 
