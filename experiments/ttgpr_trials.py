@@ -82,7 +82,7 @@ def main(argv=None) -> None:
         sums: dict = {}
         t = time.perf_counter()
         for ph in phantoms:
-            r = pipe(ph.image, spacing=ph.spacing_mm, breast_mask=ph.breast,
+            r = pipe(ph.image, spacing=ph.spacing_mm, breast_mask=ph.breast, refine=True,
                      seeds=ph.centres if args.oracle_seeds else None,
                      projector=oracle_projector(ph, cnr, gain, pipe.border_pad) if args.oracle_generator else None)
             for name, prob in (("base", r.base_prob), ("ttgpr", r.prob)):

@@ -118,7 +118,7 @@ def run_demo(out: str | Path = "mcgr-demo", seed: int = 0, size: tuple[int, int]
     say(f"phantom: {size[0]} x {size[1]} px at {MODEL_SPACING_MM} mm, {len(ph.centres)} calcifications "
         f"({'fainter than the training median' if faint else 'at the training median'}), seed {seed}")
     pipe = demo_pipeline(models, device=device, backend=backend)
-    res = pipe(ph.image, spacing=MODEL_SPACING_MM, breast_mask=ph.breast)
+    res = pipe(ph.image, spacing=MODEL_SPACING_MM, breast_mask=ph.breast, refine=True)
     thr = pipe.config.threshold
     base = score(res.base_prob, ph.truth, ph.breast, MODEL_SPACING_MM, thr)
     ttgpr = score(res.prob, ph.truth, ph.breast, MODEL_SPACING_MM, thr)

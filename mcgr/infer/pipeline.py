@@ -242,10 +242,15 @@ class Pipeline:
         threshold (:meth:`Models.config`); ``kw``: the pipeline's other arguments (device, backend, tile, ...)."""
         return cls(models.seg, models.rf, config=models.config(config), **kw)
 
-    def __call__(self, image, spacing: float | None = None, refine: bool = True, breast_mask=None,
+    def __call__(self, image, spacing: float | None = None, refine: bool | None = None, breast_mask=None,
                  progress=None, seeds=None, projector=None, view: str | None = None, canonical: bool = False) -> Result:
         """Run on a canonical image tensor/array [H, W] in [0, 1] (``spacing`` in mm, default 0.07),
         or on a path to a mammogram file (DICOM, PNG, TIFF, NPY; see :func:`mcgr.io.read_mammogram`).
+
+        refine: run TT-GPR on top of the base segmentor (needs the generator). Default (None): only
+        when ``seeds`` or ``projector`` are given, as ``mcgr infer`` runs the base unless told
+        ``--refine``: on held-out film and procedural views TT-GPR left the FROC at <= 5 false
+        objects per image where the base put it (docs/ttgpr_designs.md).
 
         seeds: optional [K, 2] (row, col) points in the input's pixels (a file's: in the orientation
         the results come back in, see ``canonical``): TT-GPR refines at these
@@ -265,6 +270,8 @@ class Pipeline:
         ``seeds`` are then in the file's orientation too. A tensor or array input is taken as
         canonical already and used as it is: its values are not re-stretched (the reader leaves float
         data in [0, 1] alone too) and it is never mirrored."""
+        if refine is None:
+            refine = seeds is not None or projector is not None
         prep = self.prepare(image, spacing=spacing, breast_mask=breast_mask, view=view)
         if seeds is not None and not canonical:
             # the caller's points are in the orientation the results come back in: the file's

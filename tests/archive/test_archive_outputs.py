@@ -31,7 +31,7 @@ def data(tmp_path_factory):
 
 def _infer(data, out, *extra, refine=False):
     return main(["infer", str(data["src"]), "--out", str(out), "--models", str(data["models"]), "--device", "cpu",
-                 "--threads", "1", "--quiet", "--spacing", str(SPACING), *(() if refine else ("--no-refine",)),
+                 "--threads", "1", "--quiet", "--spacing", str(SPACING), *(("--refine",) if refine else ("--no-refine",)),
                  *map(str, extra)])
 
 

@@ -156,9 +156,11 @@ def test_models_folder_errors(archive, tmp_path, capsys, monkeypatch):
     import mcgr.models
 
     monkeypatch.setattr(mcgr.models, "WEIGHTS_DIR", tmp_path / "weights")
-    assert main(["infer", a, "--out", str(tmp_path / "o"), "--spacing", "0.07"]) == 1
+    assert main(["infer", a, "--out", str(tmp_path / "o"), "--spacing", "0.07", "--refine"]) == 1
     err = capsys.readouterr().err
     assert "no shipped seg/rf weights" in err and "mcgr train seg" in err and "--models DIR" in err
+    assert main(["infer", a, "--out", str(tmp_path / "o"), "--spacing", "0.07"]) == 1  # the base needs seg only
+    assert "no shipped seg weights" in capsys.readouterr().err
 
 
 def test_a_previous_run_needs_resume_and_resume_redoes_what_a_changed_setting_changes(archive, tmp_path, capsys):
@@ -186,3 +188,17 @@ def test_inputs_may_follow_options(archive, tmp_path, capsys):
     assert [r["status"] for r in rows] == ["error", "ok"]
     assert main(["infer", str(archive["inputs"]["good"]["a"]), "--out", str(tmp_path / "o3"), "--bogus"]) == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_the_base_model_is_the_default_and_refine_turns_tt_gpr_on(archive, tmp_path, capsys):
+    """`mcgr infer` runs the base segmentor unless --refine is given (docs/ttgpr_designs.md: TT-GPR
+    left the FROC at <= 5 false objects per image where the base put it); the two flags together are
+    a one-line error."""
+    a = archive["inputs"]["good"]["a"]
+    common = ["--models", str(archive["models"]), "--device", "cpu", "--threads", "1", "--quiet", "--spacing", SPACING]
+    assert main(["infer", str(a), "--out", str(tmp_path / "base"), *map(str, common)]) == 0
+    assert main(["infer", str(a), "--out", str(tmp_path / "tt"), "--refine", *map(str, common)]) == 0
+    runs = {k: [r for r in manifest(tmp_path / k) if r.get("status") == "ok"] for k in ("base", "tt")}
+    assert runs["base"][0]["settings"]["refine"] is False and runs["tt"][0]["settings"]["refine"] is True
+    assert main(["infer", str(a), "--out", str(tmp_path / "both"), "--refine", "--no-refine", *map(str, common)]) == 1
+    assert "contradict" in capsys.readouterr().err and not (tmp_path / "both").exists()
