@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from mcgr import MODEL_SPACING_MM
-from mcgr.infer.ttgpr import TTGPRConfig, field_seeds, keep_found, run_field, segment_tiles
+from mcgr.infer.ttgpr import SEED_RADIUS, TTGPRConfig, field_seeds, keep_found, run_field, segment_tiles
 from mcgr.ops import gather_tiles, stitch
 from mcgr.ops._tiling import gaussian_weights
 
@@ -538,7 +538,7 @@ def main(argv=None) -> None:
     print(json.dumps(rep["images"]), flush=True)
     stages = a.stages.split(",")
     if "seeds" in stages:
-        rep["seed_recall"] = stage_seeds(items, TTGPRConfig().seed_radius)
+        rep["seed_recall"] = stage_seeds(items, SEED_RADIUS)
         print(json.dumps(rep["seed_recall"]), flush=True)
         if a.plot:
             plot(rep["seed_recall"], Path(a.plot), f"seed recall, {', '.join(it.im['name'] for it in items)} (seg {a.seg})")

@@ -42,6 +42,14 @@ from mcgr.models.unet import input_scale_of
 from mcgr.ops import RefineParams, gather_tiles, refine, stitch
 
 
+# Fixed by measurement, not options (docs/design.md, "TT-GPR defaults: why these values"): the local-maximum window
+# half size of the seeds, in px; and how often (refine steps) zbar, the stitched canvas of the
+# tiles' current logits, is refreshed: a zbar left at the canvas the iteration started from turns
+# the overlap term into a second anchor to the base logits.
+SEED_RADIUS = 3
+ZBAR_EVERY = 5
+
+
 @dataclass
 class TTGPRConfig:
     """Every knob of TT-GPR, with what it trades.
@@ -57,7 +65,6 @@ class TTGPRConfig:
     projections (M): RF samples per tile; q is their mean, the uncertainty their spread. Cost linear.
     method: "euler" (one network call per step) or "heun" (two, second order).
     tau_seed: lowest probability that can seed; lower = more tiles refined (recall) but slower.
-    seed_radius (r): local-maximum window half size in px.
     max_seeds: cap per tile on average: at most max_seeds x tiles seeds over the field (the strongest
         are kept).
     proposer: where seeds come from. "logits": local maxima of the stitched logits with
@@ -87,9 +94,6 @@ class TTGPRConfig:
         this (0 = off): a seed the projections do not re-render as a calcification adds nothing.
     seed_sigma: seed dot sigma in px (as in training).
     refine_steps: gradient steps on the energy per outer iteration.
-    zbar_every: refresh zbar (the stitched canvas of the tiles' current logits) every this many
-        refine steps (0: only at the start of the outer iteration). A zbar left at the canvas the
-        iteration started from turns the overlap term into a second anchor to the base logits.
     surrogate: "mean" (q = mean_m sigmoid(f(x_m)), docs/design.md, method M4) or "raise" (q = max(that, sigmoid(z))):
         with "raise" the projections can only add evidence, never erase a calcification that the
         generator failed to re-render.
@@ -97,12 +101,6 @@ class TTGPRConfig:
         tile). Calcifications are local: a 64 px window holds one with its context, at 1/16 of a
         256 px tile's network cost; the surrogate target outside the windows is the current
         probability, so the data term holds z there.
-    logit_clip: when > 0, the logits TT-GPR starts from and anchors to are clamped to
-        [-logit_clip, logit_clip] (probabilities change by at most sigmoid(-logit_clip)). The
-        segmentor's logits run to -20 on texture, and the anchor term is quadratic in the logit: at
-        z0 = -15 and lambda_a = 0.05 a projection with q = 1 can lift z only to about -0.8
-        (p 0.3), so a confidently missed calcification stays missed however clearly the generator
-        renders it; from a clamped z0 = -6 the same pull ends near p 0.67. 0 = no clamp.
     refine: the energy's weights (eta, lambda_a, lambda_e, lambda_o, sigma_e), see RefineParams.
     batch: tiles per network call on a GPU (memory vs. throughput).
     cpu_batch: tiles per network call on a CPU. Small on purpose: a batch of 16 256 px tiles makes
@@ -118,7 +116,6 @@ class TTGPRConfig:
     projections: int = 4
     method: str = "euler"
     tau_seed: float = 0.3
-    seed_radius: int = 3
     max_seeds: int = 32
     seed_sigma: float = 1.5
     proposer: str = "logits"
@@ -130,10 +127,8 @@ class TTGPRConfig:
     refine_rule: str = "add"
     accept_q: float = 0.9
     refine_steps: int = 20
-    zbar_every: int = 5
     window: int = 64
     surrogate: str = "raise"
-    logit_clip: float = 0.0
     # no edge smoothing by default: with sigma_e = 0.05 it eroded faint calcifications (contrast < sigma_e)
     refine: RefineParams = field(default_factory=lambda: RefineParams(lambda_e=0.0))
     batch: int = 16
@@ -152,7 +147,6 @@ class TTGPRConfig:
         need(isinstance(self.projections, int) and self.projections >= 1, f"projections must be >= 1, got {self.projections!r}")
         need(self.method in ("euler", "heun"), f"method must be 'euler' or 'heun', got {self.method!r}")
         need(0.0 < float(self.tau_seed) < 1.0, f"tau_seed must be in (0, 1), got {self.tau_seed!r}")
-        need(isinstance(self.seed_radius, int) and self.seed_radius >= 1, f"seed_radius must be >= 1, got {self.seed_radius!r}")
         need(isinstance(self.max_seeds, int) and self.max_seeds >= 1, f"max_seeds must be >= 1, got {self.max_seeds!r}")
         need(self.proposer in ("logits", "fused"), f"proposer must be 'logits' or 'fused', got {self.proposer!r}")
         need(isinstance(self.seeds_per_tile, int) and self.seeds_per_tile >= 1, f"seeds_per_tile must be an integer >= 1, got {self.seeds_per_tile!r}")
@@ -163,8 +157,6 @@ class TTGPRConfig:
              f"refine_rule must be 'free', 'add' or 'verify', got {self.refine_rule!r}")
         need(float(self.seed_sigma) > 0, f"seed_sigma must be > 0, got {self.seed_sigma!r}")
         need(isinstance(self.refine_steps, int) and self.refine_steps >= 1, f"refine_steps must be >= 1, got {self.refine_steps!r}")
-        need(isinstance(self.zbar_every, int) and self.zbar_every >= 0, f"zbar_every must be an integer >= 0, got {self.zbar_every!r}")
-        need(float(self.logit_clip) >= 0, f"logit_clip must be >= 0 (0 = off), got {self.logit_clip!r}")
         need(self.surrogate in ("mean", "raise"), f"surrogate must be 'mean' or 'raise', got {self.surrogate!r}")
         need(isinstance(self.window, int) and self.window >= 0, f"window must be an integer >= 0 (0 = whole tile), got {self.window!r}")
         need(isinstance(self.batch, int) and self.batch >= 1, f"batch must be >= 1, got {self.batch!r}")
@@ -293,7 +285,7 @@ def field_seeds(score: torch.Tensor, image: torch.Tensor, region: torch.Tensor, 
     :func:`mcgr.infer.proposals.evidence_map` of the image, computed here when None and needed."""
     P = int(grid.origins.shape[0])
     if cfg.proposer == "logits":
-        return seed_points(score[None], math.log(cfg.tau_seed / (1 - cfg.tau_seed)), cfg.seed_radius,
+        return seed_points(score[None], math.log(cfg.tau_seed / (1 - cfg.tau_seed)), SEED_RADIUS,
                            cfg.max_seeds * P, region=region[None])[0]
     from mcgr import MODEL_SPACING_MM
     from mcgr.infer.proposals import evidence_map, propose_seeds
@@ -304,7 +296,7 @@ def field_seeds(score: torch.Tensor, image: torch.Tensor, region: torch.Tensor, 
     if cfg.refine_rule == "add" and base_logits is not None:
         exclude = found_by_base(base_logits, cfg.threshold)
     return propose_seeds(score, evidence, region, budget=cfg.seeds_per_tile, cell=int(grid.stride),
-                         tau=cfg.tau_seed, floor=cfg.evidence_floor, radius=cfg.seed_radius,
+                         tau=cfg.tau_seed, floor=cfg.evidence_floor, radius=SEED_RADIUS,
                          weight=cfg.evidence_weight, exclude=exclude, max_total=cfg.max_seeds * P)
 
 
@@ -439,15 +431,9 @@ def propose(canvas: torch.Tensor, base: torch.Tensor, image: torch.Tensor, insid
 
     Seeds are read from the maxima of the current logits ``canvas`` (not of the probability:
     sigmoid saturates to exactly 1.0 over a confident calcification, and every pixel of that plateau
-    would be a maximum); with ``logit_clip``, pixels still at the clamp are scored by their
-    unclamped ``base`` logits."""
+    would be a maximum)."""
     if seeds is None:
-        score = canvas
-        if cfg.logit_clip > 0:
-            c = cfg.logit_clip
-            at_clamp = ((canvas <= -c) & (base < -c)) | ((canvas >= c) & (base > c))
-            score = torch.where(at_clamp, base, canvas)
-        z_c = torch.where(inside, score, torch.full_like(canvas, -1e4))
+        z_c = torch.where(inside, canvas, torch.full_like(canvas, -1e4))
         seeds = field_seeds(z_c, image, region, cfg, grid, base_logits=base, evidence=evidence)
     return Proposal(seeds, seed_windows([seeds], tuple(image.shape), window))
 
@@ -542,7 +528,7 @@ def refine_stage(Z: torch.Tensor, Z0: torch.Tensor, bp: BasePass, sur: Surrogate
     """Stage *refine*: the fused ``refine`` op on every tile a projection window touches (gating),
     towards the surrogate target (``surrogate="raise"``: never below the current probability; outside
     the windows the current probability, so the data term holds z there), with zbar the stitched
-    canvas of the tiles' current logits refreshed every ``zbar_every`` steps. Updates ``Z`` [P, T, T]
+    canvas of the tiles' current logits refreshed every ``ZBAR_EVERY`` steps. Updates ``Z`` [P, T, T]
     in place; returns the indices of the refined tiles."""
     g = bp.grid
     covT = gather_tiles(sur.covered.float(), g, backend=backend) > 0.5
@@ -559,7 +545,7 @@ def refine_stage(Z: torch.Tensor, Z0: torch.Tensor, bp: BasePass, sur: Surrogate
     Zbar = gather_tiles(canvas, g, backend=backend)
     done = 0
     while done < cfg.refine_steps:
-        n = min(cfg.zbar_every, cfg.refine_steps - done) if cfg.zbar_every > 0 else cfg.refine_steps
+        n = min(ZBAR_EVERY, cfg.refine_steps - done)
         if done:  # zbar from the tiles' current logits, not the canvas the iteration started from
             Zbar = gather_tiles(stitch(Z, g, bp.weights, backend=backend), g, backend=backend)
         # one call for every gated tile: refine is memory-bound and a few MB per tile
@@ -670,17 +656,13 @@ def run_field(image: torch.Tensor, grid: TileGrid, seg, gen=None, cfg: TTGPRConf
 
 
 def _refinement_setup(bp: BasePass, cfg: TTGPRConfig, shape, batch: int):
-    """The refinement's start and anchor (``logit_clip``: clamped; ``bp.canvas`` keeps the segmentor's
-    own logits), the projection window, its (h, w) and the windows per generator call (the memory of
-    ``batch`` tiles)."""
+    """The refinement's start and anchor (the base logits), the projection window, its (h, w) and
+    the windows per generator call (the memory of ``batch`` tiles)."""
     H, W = shape
-    clip = cfg.logit_clip
-    Z0 = bp.Z0.clamp(-clip, clip) if clip > 0 else bp.Z0
-    canvas = bp.canvas.clamp(-clip, clip) if clip > 0 else bp.canvas
     win = cfg.window if 0 < cfg.window < max(H, W) else max(H, W)
     size = (min(win, H), min(win, W))
     per_call = max(1, batch * bp.grid.tile ** 2 // (cfg.projections * size[0] * size[1]))
-    return Z0, canvas, win, size, per_call
+    return bp.Z0, bp.canvas, win, size, per_call
 
 
 def _tiles_touched(covered: torch.Tensor, grid: TileGrid, backend: str) -> torch.Tensor:

@@ -61,7 +61,7 @@ def test_saved_maps_equal_the_pipelines_within_half_a_step(data, tmp_path):
     torch.set_num_threads(1)
     try:
         pipe = Pipeline(load_model(data["models"] / "seg", kind="seg"), load_model(data["models"] / "rf", kind="rf"))
-        r = pipe(str(data["src"] / "c.dcm"), spacing=SPACING, canonical=True)
+        r = pipe(str(data["src"] / "c.dcm"), spacing=SPACING, canonical=True, refine=True)
     finally:
         torch.set_num_threads(threads)
     assert r.mammogram.flipped  # a right breast: the maps on the file's grid are the canonical ones mirrored

@@ -8,7 +8,7 @@ from archive_factory import make_models
 from scipy import ndimage
 
 from mcgr.ops._tiling import tile_grid
-from mcgr.infer.ttgpr import TTGPRConfig, run_field, seed_points
+from mcgr.infer.ttgpr import SEED_RADIUS, TTGPRConfig, run_field, seed_points
 from mcgr.models import load_model
 
 
@@ -45,7 +45,7 @@ def test_seeds_lie_only_in_the_seed_region(tmp_path):
     # the seeds are the base canvas's logit maxima above logit(tau) (maxima of the whole canvas: the
     # region's border makes none of its own), counted inside the region only
     z = full.base_logits.numpy()
-    want = _scipy_seeds(z, math.log(0.05 / 0.95), cfg.seed_radius)
+    want = _scipy_seeds(z, math.log(0.05 / 0.95), SEED_RADIUS)
     assert full.seeds == len(want) > 0
     assert part.seeds == sum(1 for y, x in want if region[y, x])
     assert 0 < part.seeds < full.seeds
@@ -67,35 +67,6 @@ class _BrightGen(torch.nn.Module):
 
     def forward(self, x, t):
         return (1.0 - x[:, :1]) / (1.0 - t.view(-1, 1, 1, 1))
-
-
-def test_logit_clip_lets_a_clear_projection_lift_a_confident_miss():
-    # one 64 px tile; the segmentor reads logit -15 on the dark image, -4 (p 0.018, a seed) on a
-    # faint spot, +15 on a bright image; the "generator" renders a bright image, so q = 1 over the
-    # tile. The refine fixed point 1 - sigmoid(z) = lambda_a (z - z0) (no smoothness; the overlap
-    # term is 0 on a lone tile) is p ~ 0.31 from z0 = -15, and p ~ 0.67 from a clamped z0 = -6.
-    from mcgr.ops import RefineParams
-
-    img = torch.zeros(64, 64)
-    img[32, 32] = 0.2
-    grid = tile_grid((64, 64), tile=64, overlap=0.25)
-    # clip 4 puts the clamp above logit(tau) = -4.6: the texture must still not seed
-    for clip, want in ((0.0, 0.31), (6.0, 0.67), (4.0, 0.74)):
-        cfg = TTGPRConfig(tau_seed=0.01, projections=1, steps=1, refine_steps=400, window=0, logit_clip=clip,
-                          refine=RefineParams(eta=1.0, lambda_a=0.05, lambda_e=0.0, lambda_o=0.0))
-        r = run_field(img, grid, _StepSeg(), _BrightGen(), cfg, backend="reference")
-        assert r.seeds == 1
-        assert torch.allclose(r.base_logits[10, 10], torch.tensor(-15.0))  # the base output is never clamped
-        # the fixed point, solved independently by bisection
-        z0 = max(-15.0, -clip) if clip else -15.0
-        lo, hi = -20.0, 20.0
-        for _ in range(100):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if 1 / (1 + math.exp(mid)) - 0.05 * (mid - z0) > 0 else (lo, mid)
-        p = float(torch.sigmoid(r.logits[10, 10]))
-        assert p == pytest.approx(1 / (1 + math.exp(-lo)), abs=1e-3) and p == pytest.approx(want, abs=0.02)
-    with pytest.raises(ValueError, match="logit_clip"):
-        TTGPRConfig(logit_clip=-1.0).validated()
 
 
 def test_given_seeds_replace_the_maxima_and_map_from_the_input_grid(tmp_path, monkeypatch):
