@@ -38,7 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from mcgr import MODEL_SPACING_MM
-from mcgr.infer.ttgpr import SEED_RADIUS, TTGPRConfig, field_seeds, keep_found, run_field, segment_tiles
+from mcgr.infer.seeds import field_seeds, keep_found
+from mcgr.infer.ttgpr import TTGPRConfig, run_field, segment_tiles
+from mcgr.infer.ttgpr_config import SEED_RADIUS
 from mcgr.ops import gather_tiles, stitch
 from mcgr.ops._tiling import gaussian_weights
 

@@ -7,7 +7,8 @@ import torch
 from scipy import ndimage
 
 from mcgr.infer.proposals import evidence_map, propose_seeds
-from mcgr.infer.ttgpr import TTGPRConfig, field_seeds, keep_found, run_field
+from mcgr.infer.seeds import field_seeds, keep_found
+from mcgr.infer.ttgpr import TTGPRConfig, run_field
 from mcgr.ops._tiling import tile_grid
 
 

@@ -8,7 +8,9 @@ from archive_factory import make_models
 from scipy import ndimage
 
 from mcgr.ops._tiling import tile_grid
-from mcgr.infer.ttgpr import SEED_RADIUS, TTGPRConfig, run_field, seed_points
+from mcgr.infer.seeds import seed_points
+from mcgr.infer.ttgpr import TTGPRConfig, run_field
+from mcgr.infer.ttgpr_config import SEED_RADIUS
 from mcgr.models import load_model
 
 
@@ -101,7 +103,7 @@ def test_given_seeds_replace_the_maxima_and_map_from_the_input_grid(tmp_path, mo
 
 
 def test_max_filter_equals_scipy_and_max_pool():
-    from mcgr.infer.ttgpr import _max_filter
+    from mcgr.infer.seeds import _max_filter
 
     a = torch.randn(2, 37, 29, generator=torch.Generator().manual_seed(4))
     for r in (1, 3):

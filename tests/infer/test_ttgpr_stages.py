@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from mcgr.infer.ttgpr import (Projections, SurrogateField, TTGPRConfig, accept, base_pass, keep_found, predict_batched,
+from mcgr.infer.seeds import keep_found
+from mcgr.infer.ttgpr import (Projections, SurrogateField, TTGPRConfig, accept, base_pass, predict_batched,
                               propose, refine_stage, covered_region)
 from mcgr.ops import gather_tiles, stitch
 from mcgr.ops._tiling import gaussian_weights, tile_grid
