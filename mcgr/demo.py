@@ -147,6 +147,9 @@ def run_demo(out: str | Path = "mcgr-demo", seed: int = 0, size: tuple[int, int]
     say("")
     say(f"TT-GPR refined {100 * res.refined_fraction:.0f}% of the breast tiles ({res.seeds} seeds); "
         f"{len(res.detections)} calcifications, {len(res.clusters)} clusters detected; {summary['wall_s']} s in all")
+    if bool(torch.equal(res.base_prob >= thr, res.mask)):
+        say("TT-GPR's mask is the base's, pixel for pixel: `mcgr infer` runs the base unless given --refine "
+            "(README, \"What TT-GPR buys\")")
     say(f"outputs in {out}/: phantom.compare.png (truth green | base blue | TT-GPR red), phantom.overlay.png, "
         "phantom.json, phantom.mask.png, phantom.prob.png (mcgr.io.read_prob_map reads it), demo.json")
     return summary
