@@ -42,11 +42,11 @@ class SkipFlat(Pipeline):
         self.floor = float(floor)
         self.evidence_s = 0.0
 
-    def prepare(self, image, spacing=None, breast_mask=None):
+    def prepare(self, image, spacing=None, breast_mask=None, view=None):
         from mcgr.infer.proposals import evidence_map
         from mcgr.ops._tiling import TileGrid
 
-        prep = super().prepare(image, spacing=spacing, breast_mask=breast_mask)
+        prep = super().prepare(image, spacing=spacing, breast_mask=breast_mask, view=view)
         t = time.perf_counter()
         ev = evidence_map(prep.x.float(), prep.seed_region)
         T = prep.grid.tile
