@@ -1,7 +1,7 @@
 """What the validation's shorter fold schedule costs: one fold of an adaptation trained with the shipped
 schedule beside the fold model ``mcgr adapt`` trained, scored on the same injected images.
 
-    python -m experiments.adapt_fold_cost --adapt runs/adapt-benign --fold 2 [--steps 2000]
+    python -m experiments.adapt_fold_cost --adapt runs/adapt-benign --fold 2 [--steps 2000] [--inputs FILES/DIRS]
         [--out benchmarks/results/cpu-2core-epyc/adapt_fold_cost.json]
 
 trains the fold's segmentor (every image but the fold's held-out ones) for ``--steps`` (default: the
@@ -35,9 +35,22 @@ def main(argv=None) -> int:
     ap.add_argument("--fold", type=int, required=True)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--inputs", nargs="*", default=None, help="the adaptation's inputs, where its state lacks their paths")
     ap.add_argument("--out", default="benchmarks/results/cpu-2core-epyc/adapt_fold_cost.json")
     a = ap.parse_args(argv)
     ad = Adaptation.reopen(a.adapt, threads=a.threads)
+    if any(it["path"] is None for it in ad.items):  # a state written before it recorded the paths
+        if not a.inputs:
+            raise SystemExit(f"{a.adapt}: its state holds no input paths; give them with --inputs")
+        from mcgr._digest import file_sha256
+        from mcgr.train.adapt import list_inputs
+
+        by_hash = {file_sha256(it["path"]): it["path"] for it in list_inputs(a.inputs, None)}
+        for it in ad.items:
+            it["path"] = it["path"] or by_hash.get(it["sha256"])
+        missing = [it["key"] for it in ad.items if it["path"] is None]
+        if missing:
+            raise SystemExit(f"--inputs hold no file with the sha256 of {missing}")
     held = ad.folds()[a.fold]
     have = json.loads((ad.work / "validate" / f"fold{a.fold}.json").read_text())
     steps = a.steps or ad.plan.seg_steps
