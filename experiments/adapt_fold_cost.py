@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     items = [it for it in ad.items if it["key"] in held]
     rep = validate_fold(a.fold, items, run / "model", ad.start_dir("seg"), ad.plan.injections, progress=False)
     res = {"adapt": a.adapt, "fold": a.fold, "held_out": held, "date": time.strftime("%Y-%m-%d"),
-           "fold_steps": {"steps": ad.plan.fold_steps, **summary(have)},
+           "fold_steps": {"steps": ad.plan.fold_schedule, **summary(have)},
            "shipped_steps": {"steps": steps, "train_s": round(t_train, 1), **summary(rep)}}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")

@@ -195,7 +195,9 @@ def _add_adapt(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a tiny schedule (minutes): for tests and a first try")
     p.add_argument("--seg-steps", type=positive_int, default=None, help="segmentor fine-tuning steps (default 2000)")
     p.add_argument("--rf-steps", type=positive_int, default=None, help="generator fine-tuning steps (default 3000)")
-    p.add_argument("--fold-steps", type=positive_int, default=None, help="steps of each validation fold's model (default 600)")
+    p.add_argument("--fold-steps", type=positive_int, default=None,
+                   help="steps of each validation fold's model (default: 2000, the written model's; fewer is faster, "
+                        "but the card then understates the model and calibrates its threshold on weaker ones)")
     p.add_argument("--resume", action="store_true", help="continue an adaptation in --out where it stopped")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=nonnegative_int, default=0, help="torch threads (default: torch's own)")

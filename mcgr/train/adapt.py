@@ -14,7 +14,8 @@ in ``OUT/work/state.json`` when it ends; a training stage resumes from its last 
 5. ``rf``: the generator fine-tuned from the start on the same backgrounds, with decoy seeds on the
    site's bright texture and at every mined false detection (preset ``rf_adapt``);
 6. ``validate``: by image (leave one out; ``k`` folds beyond :data:`MAX_FOLDS` images): for each fold a
-   segmentor fine-tuned without the held-out images (a shorter schedule, ``fold_steps``), then
+   segmentor fine-tuned without the held-out images (the written model's schedule unless
+   ``--fold-steps`` shortens it), then
    calcifications injected into the held-out images with unseen seeds by the training injector and
    by an independent one (:mod:`mcgr.eval.independent`), scored for the fold model, the start model
    and the DoG detector (:mod:`mcgr.train.adapt_validate`);
@@ -57,7 +58,10 @@ class Plan:
     mine_per_image: int = 150
     seg_steps: int = 2000
     rf_steps: int = 3000
-    fold_steps: int = 600
+    # None: the fold models follow the written model's schedule (seg_steps). On a 600-step schedule
+    # fold 2 of the sfm-benign-0 adaptation found 0.06 / 0.09 at 2 / 5 false objects per image where
+    # its 2000-step model found 0.18 / 0.27 (docs/log/2026-12.md), and the threshold is read off them
+    fold_steps: int | None = None
     injections: int = 2
     max_folds: int = MAX_FOLDS
     val_n: int = 32  # patches of each training run's synthetic validation (its log only: no weight depends on it)
@@ -65,7 +69,12 @@ class Plan:
     @classmethod
     def quick(cls) -> "Plan":
         return cls(windows_per_image=24, stride=64, phantoms=0, mine_per_image=20, seg_steps=12, rf_steps=12,
-                   fold_steps=6, injections=1, max_folds=2, val_n=4)
+                   injections=1, max_folds=2, val_n=4)
+
+    @property
+    def fold_schedule(self) -> int:
+        """Steps of each validation fold's segmentor: ``fold_steps``, else the written model's."""
+        return int(self.fold_steps) if self.fold_steps is not None else int(self.seg_steps)
 
     def identity(self) -> dict:
         """The fields that change a result (``--resume`` compares them)."""
@@ -374,7 +383,7 @@ class Adaptation:
                 continue
             self.log(f"  validate: fold {n + 1}/{len(folds)}: holding out {', '.join(held)}")
             run = d / f"fold{n}"
-            cfg = self.seg_config(self.plan.fold_steps, exclude=held)
+            cfg = self.seg_config(self.plan.fold_schedule, exclude=held)
             self._train(cfg, run)
             items = [it for it in self.items if it["key"] in held]
             rep = validate_fold(n, items, run / "model", self.start_dir("seg"), self.plan.injections,

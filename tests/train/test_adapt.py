@@ -153,3 +153,12 @@ def test_device_cuda_without_a_gpu_is_refused_before_any_work(tmp_path, capsys):
     assert main(["adapt", str(d), "--spacing", "0.07", "--out", str(tmp_path / "o"), "--quick", "--device", "cuda"]) != 0
     assert "no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_fold_models_follow_the_written_models_schedule_unless_shortened():
+    from mcgr.train.adapt import Plan
+
+    assert Plan().fold_schedule == Plan().seg_steps == 2000
+    assert Plan(seg_steps=50).fold_schedule == 50
+    assert Plan(seg_steps=50, fold_steps=7).fold_schedule == 7
+    assert Plan.quick().fold_schedule == Plan.quick().seg_steps
