@@ -119,6 +119,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--adapt", default="runs/adapt-benign", help="an `mcgr adapt` output folder (its work/ holds the folds)")
     ap.add_argument("--folds", default="rcc=2:1-132,rmlo=3:1-133")
+    ap.add_argument("--seg-dir", default="work/validate/fold{fold}/model",
+                    help="each fold's segmentor, under --adapt (experiments/adapt_fold_cost.py writes "
+                         "work/fold-cost/fold{fold}/model: the written model's schedule)")
     ap.add_argument("--variant", type=int, default=2, help="the fold whose pair scores the variant phantom (-1: none)")
     ap.add_argument("--injections", type=int, default=1, help="draws per injector and view")
     ap.add_argument("--first-draw", type=int, default=0, help="the first draw (seeds as the adaptation's validation: draw k)")
@@ -147,7 +150,7 @@ def main(argv=None) -> None:
         folds[view] = (int(fold), key)
 
     def pair(fold: int, key: str):
-        seg = load_model(work / "validate" / f"fold{fold}" / "model", kind="seg")
+        seg = load_model(Path(a.adapt) / a.seg_dir.format(fold=fold), kind="seg")
         gen = load_model(work / "rf-folds" / key / "model", kind="rf")
         return Pipeline(seg, gen)
 
@@ -173,7 +176,7 @@ def main(argv=None) -> None:
             rec["images"].append({"key": name, "scores": {group: {m: [score_image(p, im, ignore)] for m, p in probs.items()}}})
             for d in designs:
                 ratios[d].append(ratio[d])
-    rep = {"adapt": a.adapt, "folds": a.folds, "variant_fold": a.variant, "injections": a.injections,
+    rep = {"adapt": a.adapt, "seg_dir": a.seg_dir, "folds": a.folds, "variant_fold": a.variant, "injections": a.injections,
            "first_draw": a.first_draw, "variant_seeds": a.variant_seeds,
            "rates": list(RATES), "cluster_rates": list(CLUSTER_RATES), "table": pooled_table(groups, ["base", *designs]),
            "groups": groups,
