@@ -13,7 +13,7 @@ with texture) into a temporary folder and runs, side by side, with the same torc
   channels-last under bf16 autocast; sigmoid >= 0.5; the mask as PNG (PIL, default compression)
   and a JSON of the connected components (centroid, area, peak probability; scipy.ndimage).
   Serial, one image after the other.
-- ``base`` / ``ttgpr``: ``mcgr infer FOLDER --out OUT [--no-refine] --threads T`` in this process
+- ``base`` / ``ttgpr``: ``mcgr infer FOLDER --out OUT --no-refine|--refine --threads T`` in this process
   (the local engine: prefetch reader and write-behind writer around the networks; the default output
   set: mask PNG, overlay, JSON, DICOM SEG, and the manifest; ``--outputs`` passes another set).
 - ``base-serial``: the same pipeline and outputs through the serial engine
@@ -256,8 +256,7 @@ def mcgr_side(side: str, inputs: Path, out: Path, models: Path | None, args) -> 
         argv = ["infer", str(inputs), "--out", str(out), "--quiet", "--device", args.device, "--threads", str(args.threads)]
         if models is not None:
             argv += ["--models", str(models)]
-        if not refine:
-            argv.append("--no-refine")
+        argv.append("--refine" if refine else "--no-refine")
         if args.outputs:
             argv += ["--outputs", args.outputs]
         if side == "ray":
