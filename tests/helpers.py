@@ -1,4 +1,5 @@
-"""Comparison helpers whose failure messages name the worst index and both values."""
+"""Comparison helpers whose failure messages name the worst index and both values, and a spy on the
+seeds the pipeline hands to TT-GPR."""
 from __future__ import annotations
 
 import torch
@@ -28,3 +29,19 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol
             f"{name}: {int((err > 0).sum())} of {a.numel()} elements outside atol={atol}, rtol={rtol}; "
             f"worst at {idx}: {float(a[idx])!r} vs expected {float(e[idx])!r} (|diff| = {abs(float(a[idx] - e[idx])):.3g})"
         )
+
+
+def spy_run_field_seeds(monkeypatch) -> dict:
+    """Record the ``seeds`` the pipeline passes to :func:`mcgr.infer.ttgpr.run_field` (canvas px):
+    the returned dict's ``"seeds"`` after each call; the run itself goes on unchanged."""
+    import mcgr.infer.pipeline as pl
+
+    seen: dict = {}
+    real = pl.run_field
+
+    def spy(*a, **k):
+        seen["seeds"] = k.get("seeds")
+        return real(*a, **k)
+
+    monkeypatch.setattr(pl, "run_field", spy)
+    return seen

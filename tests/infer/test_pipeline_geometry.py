@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from archive_factory import make_models
+from helpers import spy_run_field_seeds
 
 from mcgr import MODEL_SPACING_MM
 from mcgr.infer.pipeline import Pipeline
@@ -52,17 +53,9 @@ def test_the_canvas_is_the_input_through_the_one_resampler_and_padded(models, mm
 def test_given_seeds_land_on_the_canvas_at_the_closed_form(models, monkeypatch):
     """0.05 mm: not a whole ratio of the model's 0.07 mm. Source pixel c sits at (c + 0.5) 0.05 mm,
     so at (c + 0.5) * 0.05 / 0.07 - 0.5 model px, plus the 32 px border on the canvas."""
-    import mcgr.infer.pipeline as pl
 
     seg, gen = models
-    seen = {}
-    real = pl.run_field
-
-    def spy(*a, **k):
-        seen["seeds"] = k.get("seeds")
-        return real(*a, **k)
-
-    monkeypatch.setattr(pl, "run_field", spy)
+    seen = spy_run_field_seeds(monkeypatch)
     cfg = TTGPRConfig(projections=1, steps=1, refine_steps=1, window=32)
     pipe = Pipeline(seg, gen, config=cfg, autocast=False, border_pad=32)
     pts = np.array([[10.0, 20.0], [128.0, 0.0], [64.0, 100.0], [0.0, 33.0]])
@@ -111,20 +104,12 @@ def test_finish_returns_a_new_result_and_leaves_its_arguments_alone(models, mm):
 def test_a_flipped_file_gives_seeds_and_outputs_in_its_own_orientation(models, tmp_path, monkeypatch):
     """A right breast is mirrored on reading: seeds given in the file's pixels are mirrored onto the
     canonical source grid, and the outputs mirrored back."""
-    import mcgr.infer.pipeline as pl
     from dicom_factory import breast_phantom, write_dicom
 
     seg, gen = models
     img = breast_phantom(96, 80, 12, np.random.default_rng(0), chest_wall="right")
     path = write_dicom(tmp_path / "r.dcm", img, laterality="R", pixel_spacing=0.07)
-    seen = {}
-    real = pl.run_field
-
-    def spy(*a, **k):
-        seen["seeds"] = k.get("seeds")
-        return real(*a, **k)
-
-    monkeypatch.setattr(pl, "run_field", spy)
+    seen = spy_run_field_seeds(monkeypatch)
     pipe = Pipeline(seg, gen, config=TTGPRConfig(projections=1, steps=1, refine_steps=1, window=32), autocast=False,
                     border_pad=8)
     res = pipe(str(path), seeds=[[10.0, 70.0]])

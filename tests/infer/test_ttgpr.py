@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from archive_factory import make_models
+from helpers import spy_run_field_seeds
 from scipy import ndimage
 
 from mcgr.ops._tiling import tile_grid
@@ -72,21 +73,13 @@ class _BrightGen(torch.nn.Module):
 
 
 def test_given_seeds_replace_the_maxima_and_map_from_the_input_grid(tmp_path, monkeypatch):
-    import mcgr.infer.pipeline as pl
     from mcgr.infer.pipeline import Pipeline
 
     root = make_models(tmp_path / "m")
     seg, gen = load_model(root / "seg", kind="seg"), load_model(root / "rf", kind="rf")
     g = torch.Generator().manual_seed(2)
     img = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 150, 130, generator=g), 5, 1, 2)[0, 0]
-    seen = {}
-    real = pl.run_field
-
-    def spy(*a, **k):
-        seen["seeds"] = k.get("seeds")
-        return real(*a, **k)
-
-    monkeypatch.setattr(pl, "run_field", spy)
+    seen = spy_run_field_seeds(monkeypatch)
     cfg = TTGPRConfig(projections=1, steps=1, refine_steps=2, window=32)
     pipe = Pipeline(seg, gen, config=cfg, autocast=False, border_pad=32)
     pts = [[10.0, 20.0], [149.0, 0.0], [75.5, 64.0]]
