@@ -27,7 +27,6 @@ import torch
 
 from mcgr import MODEL_SPACING_MM
 
-FOLD_VIEWS = {0: "1-130", 1: "1-131", 2: "1-132", 3: "1-133"}  # lcc, lmlo, rcc, rmlo
 
 
 def variants(seg, floor: float) -> dict:
@@ -47,28 +46,21 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="benchmarks/results/cpu-2core-epyc/tile_economy_film.json")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from experiments.ttgpr_designs import pooled_table
+    from experiments.ttgpr_designs import VIEW_KEYS, injected, pooled_table, view_item
     from mcgr.models import load_model
-    from mcgr.train.adapt import list_inputs
-    from mcgr.train.adapt_validate import (SEED_INDEPENDENT, SEED_TRAINING, _visible_ignore, independent_injection,
-                                           read_model_grid, score_image, training_injection)
-    from mcgr.train.validate_real import search_region
-    from experiments.ttgpr_designs import _case_dir
+    from mcgr.train.adapt_validate import _visible_ignore, read_model_grid, score_image
 
-    items = {it["key"]: it for it in list_inputs([str(_case_dir())], 0.05)}
+    views = list(VIEW_KEYS)  # fold N of the sfm-benign-0 adaptation holds out its N-th view
     groups: dict = {}
     rows: dict = {}
     t0 = time.perf_counter()
     for fold in [int(f) for f in a.folds.split(",")]:
-        key = FOLD_VIEWS[fold]
+        view = views[fold]
+        key = VIEW_KEYS[view]
         seg = load_model(Path(a.adapt) / "work" / "validate" / f"fold{fold}" / "model", kind="seg")
         pipes = variants(seg, a.floor)
-        img = read_model_grid(items[key])
-        _, region = search_region(img)
-        images = [("nothing", {"image": img})]
-        for inj, fn, seed0 in (("training", training_injection, SEED_TRAINING),
-                               ("independent", independent_injection, SEED_INDEPENDENT)):
-            images.append((inj, fn(img, region, seed0 + 1000 * fold)))
+        img = read_model_grid(view_item(view))
+        images = [("nothing", {"image": img})] + injected(view, fold, 0, range(1), img)
         for inj, im in images:
             x = torch.from_numpy(np.ascontiguousarray(im["image"], dtype=np.float32))
             probs = {}

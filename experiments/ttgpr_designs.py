@@ -77,13 +77,14 @@ def variant_image(seed: int = 900051) -> dict:
             "centres": ph.centres.numpy().astype(np.float64), "cluster": np.full(ph.centres.shape[0], -1, np.int64)}
 
 
-def injected(view: str, fold: int, index: int, draws: range) -> list[tuple[str, dict]]:
-    """(injector, image) pairs of a held-out view, seeded as mcgr.train.adapt_validate.validate_fold."""
+def injected(view: str, fold: int, index: int, draws: range, img: np.ndarray | None = None) -> list[tuple[str, dict]]:
+    """(injector, image) pairs of a held-out view (``img``: the view on the model grid, read when
+    None), seeded as mcgr.train.adapt_validate.validate_fold."""
     from mcgr.train.adapt_validate import (SEED_INDEPENDENT, SEED_TRAINING, independent_injection,
                                            read_model_grid, training_injection)
     from mcgr.train.validate_real import search_region
 
-    img = read_model_grid(view_item(view))
+    img = read_model_grid(view_item(view)) if img is None else img
     _, region = search_region(img)
     out = []
     for inj, fn, seed0 in (("training", training_injection, SEED_TRAINING),
