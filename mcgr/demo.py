@@ -1,5 +1,5 @@
 """``mcgr demo``: a synthetic full-field mammogram with known calcifications, segmented by the
-synthetic-only base segmentor and by TT-GPR, with outputs written and both scored against the truth."""
+base segmentor (and with ``refine``, by TT-GPR beside it), outputs written and scored against the truth."""
 from __future__ import annotations
 
 import json
@@ -27,8 +27,9 @@ def score(prob: torch.Tensor, truth: torch.Tensor, breast: torch.Tensor, spacing
     }
 
 
-def side_by_side(image: np.ndarray, truth: np.ndarray, base: np.ndarray, refined: np.ndarray, max_side: int = 900) -> np.ndarray:
-    """RGB panel: the image with truth (green), base (blue) and TT-GPR (red) outlines, downsized."""
+def side_by_side(image: np.ndarray, truth: np.ndarray, base: np.ndarray, refined: np.ndarray | None = None,
+                 max_side: int = 900) -> np.ndarray:
+    """RGB panel: the image with truth (green), base (blue) and, when given, TT-GPR (red) outlines, downsized."""
     from scipy import ndimage
 
     def outline(m):
@@ -37,12 +38,13 @@ def side_by_side(image: np.ndarray, truth: np.ndarray, base: np.ndarray, refined
 
     g = (np.clip(image, 0, 1) * 255).astype(np.uint8)
     panels = []
-    for mask, colour in ((truth, (0, 255, 0)), (base, (60, 140, 255)), (refined, (255, 40, 40))):
+    masks = [(truth, (0, 255, 0)), (base, (60, 140, 255))] + ([(refined, (255, 40, 40))] if refined is not None else [])
+    for mask, colour in masks:
         rgb = np.repeat(g[..., None], 3, axis=2)
         rgb[outline(mask)] = colour
         panels.append(rgb)
     gap = np.full((g.shape[0], 8, 3), 255, np.uint8)
-    full = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+    full = np.concatenate([x for pnl in panels for x in (pnl, gap)][:-1], axis=1)
     scale = max_side / max(full.shape[:2])
     if scale < 1:
         from PIL import Image
@@ -97,8 +99,9 @@ def demo_pipeline(models: str | None = None, device: str = "cpu", backend: str =
 
 def run_demo(out: str | Path = "mcgr-demo", seed: int = 0, size: tuple[int, int] = (1536, 1152), faint: bool = True,
              device: str = "cpu", backend: str = "auto", models: str | None = None, quiet: bool = False,
-             force: bool = False) -> dict:
-    """Build the phantom, run base and TT-GPR, write the outputs into ``out`` and score both.
+             force: bool = False, refine: bool = False) -> dict:
+    """Build the phantom, run the base segmentor (``refine``: and TT-GPR, scored beside it, whose
+    outputs are then the ones written), write the outputs into ``out`` and score them.
     Refuses (ValueError / FileExistsError, before any work) a ``size`` that would not fit in memory
     and an ``out`` holding earlier ``phantom.*`` / ``demo.json`` files unless ``force``."""
     from PIL import Image
@@ -118,38 +121,43 @@ def run_demo(out: str | Path = "mcgr-demo", seed: int = 0, size: tuple[int, int]
     say(f"phantom: {size[0]} x {size[1]} px at {MODEL_SPACING_MM} mm, {len(ph.centres)} calcifications "
         f"({'fainter than the training median' if faint else 'at the training median'}), seed {seed}")
     pipe = demo_pipeline(models, device=device, backend=backend)
-    res = pipe(ph.image, spacing=MODEL_SPACING_MM, breast_mask=ph.breast, refine=True)
+    res = pipe(ph.image, spacing=MODEL_SPACING_MM, breast_mask=ph.breast, refine=refine)
     thr = pipe.config.threshold
     base = score(res.base_prob, ph.truth, ph.breast, MODEL_SPACING_MM, thr)
-    ttgpr = score(res.prob, ph.truth, ph.breast, MODEL_SPACING_MM, thr)
+    ttgpr = score(res.prob, ph.truth, ph.breast, MODEL_SPACING_MM, thr) if refine else None
     mammo = Mammogram(image=ph.image.numpy(), spacing_mm=MODEL_SPACING_MM, laterality="L", view="CC",
                       source=f"phantom(seed={seed})", source_shape=tuple(ph.image.shape), flipped=False,
                       spacing_source="argument")
     paths = write_outputs(out, "phantom", mammo, res.prob, res.mask, res.detections, res.clusters,
                           uncertainty=res.uncertainty, excluded={"pectoral": res.pectoral}, outputs=OUTPUT_KINDS)
     Image.fromarray((ph.truth.numpy() * 255).astype(np.uint8)).save(out / "phantom.truth.png")
-    panel = side_by_side(ph.image.numpy(), ph.truth.numpy(), (res.base_prob >= thr).numpy(), res.mask.numpy())
+    panel = side_by_side(ph.image.numpy(), ph.truth.numpy(), (res.base_prob >= thr).numpy(),
+                         res.mask.numpy() if refine else None)
     Image.fromarray(panel).save(out / "phantom.compare.png")
     summary = {
         "phantom": {"seed": seed, "shape": list(ph.image.shape), "faint": faint, "calcifications": int(len(ph.centres))},
-        "base": base, "ttgpr": ttgpr, "refined_fraction": res.refined_fraction, "seeds": res.seeds,
+        "base": base, **({"ttgpr": ttgpr} if refine else {}), "refined_fraction": res.refined_fraction,
+        "seeds": res.seeds,
         "timings_s": {k: round(v, 3) for k, v in res.timings.items()}, "wall_s": round(time.perf_counter() - t0, 2),
         "outputs": {**paths, "truth": str(out / "phantom.truth.png"), "compare": str(out / "phantom.compare.png")},
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=1))
     say("")
-    say(f"{'':22s}{'base':>10s}{'TT-GPR':>10s}")
+    cols = [("base", base)] + ([("TT-GPR", ttgpr)] if refine else [])
+    say(f"{'':22s}" + "".join(f"{name:>10s}" for name, _ in cols))
     for k, label in (("dice", "Dice"), ("recall", "Recall"), ("fnr", "FNR"), ("balanced_accuracy", "Bal. acc."),
                      ("g_mean", "G-mean"), ("object_sensitivity", "Object sensitivity"), ("fp_objects", "FP objects")):
-        a, b = base[k], ttgpr[k]
-        fmt = (lambda v: f"{v:10d}") if isinstance(a, int) else (lambda v: f"{v:10.3f}")
-        say(f"{label:22s}{fmt(a)}{fmt(b)}")
+        fmt = (lambda v: f"{v:10d}") if isinstance(base[k], int) else (lambda v: f"{v:10.3f}")
+        say(f"{label:22s}" + "".join(fmt(sc[k]) for _, sc in cols))
     say("")
-    say(f"TT-GPR refined {100 * res.refined_fraction:.0f}% of the breast tiles ({res.seeds} seeds); "
-        f"{len(res.detections)} calcifications, {len(res.clusters)} clusters detected; {summary['wall_s']} s in all")
-    if bool(torch.equal(res.base_prob >= thr, res.mask)):
-        say("TT-GPR's mask is the base's, pixel for pixel: `mcgr infer` runs the base unless given --refine "
-            "(README, \"What TT-GPR buys\")")
-    say(f"outputs in {out}/: phantom.compare.png (truth green | base blue | TT-GPR red), phantom.overlay.png, "
+    found = f"{len(res.detections)} calcifications, {len(res.clusters)} clusters detected; {summary['wall_s']} s in all"
+    if refine:
+        say(f"TT-GPR refined {100 * res.refined_fraction:.0f}% of the breast tiles ({res.seeds} seeds); {found}")
+        if bool(torch.equal(res.base_prob >= thr, res.mask)):
+            say("TT-GPR's mask is the base's, pixel for pixel (README, \"What TT-GPR buys\")")
+    else:
+        say(f"base segmentor: {found} (--refine: TT-GPR beside it)")
+    panels = "truth green | base blue | TT-GPR red" if refine else "truth green | base blue"
+    say(f"outputs in {out}/: phantom.compare.png ({panels}), phantom.overlay.png, "
         "phantom.json, phantom.mask.png, phantom.prob.png (mcgr.io.read_prob_map reads it), demo.json")
     return summary

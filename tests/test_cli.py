@@ -103,7 +103,7 @@ def test_demo_scores_base_and_ttgpr_against_the_phantom_truth(tmp_path, capsys):
     save_model(UNet(segmentor_config(width=4, depth=2, groups=2)), tmp_path / "m" / "seg", kind="seg")
     save_model(UNet(generator_config(width=4, depth=2, groups=2)), tmp_path / "m" / "rf", kind="rf")
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--size", "256x192", "--models", str(tmp_path / "m")]) == 0
+    assert main(["demo", "--out", str(out), "--size", "256x192", "--models", str(tmp_path / "m"), "--refine"]) == 0
     printed = capsys.readouterr().out
     assert "Dice" in printed and "TT-GPR" in printed
     summary = json.loads((out / "demo.json").read_text())
@@ -114,6 +114,17 @@ def test_demo_scores_base_and_ttgpr_against_the_phantom_truth(tmp_path, capsys):
     mask = np.asarray(Image.open(out / "phantom.mask.png")) > 0
     expected = pixel_metrics(mask, ph.truth.numpy(), region=ph.breast.numpy())["dice"]
     assert summary["ttgpr"]["dice"] == pytest.approx(expected, abs=1e-9)
+    # without --refine the demo is the base segmentor alone, as mcgr infer runs: its written mask is scored
+    base_out = tmp_path / "demo-base"
+    assert main(["demo", "--out", str(base_out), "--size", "256x192", "--models", str(tmp_path / "m")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[next(i for i, ln in enumerate(lines) if ln.startswith("Dice")) - 1]
+    assert header.split() == ["base"]  # one column: no TT-GPR score
+    base_summary = json.loads((base_out / "demo.json").read_text())
+    mask = np.asarray(Image.open(base_out / "phantom.mask.png")) > 0
+    expected = pixel_metrics(mask, ph.truth.numpy(), region=ph.breast.numpy())["dice"]
+    assert "ttgpr" not in base_summary and base_summary["base"]["dice"] == pytest.approx(expected, abs=1e-9)
+    assert base_summary["base"] == summary["base"]  # the same base model either way
 
 
 def test_python_dash_m_mcgr():
