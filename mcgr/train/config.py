@@ -78,6 +78,9 @@ class LossConfig:
     faint_below_cnr: float = 0.0
     faint_weight: float = 1.0
     hard_weight: float = 1.0  # weight of every pixel of a hard-negative patch (data.hard_negatives) in both terms
+    # weight of mcgr.models.segmentor.distillation_loss against TrainConfig.teacher's logits (0 = no teacher)
+    distill: float = 0.0
+    distill_clip: float = 10.0
 
 
 @dataclass
@@ -119,6 +122,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch.set_num_threads; 0 = leave as is
     init: str | None = None  # start from these weights: a model folder, or "shipped" (mcgr/weights/<kind>)
+    # a frozen segmentor whose logits the model learns beside the masks (loss.distill > 0): a model folder or "shipped"
+    teacher: str | None = None
     model: UNetConfig = field(default_factory=UNetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -294,5 +299,13 @@ def _check(cfg: TrainConfig, source: str) -> None:
             raise ConfigError(f"{source}: data.{name} must lie in [0, 1], got {getattr(d, name)}")
     if not cfg.loss.hard_weight > 0:
         raise ConfigError(f"{source}: loss.hard_weight must be > 0, got {cfg.loss.hard_weight}")
+    if not cfg.loss.distill >= 0 or not cfg.loss.distill_clip > 0:
+        raise ConfigError(f"{source}: loss.distill must be >= 0 and loss.distill_clip > 0, got "
+                          f"{cfg.loss.distill}, {cfg.loss.distill_clip}")
+    if bool(cfg.teacher) != (cfg.loss.distill > 0):
+        raise ConfigError(f"{source}: teacher and loss.distill > 0 go together (teacher {cfg.teacher!r}, "
+                          f"loss.distill {cfg.loss.distill})")
+    if cfg.teacher and cfg.kind != "seg":
+        raise ConfigError(f"{source}: teacher is for the segmentor (kind seg), not {cfg.kind}")
     if not cfg.loss.faint_weight >= 0:
         raise ConfigError(f"{source}: loss.faint_weight must be >= 0, got {cfg.loss.faint_weight}")

@@ -48,6 +48,23 @@ def harvest_view(path: str, out: Path, seed: int = 1) -> Path:
     return out
 
 
+def real_data(out: Path, views: dict, miner: str, phantoms: int, threads: int) -> tuple[list, Path]:
+    """The recipe's data: each view's harvest (cached in ``OUT/../harvest``) and the hard negatives
+    that ``miner`` (a model folder) finds on the views and on ``phantoms`` procedural fields
+    (``OUT/hard.npy``, its report ``OUT/hard.json``). Returns (background paths, hard path)."""
+    from mcgr.train.mine import mine
+
+    cache = out.parent / "harvest"
+    cache.mkdir(parents=True, exist_ok=True)
+    bgs = [str(harvest_view(p, cache / f"sfm-benign-0_{v}.npy")) for v, p in views.items()]
+    hard = out / "hard.npy"
+    if not hard.is_file():
+        arr, rep = mine(miner, list(views.values()), FILM_SPACING_MM, phantoms, threads=threads)
+        np.save(hard, arr)
+        hard.with_suffix(".json").write_text(json.dumps(rep, indent=1) + "\n")
+    return bgs, hard
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mcgr.train.real", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
@@ -62,7 +79,6 @@ def main(argv=None) -> int:
     import torch
 
     from mcgr.train.config import load_config
-    from mcgr.train.mine import mine
     from mcgr.train.trainer import train
 
     out = Path(a.out)
@@ -78,14 +94,7 @@ def main(argv=None) -> int:
             train(cfg0, start, resume=(start / "ckpt" / "state.json").is_file())
         init = str(start / "model")
     views = {v: p for v, p in benign_views().items() if v != a.hold_out}
-    cache = out.parent / "harvest"
-    cache.mkdir(parents=True, exist_ok=True)
-    bgs = [str(harvest_view(p, cache / f"sfm-benign-0_{v}.npy")) for v, p in views.items()]
-    hard = out / "hard.npy"
-    if not hard.is_file():
-        arr, rep = mine(init, list(views.values()), FILM_SPACING_MM, a.phantoms, threads=a.threads)
-        np.save(hard, arr)
-        hard.with_suffix(".json").write_text(json.dumps(rep, indent=1) + "\n")
+    bgs, hard = real_data(out, views, init, a.phantoms, a.threads)
     cfg = load_config("seg", a.config)
     cfg.init = init
     cfg.threads = a.threads

@@ -160,11 +160,20 @@ def _loss_weight(batch: dict, cfg: TrainConfig) -> torch.Tensor | None:
     return w
 
 
-def compute_loss(model: UNet, batch: dict, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
+def compute_loss(model: UNet, batch: dict, cfg: TrainConfig, g: torch.Generator, teacher: UNet | None = None) -> torch.Tensor:
+    """The step's loss; ``teacher`` (a frozen segmentor, with ``loss.distill`` > 0) adds
+    ``loss.distill * distillation_loss`` against its logits on the same images."""
     if cfg.kind == "seg":
         logits = segment_logits(model, batch["image"])
         lc = cfg.loss
-        return segmentation_loss(logits, batch["mask"], lc.bce, lc.dice, lc.pos_weight, weight=_loss_weight(batch, cfg))
+        loss = segmentation_loss(logits, batch["mask"], lc.bce, lc.dice, lc.pos_weight, weight=_loss_weight(batch, cfg))
+        if teacher is not None and lc.distill > 0:
+            from mcgr.models.segmentor import distillation_loss
+
+            with torch.no_grad():
+                target = segment_logits(teacher, batch["image"])
+            loss = loss + lc.distill * distillation_loss(logits, target, lc.distill_clip)
+        return loss
     x1, smap, y = rf_pair(model, batch, cfg, g)
     b = x1.shape[0]
     t = sample_times(b, g, cfg.rf.time_sampling, cfg.rf.logit_mean, cfg.rf.logit_std).to(x1.device)
@@ -302,6 +311,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, device: torch.device, stop
                             lr=o.lr, betas=(o.beta1, o.beta2), foreach=False)
     if cfg.init and not resume:
         _init_weights(model, cfg)
+    teacher = _load_teacher(cfg, device)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if o.ema > 0 else None
 
     start = 0
@@ -377,7 +387,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, device: torch.device, stop
                 g = torch.Generator().manual_seed(step_seed(cfg.seed, step, j))
                 with dist.no_sync(train_model, last=i == len(parts) - 1):
                     with autocast():
-                        loss = compute_loss(train_model, batch, cfg, g)
+                        loss = compute_loss(train_model, batch, cfg, g, teacher)
                     if len(parts) > 1:
                         loss = loss / len(parts)
                     loss.backward()
@@ -436,6 +446,23 @@ def _init_weights(model: UNet, cfg: TrainConfig) -> None:
         model.load_state_dict(src.state_dict())
     except RuntimeError as e:
         raise ValueError(f"init {cfg.init!r}: its architecture differs from model: in the config ({e})") from None
+
+
+def _load_teacher(cfg: TrainConfig, device) -> UNet | None:
+    """``cfg.teacher`` (a model folder, or "shipped"), frozen and in eval mode; None without one."""
+    if bool(cfg.teacher) != (cfg.loss.distill > 0):
+        raise ValueError(f"teacher {cfg.teacher!r} and loss.distill {cfg.loss.distill} go together")
+    if not cfg.teacher:
+        return None
+    if cfg.kind != "seg":
+        raise ValueError(f"teacher is for the segmentor (kind seg), not {cfg.kind}")
+    from mcgr.models import load_model, load_pretrained
+
+    t = load_pretrained("seg") if cfg.teacher == "shipped" else load_model(Path(cfg.teacher), kind="seg")
+    t = t.to(device).eval()
+    for p in t.parameters():
+        p.requires_grad_(False)
+    return t
 
 
 def _ema_swap(model: UNet, ema: dict | None, fn):
