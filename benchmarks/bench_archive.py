@@ -1,7 +1,8 @@
 """Archive throughput of `mcgr infer` against the best loop a user would write, in one run.
 
     python -m benchmarks.bench_archive [--n 4] [--size 3328 2560] [--threads 1] [--reps 2]
-        [--sides peer,base,ttgpr,base-serial] [--device cpu|cuda] [--gpu-sample] [--outputs LIST] [--json PATH]
+        [--sides peer,base,ttgpr,base-serial] [--device cpu|cuda] [--gpu-sample] [--outputs LIST]
+        [--models DIR] [--json PATH]
     python -m benchmarks.bench_archive --footprint [--size 3328 2560] [--json PATH]
 
 Writes N synthetic full-field mammograms (16-bit DICOM, 2560 x 3328 at 0.07 mm, a breast phantom
@@ -10,7 +11,9 @@ with texture) into a temporary folder and runs, side by side, with the same torc
 - ``peer``: what a user writes with pydicom and MONAI: ``pydicom.dcmread`` + ``pixel_array`` scaled
   to [0, 1]; MONAI ``sliding_window_inference`` (roi 256, overlap 0.25, Gaussian, sw_batch 4: the
   faster of 4 and 16 here) over the whole image with the SAME segmentor (the shipped weights) in
-  channels-last under bf16 autocast; sigmoid >= 0.5; the mask as PNG (PIL, default compression)
+  channels-last under bf16 autocast where the machine runs bf16 natively (a GPU, or a CPU that
+  ``mcgr.infer.pipeline.cpu_has_bf16`` accepts: the same rule mcgr follows), float32 elsewhere (on a
+  CPU without AVX512-BF16 oneDNN emulates bf16 at ~0.3 GFLOP/s); sigmoid >= 0.5; the mask as PNG (PIL, default compression)
   and a JSON of the connected components (centroid, area, peak probability; scipy.ndimage).
   Serial, one image after the other.
 - ``base`` / ``ttgpr``: ``mcgr infer FOLDER --out OUT --no-refine|--refine --threads T`` in this process
@@ -28,7 +31,9 @@ every 100 ms while each side runs and reports the busy fraction (mean utilizatio
 the wall time a kernel ran) and the share of idle samples.
 Sides run in turn, ``--reps`` times, the fastest rep kept per side; ratios are peer wall / side wall.
 Models: whatever is shipped in mcgr/weights (a retrained, larger model is measured as it ships);
-random weights of the default architecture only when nothing is shipped (the row says so).
+random weights of the default architecture only when nothing is shipped (the row says so);
+``--models DIR`` (a model folder as ``mcgr infer --models`` takes it, or a segmentor's own folder for
+the base sides, e.g. a distilled one) for every side, the peer included.
 
 ``--footprint``: bytes per image of each output set, instead of the sides. One full-field DICOM of the
 same generator goes through the pipeline once without and once with TT-GPR; the results are written
@@ -55,6 +60,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._harness import append_json, machine_info  # noqa: E402
+from mcgr.infer.pipeline import cpu_has_bf16 as _cpu_bf16  # noqa: E402
 
 
 def write_archive(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> None:
@@ -187,8 +193,8 @@ class GpuBusy:
 
 
 def peer_loop(paths: list[Path], out: Path, seg, device: torch.device, sw_batch: int = 4) -> dict:
-    """The loop a user writes: pydicom read, MONAI sliding window (bf16 + channels-last), mask PNG + JSON.
-    Returns the stage seconds summed over the images."""
+    """The loop a user writes: pydicom read, MONAI sliding window (channels-last, bf16 where native),
+    mask PNG + JSON. Returns the stage seconds summed over the images."""
     import pydicom
     from monai.inferers import sliding_window_inference
     from PIL import Image
@@ -196,8 +202,12 @@ def peer_loop(paths: list[Path], out: Path, seg, device: torch.device, sw_batch:
 
     from mcgr.models.segmentor import segment_logits
 
+    # a user who measured bf16 on a CPU without native support would not keep it (emulated, ~200x
+    # slower than float32 on an AVX2 EPYC, 2026-12-07): the peer follows the rule mcgr follows
+    bf16 = device.type == "cuda" or _cpu_bf16()
+
     def predictor(b):
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return segment_logits(seg, b.contiguous(memory_format=torch.channels_last)).float()
 
     out.mkdir(parents=True, exist_ok=True)
@@ -358,6 +368,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--gpu-sample", action="store_true", help="sample nvidia-smi utilization while each side runs")
     ap.add_argument("--outputs", default=None, metavar="LIST", help="the output set of the mcgr sides (mcgr infer --outputs)")
     ap.add_argument("--footprint", action="store_true", help="bytes per image of each output set instead of the sides")
+    ap.add_argument("--models", metavar="DIR", default=None,
+                    help="model folder of every side (default: the shipped weights); a segmentor's own folder for base sides")
     ap.add_argument("--json", metavar="PATH", help="append the rows to this JSON file")
     args = ap.parse_args(argv)
     if args.n < 1 or args.threads < 1 or args.reps < 1:
@@ -384,10 +396,15 @@ def main(argv=None) -> list[dict]:
         tmp = Path(tmp)
         write_archive(tmp / "in", args.n, tuple(args.size))
         write_archive(tmp / "warm", 1, tuple(args.size), seed=1)
-        models, note = make_models(tmp / "models")
+        if args.models:
+            models, note = Path(args.models).resolve(), f"models {args.models}"
+        else:
+            models, note = make_models(tmp / "models")
+        from mcgr.infer.loader import model_folders
         from mcgr.models import load_model, load_pretrained
 
-        seg = (load_pretrained("seg", device=device) if models is None else load_model(models / "seg", device=device, kind="seg"))
+        seg = (load_pretrained("seg", device=device) if models is None else
+               load_model(model_folders(models, refine=False, argument="--models")["seg"], device=device, kind="seg"))
         seg = seg.eval().to(memory_format=torch.channels_last)
         paths = sorted((tmp / "in").glob("*.dcm"))
         # one-image warm-up of each side (oneDNN / cuDNN primitive creation, imports), not timed
@@ -413,6 +430,7 @@ def main(argv=None) -> list[dict]:
                             st = peer_loop(paths, out, seg, device, args.peer_batch)
                             wall = time.perf_counter() - t
                             res = {"images": len(paths), "wall_s": wall,
+                                   "precision": "bf16" if device.type == "cuda" or _cpu_bf16() else "float32",
                                    "median_stage_s": {k: round(v / len(paths), 3) for k, v in st.items()},
                                    "output_bytes_per_image": int(sum(f.stat().st_size for f in out.iterdir()) / len(paths))}
                         else:

@@ -27,7 +27,7 @@ from mcgr.models.unet import UNet, UNetConfig
 KINDS = ("seg", "rf")
 FORMAT = 1
 _CONFIG_KEYS = {"kind", "model", "format", "train", "metrics", "ema", "source", "operating_threshold",
-                "operating_points", "adapted", "weights_sha256"}
+                "operating_points", "adapted", "weights_sha256", "distilled_from"}
 
 
 class CheckpointError(ValueError):

@@ -36,6 +36,17 @@ def student_config(width: int, groups: int, steps: int, distill: float, teacher:
     return cfg
 
 
+def stamp_student(model_dir: Path, threshold: float | None, teacher: str) -> None:
+    """Write the teacher's operating threshold (when it has one) and its name (``distilled_from``)
+    into the student's ``config.json``."""
+    p = Path(model_dir) / "config.json"
+    c = json.loads(p.read_text())
+    if threshold is not None:
+        c["operating_threshold"] = float(threshold)
+    c["distilled_from"] = teacher
+    p.write_text(json.dumps(c, indent=2) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mcgr.train.distill", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
@@ -74,13 +85,8 @@ def main(argv=None) -> int:
     cfg.data.hard_negatives = str(hard)
     run = out / "run"
     summary = train(cfg, run, resume=a.resume)
-    thr = (getattr(tmodel, "config", None) or {}).get("operating_threshold")
-    if thr is not None and (run / "model" / "config.json").is_file():
-        p = run / "model" / "config.json"
-        c = json.loads(p.read_text())
-        c["operating_threshold"] = thr
-        c["distilled_from"] = teacher
-        p.write_text(json.dumps(c, indent=2) + "\n")
+    if (run / "model" / "config.json").is_file():
+        stamp_student(run / "model", (getattr(tmodel, "config", None) or {}).get("operating_threshold"), teacher)
     summary["total_wall_s"] = round(time.perf_counter() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))

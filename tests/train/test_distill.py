@@ -111,3 +111,17 @@ def test_student_trains_toward_its_teacher(tmp_path):
     assert taught < 0.5 * alone, (taught, alone)
     cfg_json = json.loads((tmp_path / "taught" / "train_config.json").read_text())
     assert cfg_json["teacher"] == str(tdir) and cfg_json["loss"]["distill"] == 5.0
+
+
+def test_stamped_student_loads_with_the_teachers_threshold(tmp_path):
+    """The student's folder, stamped with the teacher's threshold and name, loads as a model folder
+    and runs at that threshold (load_models reads it from the config)."""
+    from mcgr.infer.loader import load_models
+    from mcgr.models.checkpoint import save_model
+    from mcgr.train.distill import stamp_student
+
+    save_model(_tiny_seg(3), tmp_path / "student", "seg")
+    stamp_student(tmp_path / "student", 0.987, "shipped")
+    m = load_models(tmp_path / "student", refine=False)
+    assert m.threshold == pytest.approx(0.987)
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["distilled_from"] == "shipped"
