@@ -248,6 +248,20 @@ def _default_model(kind: str) -> UNetConfig:
     return UNetConfig(in_channels=1, time_embedding=False)
 
 
+def check_teacher(cfg: TrainConfig, source: str) -> None:
+    """The distillation fields: ``teacher`` and ``loss.distill`` > 0 go together, for the segmentor
+    only, with ``loss.distill_clip`` > 0 (ConfigError). The trainer calls it too, for configs changed
+    after :func:`load_config`."""
+    if not cfg.loss.distill >= 0 or not cfg.loss.distill_clip > 0:
+        raise ConfigError(f"{source}: loss.distill must be >= 0 and loss.distill_clip > 0, got "
+                          f"{cfg.loss.distill}, {cfg.loss.distill_clip}")
+    if bool(cfg.teacher) != (cfg.loss.distill > 0):
+        raise ConfigError(f"{source}: teacher and loss.distill > 0 go together (teacher {cfg.teacher!r}, "
+                          f"loss.distill {cfg.loss.distill})")
+    if cfg.teacher and cfg.kind != "seg":
+        raise ConfigError(f"{source}: teacher is for the segmentor (kind seg), not {cfg.kind}")
+
+
 def _check(cfg: TrainConfig, source: str) -> None:
     m = cfg.model
     if m.input_scale not in INPUT_SCALES or (cfg.kind == "rf" and m.input_scale == "image+detail"):
@@ -299,13 +313,6 @@ def _check(cfg: TrainConfig, source: str) -> None:
             raise ConfigError(f"{source}: data.{name} must lie in [0, 1], got {getattr(d, name)}")
     if not cfg.loss.hard_weight > 0:
         raise ConfigError(f"{source}: loss.hard_weight must be > 0, got {cfg.loss.hard_weight}")
-    if not cfg.loss.distill >= 0 or not cfg.loss.distill_clip > 0:
-        raise ConfigError(f"{source}: loss.distill must be >= 0 and loss.distill_clip > 0, got "
-                          f"{cfg.loss.distill}, {cfg.loss.distill_clip}")
-    if bool(cfg.teacher) != (cfg.loss.distill > 0):
-        raise ConfigError(f"{source}: teacher and loss.distill > 0 go together (teacher {cfg.teacher!r}, "
-                          f"loss.distill {cfg.loss.distill})")
-    if cfg.teacher and cfg.kind != "seg":
-        raise ConfigError(f"{source}: teacher is for the segmentor (kind seg), not {cfg.kind}")
+    check_teacher(cfg, source)
     if not cfg.loss.faint_weight >= 0:
         raise ConfigError(f"{source}: loss.faint_weight must be >= 0, got {cfg.loss.faint_weight}")

@@ -67,12 +67,15 @@ def main(argv=None) -> int:
         ap.error("--steps must be >= 1 and --distill > 0")
     import torch
 
-    from mcgr.models import load_model, load_pretrained
+    from mcgr.models import WEIGHTS_DIR
+    from mcgr.models.checkpoint import read_model_config
     from mcgr.train.real import benign_views, real_data
     from mcgr.train.trainer import train
 
     teacher = a.teacher if a.teacher == "shipped" else str(Path(a.teacher).resolve())
-    tmodel = load_pretrained("seg") if teacher == "shipped" else load_model(Path(teacher), kind="seg")
+    # the teacher's config only (its threshold; a missing or damaged folder fails here, before the
+    # harvest): the trainer loads its weights
+    _, _, tconfig = read_model_config(WEIGHTS_DIR / "seg" if teacher == "shipped" else teacher)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(a.threads)
@@ -86,7 +89,7 @@ def main(argv=None) -> int:
     run = out / "run"
     summary = train(cfg, run, resume=a.resume)
     if (run / "model" / "config.json").is_file():
-        stamp_student(run / "model", (getattr(tmodel, "config", None) or {}).get("operating_threshold"), teacher)
+        stamp_student(run / "model", tconfig.get("operating_threshold"), teacher)
     summary["total_wall_s"] = round(time.perf_counter() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))

@@ -450,12 +450,11 @@ def _init_weights(model: UNet, cfg: TrainConfig) -> None:
 
 def _load_teacher(cfg: TrainConfig, device) -> UNet | None:
     """``cfg.teacher`` (a model folder, or "shipped"), frozen and in eval mode; None without one."""
-    if bool(cfg.teacher) != (cfg.loss.distill > 0):
-        raise ValueError(f"teacher {cfg.teacher!r} and loss.distill {cfg.loss.distill} go together")
+    from mcgr.train.config import check_teacher
+
+    check_teacher(cfg, "train config")
     if not cfg.teacher:
         return None
-    if cfg.kind != "seg":
-        raise ValueError(f"teacher is for the segmentor (kind seg), not {cfg.kind}")
     from mcgr.models import load_model, load_pretrained
 
     t = load_pretrained("seg") if cfg.teacher == "shipped" else load_model(Path(cfg.teacher), kind="seg")
