@@ -90,9 +90,11 @@ def interleaved_ms(calls: dict, rounds: int, reps: int = 3) -> dict:
     return {n: round(1e3 * statistics.median(v) / BATCH, 2) for n, v in ts.items()}
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    d = float(a.sum() + b.sum())
-    return 2.0 * float((a & b).sum()) / d if d else 1.0
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Pooled Dice of two boolean arrays (mcgr.eval.metrics, 1.0 when both are empty)."""
+    from mcgr.eval.metrics import pixel_metrics
+
+    return pixel_metrics(pred, truth)["dice"]
 
 
 def pipeline(seg):
