@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_archive [--n 4] [--size 3328 2560] [--threads 1] [--reps 2]
         [--sides peer,base,ttgpr,base-serial] [--device cpu|cuda] [--gpu-sample] [--outputs LIST]
-        [--models DIR] [--json PATH]
+        [--models DIR] [--peer-models DIR] [--json PATH]
     python -m benchmarks.bench_archive --footprint [--size 3328 2560] [--json PATH]
 
 Writes N synthetic full-field mammograms (16-bit DICOM, 2560 x 3328 at 0.07 mm, a breast phantom
@@ -33,7 +33,9 @@ Sides run in turn, ``--reps`` times, the fastest rep kept per side; ratios are p
 Models: whatever is shipped in mcgr/weights (a retrained, larger model is measured as it ships);
 random weights of the default architecture only when nothing is shipped (the row says so);
 ``--models DIR`` (a model folder as ``mcgr infer --models`` takes it, or a segmentor's own folder for
-the base sides, e.g. a distilled one) for every side, the peer included.
+the base sides, e.g. a distilled one) for every side, the peer included; ``--peer-models DIR`` gives
+the peer another segmentor (e.g. the network mcgr shipped before, against mcgr with a distilled one:
+the same answer, asked of two networks, in one run).
 
 ``--footprint``: bytes per image of each output set, instead of the sides. One full-field DICOM of the
 same generator goes through the pipeline once without and once with TT-GPR; the results are written
@@ -370,6 +372,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--footprint", action="store_true", help="bytes per image of each output set instead of the sides")
     ap.add_argument("--models", metavar="DIR", default=None,
                     help="model folder of every side (default: the shipped weights); a segmentor's own folder for base sides")
+    ap.add_argument("--peer-models", metavar="DIR", default=None,
+                    help="the peer's model folder (or segmentor folder) when it differs from --models")
     ap.add_argument("--json", metavar="PATH", help="append the rows to this JSON file")
     args = ap.parse_args(argv)
     if args.n < 1 or args.threads < 1 or args.reps < 1:
@@ -403,8 +407,12 @@ def main(argv=None) -> list[dict]:
         from mcgr.infer.loader import model_folders
         from mcgr.models import load_model, load_pretrained
 
-        seg = (load_pretrained("seg", device=device) if models is None else
-               load_model(model_folders(models, refine=False, argument="--models")["seg"], device=device, kind="seg"))
+        peer_models = Path(args.peer_models).resolve() if args.peer_models else models
+        if args.peer_models:
+            note += f"; peer: models {args.peer_models}"
+        seg = (load_pretrained("seg", device=device) if peer_models is None else
+               load_model(model_folders(peer_models, refine=False, argument="--peer-models" if args.peer_models else "--models")["seg"],
+                          device=device, kind="seg"))
         seg = seg.eval().to(memory_format=torch.channels_last)
         paths = sorted((tmp / "in").glob("*.dcm"))
         # one-image warm-up of each side (oneDNN / cuDNN primitive creation, imports), not timed
