@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from mcgr.train.real import VIEWS
+
 
 def student_config(width: int, groups: int, steps: int, distill: float, teacher: str):
     """The preset ``real`` with a ``width``-channel model, no init, and the teacher."""
@@ -58,6 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--phantoms", type=int, default=4, help="procedural MLO fields to mine")
     ap.add_argument("--miner", default=None, help="model folder that mines the hard negatives "
                                                   "(default: the texture-only start, mcgr/weights/start/seg)")
+    ap.add_argument("--hold-out", choices=VIEWS, default=None,
+                    help="leave this sfm-benign-0 view out of harvest and mining (a leave-one-view-out fold; "
+                         "give the fold's own teacher)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args(argv)
@@ -81,7 +86,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     miner = a.miner or str(Path(__file__).resolve().parent.parent / "weights" / "start" / "seg")
-    bgs, hard = real_data(out, benign_views(), miner, a.phantoms, a.threads)
+    views = {v: p for v, p in benign_views().items() if v != a.hold_out}
+    bgs, hard = real_data(out, views, miner, a.phantoms, a.threads)
     cfg = student_config(a.width, a.groups, a.steps, a.distill, teacher)
     cfg.threads = a.threads
     cfg.data.backgrounds = ",".join(bgs)
@@ -90,6 +96,8 @@ def main(argv=None) -> int:
     summary = train(cfg, run, resume=a.resume)
     if (run / "model" / "config.json").is_file():
         stamp_student(run / "model", tconfig.get("operating_threshold"), teacher)
+    summary["held_out_view"] = a.hold_out
+    summary["views"] = sorted(views)
     summary["total_wall_s"] = round(time.perf_counter() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))

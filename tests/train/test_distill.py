@@ -125,3 +125,35 @@ def test_stamped_student_loads_with_the_teachers_threshold(tmp_path):
     m = load_models(tmp_path / "student", refine=False)
     assert m.threshold == pytest.approx(0.987)
     assert json.loads((tmp_path / "student" / "config.json").read_text())["distilled_from"] == "shipped"
+
+
+@pytest.mark.parametrize("hold_out", [None, "rmlo"])
+def test_held_out_view_stays_out_of_the_students_data(tmp_path, monkeypatch, hold_out):
+    """--hold-out VIEW: the fold's harvest and mining never see VIEW, and the summary says so."""
+    import json
+
+    import mcgr.train.real as real
+    import mcgr.train.trainer as trainer
+    from mcgr.train import distill
+
+    seen = {}
+    monkeypatch.setattr(real, "benign_views", lambda: {v: f"/films/{v}.dcm" for v in real.VIEWS})
+
+    def fake_real_data(out, views, miner, phantoms, threads):
+        seen["views"] = dict(views)
+        return [f"{out}/{v}.npy" for v in views], out / "hard.npy"
+
+    def fake_train(cfg, run, resume=False):
+        seen["backgrounds"] = cfg.data.backgrounds
+        return {"steps_done": 0}
+
+    monkeypatch.setattr(real, "real_data", fake_real_data)
+    monkeypatch.setattr(trainer, "train", fake_train)
+    args = ["--out", str(tmp_path / "s"), "--steps", "1"] + (["--hold-out", hold_out] if hold_out else [])
+    assert distill.main(args) == 0
+    expect = [v for v in real.VIEWS if v != hold_out]
+    assert sorted(seen["views"]) == sorted(expect)
+    assert all(f"/films/{v}.dcm" == seen["views"][v] for v in expect)
+    assert (hold_out or "none") not in seen["backgrounds"]
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["held_out_view"] == hold_out and summary["views"] == sorted(expect)
