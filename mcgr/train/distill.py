@@ -74,7 +74,7 @@ def main(argv=None) -> int:
 
     from mcgr.models import WEIGHTS_DIR
     from mcgr.models.checkpoint import read_model_config
-    from mcgr.train.real import benign_views, real_data
+    from mcgr.train.real import real_data, training_views
     from mcgr.train.trainer import train
 
     teacher = a.teacher if a.teacher == "shipped" else str(Path(a.teacher).resolve())
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     miner = a.miner or str(Path(__file__).resolve().parent.parent / "weights" / "start" / "seg")
-    views = {v: p for v, p in benign_views().items() if v != a.hold_out}
+    views = training_views(a.hold_out)
     bgs, hard = real_data(out, views, miner, a.phantoms, a.threads)
     cfg = student_config(a.width, a.groups, a.steps, a.distill, teacher)
     cfg.threads = a.threads

@@ -48,6 +48,11 @@ def harvest_view(path: str, out: Path, seed: int = 1) -> Path:
     return out
 
 
+def training_views(hold_out: str | None = None) -> dict:
+    """:func:`benign_views` without ``hold_out`` (a leave-one-view-out fold's view; None: all four)."""
+    return {v: p for v, p in benign_views().items() if v != hold_out}
+
+
 def real_data(out: Path, views: dict, miner: str, phantoms: int, threads: int) -> tuple[list, Path]:
     """The recipe's data: each view's harvest (cached in ``OUT/../harvest``) and the hard negatives
     that ``miner`` (a model folder) finds on the views and on ``phantoms`` procedural fields
@@ -93,7 +98,7 @@ def main(argv=None) -> int:
             cfg0.threads = a.threads
             train(cfg0, start, resume=(start / "ckpt" / "state.json").is_file())
         init = str(start / "model")
-    views = {v: p for v, p in benign_views().items() if v != a.hold_out}
+    views = training_views(a.hold_out)
     bgs, hard = real_data(out, views, init, a.phantoms, a.threads)
     cfg = load_config("seg", a.config)
     cfg.init = init

@@ -130,8 +130,6 @@ def test_stamped_student_loads_with_the_teachers_threshold(tmp_path):
 @pytest.mark.parametrize("hold_out", [None, "rmlo"])
 def test_held_out_view_stays_out_of_the_students_data(tmp_path, monkeypatch, hold_out):
     """--hold-out VIEW: the fold's harvest and mining never see VIEW, and the summary says so."""
-    import json
-
     import mcgr.train.real as real
     import mcgr.train.trainer as trainer
     from mcgr.train import distill
