@@ -1,7 +1,7 @@
 """Archive throughput of `mcgr infer` against the best loop a user would write, in one run.
 
     python -m benchmarks.bench_archive [--n 4] [--size 3328 2560] [--threads 1] [--reps 2]
-        [--sides peer,base,ttgpr,base-serial] [--device cpu|cuda] [--gpu-sample] [--outputs LIST]
+        [--sides peer,peer-ort-int8,base,ttgpr,base-serial] [--device cpu|cuda] [--gpu-sample] [--outputs LIST]
         [--models DIR] [--peer-models DIR] [--json PATH]
     python -m benchmarks.bench_archive --footprint [--size 3328 2560] [--json PATH]
 
@@ -16,6 +16,12 @@ with texture) into a temporary folder and runs, side by side, with the same torc
   CPU without AVX512-BF16 oneDNN emulates bf16 at ~0.3 GFLOP/s); sigmoid >= 0.5; the mask as PNG (PIL, default compression)
   and a JSON of the connected components (centroid, area, peak probability; scipy.ndimage).
   Serial, one image after the other.
+- ``peer-<runtime>`` (``peer-ort-int8``, ``peer-ov-bf16``, ... : every non-eager runtime of
+  ``benchmarks/bench_runtimes.py``): the same loop with the network on that runtime (the same
+  weights: the ONNX export, its int8 QDQ quantisation, OpenVINO, ``torch.compile``), built once before
+  the warm-up (its setup seconds are reported, not timed); skipped with the reason when the optional
+  packages are absent (``pip install -e ".[runtimes]"``). CPU only. Every mcgr side's row also gives
+  its ratio to the fastest of them (``ratio_vs_fastest_runtime_peer``).
 - ``base`` / ``ttgpr``: ``mcgr infer FOLDER --out OUT --no-refine|--refine --threads T`` in this process
   (the local engine: prefetch reader and write-behind writer around the networks; the default output
   set: mask PNG, overlay, JSON, DICOM SEG, and the manifest; ``--outputs`` passes another set).
@@ -62,7 +68,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._harness import append_json, machine_info  # noqa: E402
+from benchmarks.bench_runtimes import RUNTIMES  # noqa: E402
 from mcgr.infer.pipeline import cpu_has_bf16 as _cpu_bf16  # noqa: E402
+
+# the peer loop with the network on another runtime (``peer`` itself is PyTorch eager)
+PEER_RUNTIMES = tuple(f"peer-{r}" for r in RUNTIMES if not r.startswith("eager"))
 
 
 def write_archive(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> None:
@@ -194,14 +204,9 @@ class GpuBusy:
                 "gpu_samples": len(self.samples)}
 
 
-def peer_loop(paths: list[Path], out: Path, seg, device: torch.device, sw_batch: int = 4) -> dict:
-    """The loop a user writes: pydicom read, MONAI sliding window (channels-last, bf16 where native),
-    mask PNG + JSON. Returns the stage seconds summed over the images."""
-    import pydicom
-    from monai.inferers import sliding_window_inference
-    from PIL import Image
-    from scipy import ndimage
-
+def torch_predictor(seg, device: torch.device):
+    """The peer's network: ``seg`` in channels-last, under bf16 autocast where the machine runs bf16
+    natively. Takes a batch of tiles in [0, 1], returns float32 logits."""
     from mcgr.models.segmentor import segment_logits
 
     # a user who measured bf16 on a CPU without native support would not keep it (emulated, ~200x
@@ -211,6 +216,34 @@ def peer_loop(paths: list[Path], out: Path, seg, device: torch.device, sw_batch:
     def predictor(b):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return segment_logits(seg, b.contiguous(memory_format=torch.channels_last)).float()
+    return predictor
+
+
+def runtime_predictor(seg, runtime: str, tmp: Path, threads: int, cache: dict):
+    """``(predictor, setup_s, note)``: ``seg`` on another runtime (``benchmarks.bench_runtimes.build``:
+    the ONNX export, its int8 quantisation, OpenVINO's compilation, ``torch.compile``), fed the
+    network input of ``seg``'s ``input_scale``; ``predictor`` None (with the reason) when the runtime
+    cannot run here."""
+    from benchmarks.bench_runtimes import build
+    from mcgr.models.unet import input_scale_of, network_input
+
+    call, setup_s, note = build(runtime, seg, tmp, threads, cache)
+    if call is None:
+        return None, 0.0, note
+    scale = input_scale_of(seg)
+
+    def predictor(b):
+        return call(network_input(b.float(), scale).contiguous()).float()
+    return predictor, setup_s, note
+
+
+def peer_loop(paths: list[Path], out: Path, predictor, device: torch.device, sw_batch: int = 4) -> dict:
+    """The loop a user writes: pydicom read, MONAI sliding window with ``predictor`` (a batch of tiles
+    in [0, 1] -> logits), mask PNG + JSON. Returns the stage seconds summed over the images."""
+    import pydicom
+    from monai.inferers import sliding_window_inference
+    from PIL import Image
+    from scipy import ndimage
 
     out.mkdir(parents=True, exist_ok=True)
     st = {"read": 0.0, "network": 0.0, "write": 0.0}
@@ -362,7 +395,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--size", type=int, nargs=2, default=(3328, 2560), metavar=("H", "W"),
                     help="image size in px at 0.07 mm (default 3328 2560: a full field)")
     ap.add_argument("--sides", default="peer,base,ttgpr,base-serial",
-                    help="comma-separated: peer, base, ttgpr, base-serial, ray (default peer,base,ttgpr,base-serial)")
+                    help="comma-separated: peer, base, ttgpr, base-serial, ray, and the peer loop on another runtime: "
+                         + ", ".join(PEER_RUNTIMES) + " (default peer,base,ttgpr,base-serial)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every side (default 1)")
     ap.add_argument("--reps", type=int, default=1, help="runs of every side, in turn; the fastest is kept")
@@ -379,12 +413,16 @@ def main(argv=None) -> list[dict]:
     if args.n < 1 or args.threads < 1 or args.reps < 1:
         ap.error("--n, --threads and --reps must be >= 1")
     sides = [s for s in args.sides.split(",") if s]
-    unknown = set(sides) - {"peer", "base", "ttgpr", "base-serial", "ray"}
+    unknown = set(sides) - {"peer", "base", "ttgpr", "base-serial", "ray", *PEER_RUNTIMES}
     if unknown:
         ap.error(f"unknown sides {sorted(unknown)}")
+    if len(set(sides)) != len(sides):
+        ap.error(f"--sides names a side twice: {args.sides}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch sees no CUDA device")
+    if device.type != "cpu" and set(sides) & set(PEER_RUNTIMES):
+        ap.error(f"the runtime peers ({', '.join(sorted(set(sides) & set(PEER_RUNTIMES)))}) run on the CPU only")
     torch.set_num_threads(args.threads)
     machine = machine_info(device)
     if args.footprint:
@@ -414,11 +452,22 @@ def main(argv=None) -> list[dict]:
                load_model(model_folders(peer_models, refine=False, argument="--peer-models" if args.peer_models else "--models")["seg"],
                           device=device, kind="seg"))
         seg = seg.eval().to(memory_format=torch.channels_last)
+        predictors, setup = {"peer": torch_predictor(seg, device)}, {}
+        cache: dict = {}
+        for side in [s for s in sides if s in PEER_RUNTIMES]:
+            # the export, quantisation and compilation happen once, before the warm-up, untimed (reported)
+            pred, setup_s, why = runtime_predictor(seg, side[len("peer-"):], tmp, args.threads, cache)
+            if pred is None:
+                print(f"{side}: skipped: {why}", flush=True)
+                sides.remove(side)
+                continue
+            predictors[side], setup[side] = pred, {"setup_s": round(setup_s, 2), "runtime": why}
         paths = sorted((tmp / "in").glob("*.dcm"))
         # one-image warm-up of each side (oneDNN / cuDNN primitive creation, imports), not timed
         for side in sides:
-            if side == "peer":
-                peer_loop(sorted((tmp / "warm").glob("*.dcm")), tmp / "warm-peer", seg, device, args.peer_batch)
+            if side in predictors:
+                peer_loop(sorted((tmp / "warm").glob("*.dcm")), tmp / f"warm-{side}", predictors[side], device,
+                          args.peer_batch)
             elif side != "ray":
                 mcgr_side(side, tmp / "warm", tmp / f"warm-{side}", models, args)
         for rep in range(args.reps):
@@ -433,12 +482,13 @@ def main(argv=None) -> list[dict]:
                              logging_level="WARNING")
                 try:
                     with PeakMemory() as mem, GpuBusy(args.gpu_sample) as gpu:
-                        if side == "peer":
+                        if side in predictors:
                             t = time.perf_counter()
-                            st = peer_loop(paths, out, seg, device, args.peer_batch)
+                            st = peer_loop(paths, out, predictors[side], device, args.peer_batch)
                             wall = time.perf_counter() - t
-                            res = {"images": len(paths), "wall_s": wall,
-                                   "precision": "bf16" if device.type == "cuda" or _cpu_bf16() else "float32",
+                            res = {"images": len(paths), "wall_s": wall, **setup.get(side, {}),
+                                   "precision": (side[len("peer-"):] if side in PEER_RUNTIMES else
+                                                 "bf16" if device.type == "cuda" or _cpu_bf16() else "float32"),
                                    "median_stage_s": {k: round(v / len(paths), 3) for k, v in st.items()},
                                    "output_bytes_per_image": int(sum(f.stat().st_size for f in out.iterdir()) / len(paths))}
                         else:
@@ -459,11 +509,17 @@ def main(argv=None) -> list[dict]:
                 shutil.rmtree(out, ignore_errors=True)
     rows = []
     peer = best.get("peer")
+    # the fastest runtime peer: the target "x the best runtime driven by a plain sliding window"
+    fastest = min((s for s in best if s in PEER_RUNTIMES), key=lambda s: best[s]["wall_s"], default=None)
     for side, res in best.items():
         ratio = round(peer["wall_s"] / res["wall_s"], 3) if peer else None
+        vs_rt = round(best[fastest]["wall_s"] / res["wall_s"], 3) if fastest else None
         rows.append({"op": "archive", "backend": side, "shape": shape, "median_ms": round(1e3 * res["wall_s"] / res["images"], 1),
-                     "ratio_vs_ref": ratio, "gbps": None, "note": note, **{k: (round(v, 2) if k == "wall_s" else v) for k, v in res.items()}})
-        print(f"{side:12s} {res['images_per_s']:.3f} img/s" + (f"  {ratio:.2f}x the peer loop" if ratio else ""))
+                     "ratio_vs_ref": ratio, "gbps": None, "note": note,
+                     **({"fastest_runtime_peer": fastest, "ratio_vs_fastest_runtime_peer": vs_rt} if fastest else {}),
+                     **{k: (round(v, 2) if k == "wall_s" else v) for k, v in res.items()}})
+        print(f"{side:18s} {res['images_per_s']:.3f} img/s" + (f"  {ratio:.2f}x the peer loop" if ratio else "")
+              + (f", {vs_rt:.2f}x {fastest}" if fastest and side not in PEER_RUNTIMES and side != "peer" else ""))
     if args.json:
         append_json(args.json, machine, rows)
     return rows
