@@ -119,6 +119,8 @@ def _infer(args) -> int:
 
 @subcommand
 def _add_demo(sub) -> None:
+    from mcgr.archive.cli import add_runtime_argument
+
     p = sub.add_parser("demo", help="segment a synthetic full-field mammogram with known calcifications",
                        description="Build a synthetic full-field phantom with known calcifications, run the base "
                        "segmentor with the shipped weights (as mcgr infer does), write the outputs and print its "
@@ -133,6 +135,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's; fewer than cores on a shared machine)")
     p.add_argument("--force", action="store_true", help="overwrite the phantom.* and demo.json files already in DIR")
+    add_runtime_argument(p)
     p.add_argument("--refine", action="store_true",
                    help="also run TT-GPR and score it beside the base (on the default phantom its mask equals the "
                         "base's); the outputs written are then TT-GPR's")
@@ -156,12 +159,14 @@ def _demo(args) -> int:
         raise CLIError("--device cuda was asked for but torch sees no CUDA device")
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         raise CLIError(f"--device must be cpu or cuda, got {args.device!r}")
+    from mcgr.archive.cli import check_runtime
     from mcgr.demo import run_demo
 
+    runtime = check_runtime(args.runtime, args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     run_demo(args.out, seed=args.seed, size=_size(args.size), faint=not args.regular, device=args.device,
-             backend=args.backend, models=args.models, force=args.force, refine=args.refine)
+             backend=args.backend, models=args.models, force=args.force, refine=args.refine, runtime=runtime)
     return 0
 
 

@@ -89,17 +89,17 @@ def check_demo_size(size: tuple[int, int]) -> None:
                f"--size {h}x{w}: a {h} x {w} px phantom and its segmentation")
 
 
-def demo_pipeline(models: str | None = None, device: str = "cpu", backend: str = "auto"):
+def demo_pipeline(models: str | None = None, device: str = "cpu", backend: str = "auto", runtime: str = "torch"):
     """The demo's pipeline: the models in ``models`` (None: the shipped weights) at their operating
     threshold, loaded as every command loads them (:meth:`mcgr.infer.pipeline.Pipeline.from_pretrained`)."""
     from mcgr.infer.pipeline import Pipeline
 
-    return Pipeline.from_pretrained(models or None, device=device, backend=backend)
+    return Pipeline.from_pretrained(models or None, device=device, backend=backend, runtime=runtime)
 
 
 def run_demo(out: str | Path = "mcgr-demo", seed: int = 0, size: tuple[int, int] = (1536, 1152), faint: bool = True,
              device: str = "cpu", backend: str = "auto", models: str | None = None, quiet: bool = False,
-             force: bool = False, refine: bool = False) -> dict:
+             force: bool = False, refine: bool = False, runtime: str = "torch") -> dict:
     """Build the phantom, run the base segmentor (``refine``: and TT-GPR, scored beside it, whose
     outputs are then the ones written), write the outputs into ``out`` and score them.
     Refuses (ValueError / FileExistsError, before any work) a ``size`` that would not fit in memory
@@ -120,7 +120,7 @@ def run_demo(out: str | Path = "mcgr-demo", seed: int = 0, size: tuple[int, int]
     ph = breast_phantom(size[0], size[1], seed=seed, faint=faint)
     say(f"phantom: {size[0]} x {size[1]} px at {MODEL_SPACING_MM} mm, {len(ph.centres)} calcifications "
         f"({'fainter than the training median' if faint else 'at the training median'}), seed {seed}")
-    pipe = demo_pipeline(models, device=device, backend=backend)
+    pipe = demo_pipeline(models, device=device, backend=backend, runtime=runtime)
     res = pipe(ph.image, spacing=MODEL_SPACING_MM, breast_mask=ph.breast, refine=refine)
     thr = pipe.config.threshold
     base = score(res.base_prob, ph.truth, ph.breast, MODEL_SPACING_MM, thr)
@@ -137,7 +137,7 @@ def run_demo(out: str | Path = "mcgr-demo", seed: int = 0, size: tuple[int, int]
     summary = {
         "phantom": {"seed": seed, "shape": list(ph.image.shape), "faint": faint, "calcifications": int(len(ph.centres))},
         "base": base, **({"ttgpr": ttgpr} if refine else {}), "refined_fraction": res.refined_fraction,
-        "seeds": res.seeds,
+        "seeds": res.seeds, "runtime": pipe.runtime,
         "timings_s": {k: round(v, 3) for k, v in res.timings.items()}, "wall_s": round(time.perf_counter() - t0, 2),
         "outputs": {**paths, "truth": str(out / "phantom.truth.png"), "compare": str(out / "phantom.compare.png")},
     }

@@ -66,6 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "cropped to the breast, read back with mcgr.io.read_prob_map")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto: cuda when available)")
     p.add_argument("--backend", default="auto", help="kernel backend: auto, reference, cpu, triton, cuda (default auto)")
+    add_runtime_argument(p)
     p.add_argument("--models", metavar="DIR", default=None,
                    help="use the models in DIR/seg and DIR/rf (model.safetensors + config.json) instead of the shipped weights")
     p.add_argument("--fp-per-image", type=positive_float, default=None, metavar="X",
@@ -84,6 +85,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPUs (torch threads) per Ray worker (default 1)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N", help="torch CPU threads of the local engine")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_runtime_argument(p: argparse.ArgumentParser) -> None:
+    from mcgr.infer.runtime import RUNTIMES
+
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="where the segmentor runs: torch, or onnxruntime (CPU; pip install 'mcgr[runtimes]'); default "
+                        "auto: onnxruntime on a CPU without native bf16 when installed (1.3-1.5x PyTorch float32 there, "
+                        "the same logits to 1e-5), torch elsewhere")
+
+
+def check_runtime(text: str, device: str) -> str:
+    """The runtime ``--runtime`` resolves to on ``device`` (``torch`` or ``onnxruntime``), or a CLIError."""
+    from mcgr._arguments import CLIError
+    from mcgr.infer.runtime import RuntimeUnavailable, resolve_runtime
+
+    try:
+        return resolve_runtime(text, device)
+    except RuntimeUnavailable as e:
+        raise CLIError(f"--{e}") from None
 
 
 def check_device(text: str) -> str:
@@ -197,19 +218,20 @@ def run_settings(args, device: str, loaded, outputs: list, refine: bool) -> dict
     point = dict(loaded.operating_point, threshold=cfg.threshold)
     return {"refine": refine, "spacing": args.spacing, "device": device, "backend": check_backend(args.backend),
             "engine": args.engine, "threads": args.threads if args.engine == "local" else args.cpus_per_worker,
+            "runtime": args.runtime,
             "models": loaded.sources, "operating_point": point, "ttgpr": cfg.to_dict(), "tile": TILE,
             "overlap": OVERLAP, "outputs": outputs}
 
 
-def local_pipeline(loaded, device: str, backend: str, threads: int | None):
+def local_pipeline(loaded, device: str, backend: str, threads: int | None, runtime: str = "torch"):
     """The local engine's pipeline of ``loaded`` (:class:`mcgr.infer.loader.Models`)."""
     import torch
 
     from mcgr.infer.pipeline import Pipeline
 
     if threads:
-        torch.set_num_threads(threads)
-    return Pipeline.from_models(loaded, device=device, backend=backend, tile=TILE, overlap=OVERLAP)
+        torch.set_num_threads(threads)  # before the pipeline: ONNX Runtime takes torch's thread count
+    return Pipeline.from_models(loaded, device=device, backend=backend, tile=TILE, overlap=OVERLAP, runtime=runtime)
 
 
 def _progress_bar(quiet: bool):
@@ -228,7 +250,7 @@ def _process(args, runf, loaded, settings: dict, tally) -> None:
     if args.engine == "local":
         from mcgr.archive.engine import run_overlapped
 
-        pipe = local_pipeline(loaded, settings["device"], settings["backend"], args.threads)
+        pipe = local_pipeline(loaded, settings["device"], settings["backend"], args.threads, settings["runtime"])
         run_overlapped(items, pipe, runf, tally)  # read ahead and write behind the networks
     else:
         from mcgr.archive.ray_engine import run_ray
@@ -274,7 +296,12 @@ def run(args) -> int:
     check_backend(args.backend)
     outputs = check_outputs(args.outputs, args.save_prob, refine)
     device = check_engine(args)
+    # a Ray worker resolves "auto" on its own machine; the local engine here, before anything is made
+    runtime = check_runtime(args.runtime, device) if args.engine == "local" else args.runtime
+    if args.engine == "ray" and runtime == "onnxruntime" and device.startswith("cuda"):
+        raise CLIError(f"--runtime onnxruntime runs on the CPU only, not on --device {device}")
     loaded = load_models(args.models, refine, args.fp_per_image)
+    args.runtime = runtime
     settings = run_settings(args, device, loaded, outputs, refine)
     out = Path(args.out)
     excluded_note = check_out(out, args.inputs)

@@ -64,7 +64,8 @@ class InferenceWorker:
         torch.set_num_threads(max(1, int(threads)))
         models = models_from_blobs(blobs)
         self.pipe = Pipeline(models["seg"], models.get("rf"), config=TTGPRConfig.from_dict(config), device=device,
-                             backend=settings["backend"], tile=tile, overlap=overlap)
+                             backend=settings["backend"], tile=tile, overlap=overlap,
+                             runtime=settings.get("runtime", "torch"))
         self.settings = settings
         self.out = Path(out)
         self.run_id = run_id

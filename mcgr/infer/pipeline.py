@@ -16,6 +16,7 @@ import torch
 from mcgr import MODEL_SPACING_MM
 from mcgr.infer.detect import HYSTERESIS_LOW, MERGE_MM, clusters_from_detections, detections_from_prob
 from mcgr.infer.loader import Models, load_models
+from mcgr.infer.runtime import OnnxSegmentor, cpu_has_bf16, resolve_runtime
 from mcgr.infer.tiling import tile_grid
 from mcgr.infer.ttgpr import TTGPRConfig, run_field
 from mcgr.io.field_geometry import FieldGeometry
@@ -92,14 +93,6 @@ class Prepared:
 def _rounded(points) -> list:
     """[K, 2] points as a JSON-ready list of [row, col] pairs at 0.1 px."""
     return [[round(float(r), 1), round(float(c), 1)] for r, c in np.asarray(points).reshape(-1, 2)]
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU runs bf16 convolutions natively (oneDNN's AVX512-BF16 / AMX check)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _check_image(image) -> torch.Tensor:
@@ -189,11 +182,16 @@ class Pipeline:
     def __init__(self, segmentor, generator=None, config: TTGPRConfig | None = None, device="cpu",
                  backend: str = "auto", tile: int = 256, overlap: float = 0.25, autocast: bool | None = None,
                  skin_margin_mm: float = 1.5, border_pad: int = 32, border_margin_mm: float = 1.0,
-                 drop_scan_lines: bool = True, exclude_pectoral: bool = True, pectoral_margin_mm: float = 1.0):
+                 drop_scan_lines: bool = True, exclude_pectoral: bool = True, pectoral_margin_mm: float = 1.0,
+                 runtime: str = "auto"):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
+        # the segmentor's runtime (mcgr.infer.runtime): "torch", "onnxruntime" (CPU), or "auto"
+        self.runtime = resolve_runtime(runtime, self.device)
         self.seg = segmentor.to(self.device).eval()
+        if self.runtime == "onnxruntime":
+            self.seg = OnnxSegmentor(self.seg)
         self.gen = generator.to(self.device).eval() if generator is not None else None
         # bf16 autocast + channels-last: on CUDA, and on CPUs with native bf16 (AVX512-BF16 / AMX),
         # where oneDNN runs the convolutions ~4x faster than fp32 NCHW (docs/design.md)

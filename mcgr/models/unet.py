@@ -200,12 +200,7 @@ class UNet(nn.Module):
                 raise ValueError(f"t must be a scalar or [B] with B={x.shape[0]}, got shape {tuple(t.shape)}")
             temb = self.time_mlp(timestep_embedding(t, self.cfg.time_dim).to(x.dtype))
         h_in, w_in = x.shape[-2:]
-        m = 2 ** self.cfg.depth
-        ph, pw = (-h_in) % m, (-w_in) % m
-        if ph or pw:
-            # Reflect padding needs pad < size; tiny inputs fall back to replicate.
-            mode = "reflect" if ph < h_in and pw < w_in else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        x = pad_to_multiple(x, 2 ** self.cfg.depth)
         h = self.stem(x)
         h = self.enc[0](h, temb)
         skips = [h]
@@ -219,6 +214,19 @@ class UNet(nn.Module):
             h = dec(torch.cat([h, skip], dim=1), temb)
         out = self.head(h)
         return out[..., :h_in, :w_in]
+
+
+def pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
+    """``x`` ``[..., H, W]`` padded at the bottom and right to multiples of ``m`` (reflect; replicate
+    for inputs too small to reflect), as the U-Net pads before its ``depth`` halvings; unchanged when
+    both already are."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % m, (-w) % m
+    if not (ph or pw):
+        return x
+    # Reflect padding needs pad < size; tiny inputs fall back to replicate.
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
 def scale_channels(scale: str) -> int:
