@@ -224,7 +224,8 @@ def full_field_s(seg, call, image, reps: int = 2) -> dict:
     from mcgr.infer.pipeline import Pipeline
 
     net = RuntimeNet(seg, call)
-    pipe = Pipeline(net, None, config=operating_config(seg), device="cpu", autocast=False)
+    # runtime "torch": ``net`` is the runtime under test (auto would export it to ONNX Runtime again)
+    pipe = Pipeline(net, None, config=operating_config(seg), device="cpu", autocast=False, runtime="torch")
     best = None
     for _ in range(reps):
         t = time.perf_counter()

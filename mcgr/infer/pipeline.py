@@ -177,6 +177,11 @@ class Pipeline:
     >>> pipe = Pipeline.from_pretrained(device="cpu")
     >>> res = pipe(image, spacing=0.07)          # image [H, W] float32 in [0, 1], canonical
     >>> res = pipe("case.dcm")                    # or a path (DICOM / PNG / TIFF / NPY with spacing=)
+
+    ``runtime`` (:mod:`mcgr.infer.runtime`): "auto" (default: ONNX Runtime on a CPU without native
+    bf16 when installed, else PyTorch), "torch" or "onnxruntime". On ONNX Runtime the pipeline runs an
+    export of the segmentor's weights as they were when it was made: a segmentor trained further
+    afterwards needs a new pipeline (or ``runtime="torch"``, which runs the module itself).
     """
 
     def __init__(self, segmentor, generator=None, config: TTGPRConfig | None = None, device="cpu",
