@@ -89,7 +89,7 @@ def check_demo_size(size: tuple[int, int]) -> None:
                f"--size {h}x{w}: a {h} x {w} px phantom and its segmentation")
 
 
-def demo_pipeline(models: str | None = None, device: str = "cpu", backend: str = "auto", runtime: str = "torch"):
+def demo_pipeline(models: str | None = None, device: str = "cpu", backend: str = "auto", runtime: str = "auto"):
     """The demo's pipeline: the models in ``models`` (None: the shipped weights) at their operating
     threshold, loaded as every command loads them (:meth:`mcgr.infer.pipeline.Pipeline.from_pretrained`)."""
     from mcgr.infer.pipeline import Pipeline
@@ -99,7 +99,7 @@ def demo_pipeline(models: str | None = None, device: str = "cpu", backend: str =
 
 def run_demo(out: str | Path = "mcgr-demo", seed: int = 0, size: tuple[int, int] = (1536, 1152), faint: bool = True,
              device: str = "cpu", backend: str = "auto", models: str | None = None, quiet: bool = False,
-             force: bool = False, refine: bool = False, runtime: str = "torch") -> dict:
+             force: bool = False, refine: bool = False, runtime: str = "auto") -> dict:
     """Build the phantom, run the base segmentor (``refine``: and TT-GPR, scored beside it, whose
     outputs are then the ones written), write the outputs into ``out`` and score them.
     Refuses (ValueError / FileExistsError, before any work) a ``size`` that would not fit in memory
