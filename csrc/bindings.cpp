@@ -8,6 +8,7 @@
 #include "stitch/stitch.h"
 #include "rf_step/rf_step.h"
 #include "refine/refine.h"
+#include "norm_act/norm_act.h"
 
 namespace py = pybind11;
 
@@ -107,4 +108,18 @@ PYBIND11_MODULE(_C, m) {
         py::arg("w"), py::arg("params"), py::arg("steps"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
         "refine on CUDA (device pointers, stream as an integer handle); non-finite input bits OR-ed into *flags");
 #endif
+  // norm_act: GroupNorm + per-sample modulation + residual + SiLU in two passes (the U-Net's blocks)
+  py::class_<mcgr::NormActParams>(m, "NormActParams", "group_norm_silu kernel parameters (mcgr.ops.norm_act)")
+      .def(py::init<>())
+      .def_readwrite("n", &mcgr::NormActParams::n)
+      .def_readwrite("c", &mcgr::NormActParams::c)
+      .def_readwrite("hw", &mcgr::NormActParams::hw)
+      .def_readwrite("groups", &mcgr::NormActParams::groups)
+      .def_readwrite("eps", &mcgr::NormActParams::eps)
+      .def_readwrite("dtype", &mcgr::NormActParams::dtype)
+      .def_readwrite("channels_last", &mcgr::NormActParams::channels_last);
+  m.def("group_norm_silu_cpu", &mcgr::group_norm_silu_cpu, py::arg("x"), py::arg("gamma"), py::arg("beta"),
+        py::arg("scale"), py::arg("shift"), py::arg("residual"), py::arg("out"), py::arg("params"),
+        py::call_guard<py::gil_scoped_release>(),
+        "silu(group_norm(x) * (1 + scale) + shift + residual) on CPU; float32 or bfloat16, NCHW or channels-last");
 }

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
-OPS = ("inject", "stitch", "rf_step", "refine")
+OPS = ("inject", "stitch", "rf_step", "refine", "group_norm_silu")
 
 # Fastest first, per device type; the reference ends every list.
 AUTO_ORDER = {
