@@ -213,8 +213,11 @@ def torch_predictor(seg, device: torch.device):
     # slower than float32 on an AVX2 EPYC, 2026-12-07): the peer follows the rule mcgr follows
     bf16 = device.type == "cuda" or _cpu_bf16()
 
+    from mcgr.ops.group_norm_silu import unfused
+
     def predictor(b):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        # PyTorch's own ops: the fused group_norm + SiLU kernel is mcgr's, not the peer's
+        with unfused(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return segment_logits(seg, b.contiguous(memory_format=torch.channels_last)).float()
     return predictor
 
