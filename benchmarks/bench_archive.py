@@ -1,7 +1,7 @@
 """Archive throughput of `mcgr infer` against the best loop a user would write, in one run.
 
     python -m benchmarks.bench_archive [--n 4] [--size 3328 2560] [--threads 1] [--reps 2]
-        [--sides peer,peer-ort-int8,base,ttgpr,base-serial] [--device cpu|cuda] [--gpu-sample] [--outputs LIST]
+        [--sides peer,peer-ort-int8,base,base-unfused,ttgpr,base-serial] [--device cpu|cuda] [--gpu-sample] [--outputs LIST]
         [--models DIR] [--peer-models DIR] [--json PATH]
     python -m benchmarks.bench_archive --footprint [--size 3328 2560] [--json PATH]
 
@@ -25,6 +25,8 @@ with texture) into a temporary folder and runs, side by side, with the same torc
 - ``base`` / ``ttgpr``: ``mcgr infer FOLDER --out OUT --no-refine|--refine --threads T`` in this process
   (the local engine: prefetch reader and write-behind writer around the networks; the default output
   set: mask PNG, overlay, JSON, DICOM SEG, and the manifest; ``--outputs`` passes another set).
+- ``base-unfused``: ``base`` with the U-Net's GroupNorm / FiLM / SiLU tails on PyTorch's own ops
+  (``mcgr.ops.group_norm_silu.unfused``), to show what the fused kernel buys end to end.
 - ``base-serial``: the same pipeline and outputs through the serial engine
   (``mcgr.archive.engine.run_local``), to show what the overlap buys.
 - ``ray``: ``mcgr infer --engine ray`` with one worker per core (optional).
@@ -283,7 +285,8 @@ def peer_loop(paths: list[Path], out: Path, predictor, device: torch.device, sw_
 
 
 def mcgr_side(side: str, inputs: Path, out: Path, models: Path | None, args) -> dict:
-    """One ``mcgr infer`` run (``base``, ``ttgpr``: the CLI; ``base-serial``: the serial engine)."""
+    """One ``mcgr infer`` run (``base``, ``ttgpr``: the CLI; ``base-unfused``: the CLI with PyTorch's
+    own GroupNorm / SiLU in the U-Net instead of the fused kernel; ``base-serial``: the serial engine)."""
     from mcgr.cli import main as mcgr_main
 
     refine = side.startswith("ttgpr")
@@ -311,7 +314,13 @@ def mcgr_side(side: str, inputs: Path, out: Path, models: Path | None, args) -> 
             argv = [a for a in argv if a not in ("--threads", str(args.threads))]
             argv += ["--engine", "ray", "--workers", str(os.cpu_count()), "--cpus-per-worker", "1"]
         t = time.perf_counter()
-        rc = mcgr_main(argv)
+        if side == "base-unfused":  # what the fused block tail buys end to end: PyTorch's ops inside mcgr
+            from mcgr.ops.group_norm_silu import unfused
+
+            with unfused():
+                rc = mcgr_main(argv)
+        else:
+            rc = mcgr_main(argv)
     wall = time.perf_counter() - t
     lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     ok = [r for r in lines if r["status"] == "ok"]
@@ -398,7 +407,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--size", type=int, nargs=2, default=(3328, 2560), metavar=("H", "W"),
                     help="image size in px at 0.07 mm (default 3328 2560: a full field)")
     ap.add_argument("--sides", default="peer,base,ttgpr,base-serial",
-                    help="comma-separated: peer, base, ttgpr, base-serial, ray, and the peer loop on another runtime: "
+                    help="comma-separated: peer, base, base-unfused (base without the fused U-Net block tail), ttgpr, "
+                         "base-serial, ray, and the peer loop on another runtime: "
                          + ", ".join(PEER_RUNTIMES) + " (default peer,base,ttgpr,base-serial)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every side (default 1)")
@@ -416,7 +426,7 @@ def main(argv=None) -> list[dict]:
     if args.n < 1 or args.threads < 1 or args.reps < 1:
         ap.error("--n, --threads and --reps must be >= 1")
     sides = [s for s in args.sides.split(",") if s]
-    unknown = set(sides) - {"peer", "base", "ttgpr", "base-serial", "ray", *PEER_RUNTIMES}
+    unknown = set(sides) - {"peer", "base", "base-unfused", "ttgpr", "base-serial", "ray", *PEER_RUNTIMES}
     if unknown:
         ap.error(f"unknown sides {sorted(unknown)}")
     if len(set(sides)) != len(sides):

@@ -1,7 +1,7 @@
 """Distilled segmentors against their teacher, in one run: what a tile costs, and what of the answer stays.
 
     python -m benchmarks.bench_distill --students DIR [DIR ...] [--teacher shipped|DIR] [--threads 1]
-        [--rounds 5] [--val-n 64] [--phantoms 4] [--film-draws 1] [--json PATH]
+        [--rounds 5] [--val-n 64] [--val-seed 12345] [--phantoms 4] [--film-draws 1] [--json PATH]
 
 Every model (the teacher first; a student is a model folder, e.g. ``runs/seg-w8/run/model`` from
 ``python -m mcgr.train.distill``) runs as the pipeline runs it on this machine: bf16 autocast and
@@ -11,8 +11,10 @@ channels-last where the CPU has native bf16 (``cpu_has_bf16``), float32 otherwis
   over ``--rounds`` rounds over the models in turn (batch 4, as the pipeline's CPU batch), and the
   pipeline's ``base`` stage seconds on a 3328 x 2560 breast phantom (best of 2);
 - **synthetic validation**: pooled pixel Dice on ``--val-n`` 256 px validation patches
-  (``mcgr.synth.dataset.validation_set``, seed 12345) at 0.5 and at the model's operating threshold,
-  and the Dice of its mask against the teacher's mask at the teacher's threshold;
+  (``mcgr.synth.dataset.validation_set``, seed ``--val-seed``, default 12345) at 0.5, at the model's
+  operating threshold and at thresholds 0.5-0.998 (``dice_by_threshold``: a gap that a threshold of
+  the student's own would close shows there), and the Dice of its mask against the teacher's mask at
+  the teacher's threshold;
 - **phantoms**: ``--phantoms`` full-field phantoms of ``mcgr eval --synthetic`` (seeds 0..N-1, half
   faint): Dice and object sensitivity / false objects per image at the operating threshold, and the
   object FROC at 0.5 / 1 / 2 / 5 false objects per image;
@@ -112,11 +114,14 @@ def full_field_s(pipe, image) -> float:
     return round(best, 3)
 
 
-def validation(models: dict, fast: bool, n: int) -> dict:
+SWEEP = (0.5, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998)
+
+
+def validation(models: dict, fast: bool, n: int, seed: int = 12345) -> dict:
     from mcgr.models.unet import standardise
     from mcgr.synth.dataset import validation_set
 
-    val = validation_set(n, patch_size=TILE, seed=12345)
+    val = validation_set(n, patch_size=TILE, seed=seed)
     x, truth = standardise(val["image"]), val["mask"].numpy() > 0.5
     probs = {}
     for name, seg in models.items():
@@ -129,7 +134,8 @@ def validation(models: dict, fast: bool, n: int) -> dict:
         thr = threshold_of(seg)
         out[name] = {"dice_at_0.5": round(dice(probs[name] >= 0.5, truth), 4),
                      "dice_at_threshold": round(dice(probs[name] >= thr, truth), 4),
-                     "dice_vs_teacher_mask": round(dice(probs[name] >= thr, t_mask), 4), "threshold": thr}
+                     "dice_vs_teacher_mask": round(dice(probs[name] >= thr, t_mask), 4), "threshold": thr,
+                     "dice_by_threshold": {str(t): round(dice(probs[name] >= t, truth), 4) for t in SWEEP}, "seed": seed}
     return out
 
 
@@ -210,6 +216,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--val-n", type=int, default=64)
+    ap.add_argument("--val-seed", type=int, default=12345,
+                    help="validation patches' seed (12345: the training's validation set; another: fresh patches)")
     ap.add_argument("--phantoms", type=int, default=4)
     ap.add_argument("--film-draws", type=int, default=1, help="injections per view and injector (0: no film)")
     ap.add_argument("--views", default="rcc,lcc,rmlo,lmlo", help="sfm-benign-0 views of the film part")
@@ -239,7 +247,7 @@ def main(argv=None) -> list[dict]:
     field = breast_phantom(3328, 2560, spacing_mm=0.07, seed=3).image
     base_s = {n: full_field_s(p, field) for n, p in pipes.items()}
     progress(f"full field base stage {base_s}")
-    val = validation(models, fast, a.val_n)
+    val = validation(models, fast, a.val_n, a.val_seed)
     progress(f"validation {val}")
     ph = phantoms(pipes, a.phantoms, progress) if a.phantoms else {}
     fi = film(pipes, a.film_draws, progress, a.views.split(",")) if a.film_draws else {}
