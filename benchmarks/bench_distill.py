@@ -1,5 +1,6 @@
 """Distilled segmentors against their teacher, in one run: what a tile costs, and what of the answer stays.
 
+    python -m benchmarks.bench_distill --teacher shipped --widths 8,10,12 [--rounds 5] [--json PATH]
     python -m benchmarks.bench_distill --students DIR [DIR ...] [--teacher shipped|DIR] [--threads 1]
         [--rounds 5] [--val-n 64] [--val-seed 12345] [--phantoms 4] [--film-draws 1] [--json PATH]
 
@@ -209,9 +210,37 @@ def film(pipes: dict, draws: int, progress, views=None) -> dict:
     return out
 
 
+def width_costs(a) -> list[dict]:
+    """Per-tile milliseconds of random-weight U-Nets of ``a.widths`` beside the teacher (``--widths``)."""
+    import dataclasses
+
+    from mcgr.infer.pipeline import cpu_has_bf16
+    from mcgr.models.unet import UNet
+
+    torch.set_num_threads(a.threads)
+    fast = cpu_has_bf16()
+    teacher = load(a.teacher)
+    models = {"teacher": teacher}
+    for w in [int(v) for v in a.widths.split(",") if v]:
+        g = next(g for g in (teacher.cfg.groups, 8, 6, 5, 4, 3, 2, 1) if w % g == 0)
+        models[f"width {w}"] = UNet(dataclasses.replace(teacher.cfg, width=w, groups=g)).eval()
+    ms = interleaved_ms({n: runner(m, fast) for n, m in models.items()}, a.rounds)
+    rows = []
+    for n, m in models.items():
+        rows.append({"op": "distill_width", "backend": n, "shape": f"tile {TILE} batch {BATCH} threads {a.threads}",
+                     "median_ms": ms[n], "ratio_vs_ref": round(ms["teacher"] / ms[n], 3), "gbps": None,
+                     "precision": "bf16 channels-last" if fast else "float32", "width": m.cfg.width,
+                     "groups": m.cfg.groups, "gflop_per_tile": round(tile_flops(m) / 1e9, 3)})
+        print(f"{n:10s} width {m.cfg.width:3d}  {rows[-1]['gflop_per_tile']:6.2f} GFLOP  {ms[n]:7.2f} ms/tile  "
+              f"{rows[-1]['ratio_vs_ref']:.2f}x", flush=True)
+    if a.json:
+        append_json(a.json, machine_info(torch.device("cpu")), rows)
+    return rows
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--students", nargs="+", required=True, help="model folders of the distilled segmentors")
+    ap.add_argument("--students", nargs="+", default=[], help="model folders of the distilled segmentors")
     ap.add_argument("--teacher", default="shipped")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
@@ -221,8 +250,15 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--phantoms", type=int, default=4)
     ap.add_argument("--film-draws", type=int, default=1, help="injections per view and injector (0: no film)")
     ap.add_argument("--views", default="rcc,lcc,rmlo,lmlo", help="sfm-benign-0 views of the film part")
+    ap.add_argument("--widths", default="", metavar="W,W",
+                    help="only time random-weight U-Nets of these widths (the teacher's architecture otherwise) "
+                         "beside the teacher, per tile: what a student of that width could cost; no scores")
     ap.add_argument("--json", metavar="PATH")
     a = ap.parse_args(argv)
+    if a.widths:
+        return width_costs(a)
+    if not a.students:
+        ap.error("--students DIR [DIR ...] (or --widths W,W for the cost of a width alone)")
     if a.threads < 1 or a.rounds < 1 or a.val_n < BATCH or a.phantoms < 0 or a.film_draws < 0:
         ap.error("--threads, --rounds >= 1, --val-n >= 4, --phantoms and --film-draws >= 0")
     for s in a.students:

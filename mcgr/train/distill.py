@@ -1,8 +1,10 @@
 """A smaller segmentor that learns the shipped one's answer: knowledge distillation on the real-negative recipe.
 
 ``python -m mcgr.train.distill --out runs/seg-w8 [--teacher shipped|DIR] [--width 8] [--groups 4]
-[--steps 4000] [--distill 1.0]`` trains a U-Net of ``--width`` channels at full resolution (the
-shipped one has 16; the cost of a tile falls about as the square of the width) from random weights
+[--steps 4000] [--distill 1.0] [--init random|prune]`` trains a U-Net of ``--width`` channels at full
+resolution (the shipped one has 16; the cost of a tile falls about as the square of the width) from
+random weights, or from the teacher's own strongest groups and filters (``--init prune``,
+:mod:`mcgr.models.prune`),
 on the data of :mod:`mcgr.train.real` (its harvest of the ``sfm-benign-0`` views and hard negatives
 mined by the texture-only start, preset ``real``), with the synthetic masks' loss plus
 ``--distill`` times :func:`mcgr.models.segmentor.distillation_loss` against the frozen teacher's
@@ -49,6 +51,17 @@ def stamp_student(model_dir: Path, threshold: float | None, teacher: str) -> Non
     p.write_text(json.dumps(c, indent=2) + "\n")
 
 
+def pruned_start(teacher: str, width: int, groups: int, folder: Path) -> Path:
+    """The teacher cut to ``width`` channels (:func:`mcgr.models.prune.prune_unet`), saved as a model
+    folder for the trainer's ``init``."""
+    from mcgr.models import load_model, load_pretrained, save_model
+    from mcgr.models.prune import prune_unet
+
+    t = load_pretrained("seg") if teacher == "shipped" else load_model(Path(teacher), kind="seg")
+    save_model(prune_unet(t.eval(), width, groups), folder, kind="seg", extra={"source": {"pruned_from": teacher}})
+    return folder
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mcgr.train.distill", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
@@ -63,6 +76,9 @@ def main(argv=None) -> int:
     ap.add_argument("--hold-out", choices=VIEWS, default=None,
                     help="leave this sfm-benign-0 view out of harvest and mining (a leave-one-view-out fold; "
                          "give the fold's own teacher)")
+    ap.add_argument("--init", choices=("random", "prune"), default="random",
+                    help="the student's first weights: random (default), or cut out of the teacher's "
+                         "(mcgr.models.prune: its strongest GroupNorm groups and filters, written to OUT/pruned)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args(argv)
@@ -89,6 +105,8 @@ def main(argv=None) -> int:
     views = training_views(a.hold_out)
     bgs, hard = real_data(out, views, miner, a.phantoms, a.threads)
     cfg = student_config(a.width, a.groups, a.steps, a.distill, teacher)
+    if a.init == "prune":
+        cfg.init = str(pruned_start(teacher, a.width, a.groups, out / "pruned"))
     cfg.threads = a.threads
     cfg.data.backgrounds = ",".join(bgs)
     cfg.data.hard_negatives = str(hard)
