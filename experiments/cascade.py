@@ -55,6 +55,56 @@ def lost_and_added(ref: np.ndarray, got: np.ndarray) -> tuple[int, int]:
     return untouched(ref, got), untouched(got, ref)
 
 
+def film_images(views: str):
+    """``(tag, view, injection, item, x)`` for each ``sfm-benign-0`` view in ``views`` (comma-separated):
+    nothing injected, then the validation's two injections (draw 0, seeded as fold ``VIEW_KEYS`` order
+    gives); ``x`` the image on the model grid as a float32 tensor."""
+    from experiments.ttgpr_designs import VIEW_KEYS, injected, view_item
+    from mcgr.train.adapt_validate import read_model_grid
+
+    order = list(VIEW_KEYS)
+    for view in [v for v in views.split(",") if v]:
+        img = read_model_grid(view_item(view))
+        for inj, im in [("nothing", {"image": img})] + injected(view, order.index(view), 0, range(1), img):
+            yield f"{view} {inj}", view, inj, im, torch.from_numpy(np.ascontiguousarray(im["image"], dtype=np.float32))
+
+
+def add_film_scores(groups: dict, view: str, inj: str, im: dict, probs: dict) -> None:
+    """File the probability maps of an injected image (``probs``: name -> map) for ``pooled_table``."""
+    from experiments.ttgpr_designs import VIEW_KEYS
+    from mcgr.train.adapt_validate import _visible_ignore, score_image
+
+    if inj == "nothing":
+        return
+    ignore = _visible_ignore(im)
+    rec = groups.setdefault(f"real_{inj}", {"images": []})
+    rec["images"].append({"key": VIEW_KEYS[view], "scores": {f"real_{inj}": {
+        n: [score_image(p, im, ignore)] for n, p in probs.items()}}})
+
+
+def phantom_summary(scores: list, probs: list, truths: list) -> dict:
+    """Dice (mean), object sensitivity (pooled), false objects per image and the object FROC of
+    phantom ``scores`` (``mcgr.demo.score`` rows) and probability maps."""
+    from mcgr.eval.objects import froc
+
+    nt = sum(s["n_truth"] for s in scores)
+    return {"dice": round(float(np.mean([s["dice"] for s in scores])), 4),
+            "object_sensitivity": round(sum(s["object_sensitivity"] * s["n_truth"] for s in scores) / max(nt, 1), 4),
+            "fp_objects_per_image": round(float(np.mean([s["fp_objects"] for s in scores])), 2),
+            "froc_at": {k: round(v, 4) for k, v in froc(probs, truths, MODEL_SPACING_MM)["at_rates"].items()}}
+
+
+def write_report(rep: dict, path: str | None) -> None:
+    """``rep`` with the machine, as JSON at ``path`` (nothing when None)."""
+    if not path:
+        return
+    from benchmarks._harness import machine_info
+
+    rep["machine"] = machine_info(torch.device("cpu"))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(rep, indent=1) + "\n")
+
+
 def run_image(pipe, student, x, gates, breast=None) -> dict:
     """Probability maps of the full segmentor, the first pass alone and each gate's cascade."""
     from mcgr.infer.ttgpr import run_field
@@ -89,14 +139,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", metavar="PATH")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from experiments.ttgpr_designs import VIEW_KEYS, injected, pooled_table, view_item
+    from experiments.ttgpr_designs import pooled_table
     from mcgr.demo import score
-    from mcgr.eval.objects import froc
     from mcgr.infer.loader import operating_config
     from mcgr.infer.pipeline import Pipeline
     from mcgr.models import load_model, load_pretrained
     from mcgr.synth.phantom import breast_phantom
-    from mcgr.train.adapt_validate import _visible_ignore, read_model_grid, score_image
 
     teacher = load_pretrained("seg") if a.teacher == "shipped" else load_model(a.teacher, kind="seg")
     student = load_model(a.student, kind="seg").eval()
@@ -137,19 +185,10 @@ def main(argv=None) -> dict:
               + ", ".join(f"{n} hot {res['hot'][n]:.2f} lost {acc[n]['by_image'][-1]['lost']}"
                           for n in res["prob"] if n.startswith("gate")), flush=True)
 
-    views = list(VIEW_KEYS)
-    for view in [v for v in a.views.split(",") if v]:
-        fold = views.index(view)
-        img = read_model_grid(view_item(view))
-        for inj, im in [("nothing", {"image": img})] + injected(view, fold, 0, range(1), img):
-            x = torch.from_numpy(np.ascontiguousarray(im["image"], dtype=np.float32))
-            res = run_image(pipe, student, x, gates)
-            account(f"{view} {inj}", res)
-            if inj != "nothing":
-                ignore = _visible_ignore(im)
-                rec = groups.setdefault(f"real_{inj}", {"images": []})
-                rec["images"].append({"key": VIEW_KEYS[view], "scores": {f"real_{inj}": {
-                    n: [score_image(p, im, ignore)] for n, p in res["prob"].items()}}})
+    for tag, view, inj, im, x in film_images(a.views):
+        res = run_image(pipe, student, x, gates)
+        account(tag, res)
+        add_film_scores(groups, view, inj, im, res["prob"])
     phantom_scores: dict = {}
     for i in range(a.phantoms):
         ph = breast_phantom(1536, 1152, seed=i, faint=bool(i % 2))
@@ -173,12 +212,7 @@ def main(argv=None) -> dict:
             row["film_froc"] = {g: {"all": tab[n]["all"]["at_rates"], "clusters": tab[n]["clusters"]["at_rates"]}
                                 for g, tab in film.items()}
         if phantom_probs:
-            sc = phantom_scores[n]
-            nt = sum(s["n_truth"] for s in sc)
-            row["phantoms"] = {"dice": round(float(np.mean([s["dice"] for s in sc])), 4),
-                               "object_sensitivity": round(sum(s["object_sensitivity"] * s["n_truth"] for s in sc) / nt, 4),
-                               "fp_objects_per_image": round(float(np.mean([s["fp_objects"] for s in sc])), 2),
-                               "froc_at": {k: round(v, 4) for k, v in froc(phantom_probs[n], truths, MODEL_SPACING_MM)["at_rates"].items()}}
+            row["phantoms"] = phantom_summary(phantom_scores[n], phantom_probs[n], truths)
         rows[n] = row
         print(f"{n:10s} hot {row['hot_fraction']:.3f}  network {row['network_s']:6.1f} s ({row['x_full']}x)  "
               f"px changed {row['mask_px_changed']:7d}  objects lost {row['objects_lost']} added {row['objects_added']} "
@@ -191,12 +225,7 @@ def main(argv=None) -> dict:
            "ms_per_tile": {"full": round(1e3 * t_full / max(n_tiles, 1), 1), "first": round(1e3 * t_first / max(n_tiles, 1), 1)},
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows, "wall_s": round(time.perf_counter() - t0, 1)}
     print(f"ms per tile: full {rep['ms_per_tile']['full']}, first {rep['ms_per_tile']['first']}")
-    if a.json:
-        from benchmarks._harness import machine_info
-
-        rep["machine"] = machine_info(torch.device("cpu"))
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(rep, indent=1) + "\n")
+    write_report(rep, a.json)
     return rep
 
 

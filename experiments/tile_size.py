@@ -25,11 +25,8 @@ views' MC-free patches, so the film figures compare tilings of one model, not he
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from mcgr import MODEL_SPACING_MM
@@ -55,15 +52,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", metavar="PATH")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from experiments.cascade import lost_and_added
-    from experiments.ttgpr_designs import VIEW_KEYS, injected, pooled_table, view_item
+    from experiments.cascade import add_film_scores, film_images, lost_and_added, phantom_summary, write_report
+    from experiments.ttgpr_designs import pooled_table
     from mcgr.demo import score
-    from mcgr.eval.objects import froc
     from mcgr.infer.loader import operating_config
     from mcgr.infer.pipeline import Pipeline
     from mcgr.models import load_pretrained
     from mcgr.synth.phantom import breast_phantom
-    from mcgr.train.adapt_validate import _visible_ignore, read_model_grid, score_image
     from scipy import ndimage
 
     seg = load_pretrained("seg")
@@ -104,18 +99,8 @@ def main(argv=None) -> dict:
                                      for n in names[1:]) + f" (of {n_ref})", flush=True)
         return probs
 
-    views = list(VIEW_KEYS)
-    for view in [v for v in a.views.split(",") if v]:
-        fold = views.index(view)
-        img = read_model_grid(view_item(view))
-        for inj, im in [("nothing", {"image": img})] + injected(view, fold, 0, range(1), img):
-            x = torch.from_numpy(np.ascontiguousarray(im["image"], dtype=np.float32))
-            probs = run(f"{view} {inj}", x)
-            if inj != "nothing":
-                ignore = _visible_ignore(im)
-                rec = groups.setdefault(f"real_{inj}", {"images": []})
-                rec["images"].append({"key": VIEW_KEYS[view], "scores": {f"real_{inj}": {
-                    n: [score_image(p, im, ignore)] for n, p in probs.items()}}})
+    for tag, view, inj, im, x in film_images(a.views):
+        add_film_scores(groups, view, inj, im, run(tag, x))
     for i in range(a.phantoms):
         ph = breast_phantom(1536, 1152, seed=i, faint=bool(i % 2))
         probs = run(f"phantom {i}", ph.image, breast=ph.breast)
@@ -135,12 +120,7 @@ def main(argv=None) -> dict:
             row["film_froc"] = {g: {"all": tab[n]["all"]["at_rates"], "clusters": tab[n]["clusters"]["at_rates"]}
                                 for g, tab in film.items()}
         if a.phantoms:
-            sc = phantom_scores[n]
-            nt = sum(s["n_truth"] for s in sc)
-            row["phantoms"] = {"dice": round(float(np.mean([s["dice"] for s in sc])), 4),
-                               "object_sensitivity": round(sum(s["object_sensitivity"] * s["n_truth"] for s in sc) / max(nt, 1), 4),
-                               "fp_objects_per_image": round(float(np.mean([s["fp_objects"] for s in sc])), 2),
-                               "froc_at": {k: round(v, 4) for k, v in froc(phantom_probs[n], truths, MODEL_SPACING_MM)["at_rates"].items()}}
+            row["phantoms"] = phantom_summary(phantom_scores[n], phantom_probs[n], truths)
         rows[n] = row
         print(f"{n:10s} tiles {row['tiles']:5d}  base {row['base_s']:6.1f} s ({row['x_ref']}x)  "
               f"px changed {row['mask_px_changed']:7d}  lost {row['objects_lost']} added {row['objects_added']} "
@@ -152,12 +132,7 @@ def main(argv=None) -> dict:
     rep = {"variants": names, "views": a.views, "phantoms": a.phantoms, "threshold": thr, "torch_threads": a.threads,
            "autocast_bf16": pipes[ref_name].autocast, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "rows": rows, "wall_s": round(time.perf_counter() - t0, 1)}
-    if a.json:
-        from benchmarks._harness import machine_info
-
-        rep["machine"] = machine_info(torch.device("cpu"))
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(rep, indent=1) + "\n")
+    write_report(rep, a.json)
     return rep
 
 
