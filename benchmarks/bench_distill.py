@@ -1,7 +1,7 @@
 """Distilled segmentors against their teacher, in one run: what a tile costs, and what of the answer stays.
 
-    python -m benchmarks.bench_distill --teacher shipped --widths 8,10,12 [--rounds 5] [--json PATH]
-    python -m benchmarks.bench_distill --students DIR [DIR ...] [--teacher shipped|DIR] [--threads 1]
+    python -m benchmarks.bench_distill --widths 8,10,12 [--rounds 5] [--json PATH]
+    python -m benchmarks.bench_distill --students DIR [DIR ...] [--teacher teacher|shipped|DIR] [--threads 1]
         [--rounds 5] [--val-n 64] [--val-seed 12345] [--phantoms 4] [--film-draws 1] [--json PATH]
 
 Every model (the teacher first; a student is a model folder, e.g. ``runs/seg-w8/run/model`` from
@@ -47,10 +47,9 @@ PHANTOM_RATES = (0.5, 1.0, 2.0, 5.0)
 
 
 def load(spec: str):
-    from mcgr.models import load_model, load_pretrained
+    from mcgr.models import load_model, segmentor_folder
 
-    m = load_pretrained("seg") if spec == "shipped" else load_model(Path(spec), kind="seg")
-    return m.eval()
+    return load_model(segmentor_folder(spec), kind="seg").eval()
 
 
 def threshold_of(seg) -> float:
@@ -241,7 +240,8 @@ def width_costs(a) -> list[dict]:
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--students", nargs="+", default=[], help="model folders of the distilled segmentors")
-    ap.add_argument("--teacher", default="shipped")
+    ap.add_argument("--teacher", default="teacher", help="'teacher' (the packaged width-16 segmentor, default), "
+                    "'shipped' or a model folder")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--val-n", type=int, default=64)

@@ -1,7 +1,7 @@
 """A cheap first pass that hands only candidate tiles to the full segmentor (issue 24, item 3): what
 each gate costs and what it changes, against the full segmentor alone, on film and phantoms.
 
-    python -m experiments.cascade [--teacher shipped] [--student experiments/models/distill-w8-8k]
+    python -m experiments.cascade [--teacher teacher] [--student experiments/models/distill-w8-8k]
         [--views lcc,lmlo,rcc,rmlo] [--fold-index-from-view] [--phantoms 6] [--gates 0.05,0.2,0.5,0.9]
         [--threads 1] [--json PATH]
 
@@ -130,7 +130,8 @@ def run_image(pipe, student, x, gates, breast=None) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--teacher", default="shipped", help="the full segmentor: 'shipped' or a model folder")
+    ap.add_argument("--teacher", default="teacher",
+                    help="the full segmentor: 'teacher' (the packaged width-16 one, default), 'shipped' or a model folder")
     ap.add_argument("--student", default="experiments/models/distill-w8-8k", help="the first pass's model folder")
     ap.add_argument("--views", default="lcc,lmlo,rcc,rmlo", help="sfm-benign-0 views ('' for none)")
     ap.add_argument("--phantoms", type=int, default=6)
@@ -143,10 +144,10 @@ def main(argv=None) -> dict:
     from mcgr.demo import score
     from mcgr.infer.loader import operating_config
     from mcgr.infer.pipeline import Pipeline
-    from mcgr.models import load_model, load_pretrained
+    from mcgr.models import load_model, segmentor_folder
     from mcgr.synth.phantom import breast_phantom
 
-    teacher = load_pretrained("seg") if a.teacher == "shipped" else load_model(a.teacher, kind="seg")
+    teacher = load_model(segmentor_folder(a.teacher), kind="seg").eval()
     student = load_model(a.student, kind="seg").eval()
     cfg = operating_config(teacher)
     pipe = Pipeline(teacher, None, config=cfg, runtime="torch")

@@ -9,6 +9,15 @@ from mcgr.models.seeds import make_seed_map
 from mcgr.models.unet import UNet, UNetConfig, standardise, unstandardise
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+# the width-16 segmentor the shipped width-8 one was distilled from (mcgr/weights/teacher/seg/card.md):
+# the default teacher of ``python -m mcgr.train.distill``
+TEACHER_DIR = WEIGHTS_DIR / "teacher" / "seg"
+
+
+def segmentor_folder(spec: str) -> Path:
+    """The folder a teacher / segmentor name means: "shipped" (the package's segmentor), "teacher"
+    (the packaged width-16 teacher, :data:`TEACHER_DIR`) or a model folder."""
+    return WEIGHTS_DIR / "seg" if spec == "shipped" else TEACHER_DIR if spec == "teacher" else Path(spec)
 
 
 def load_pretrained(kind: str = "seg", device="cpu") -> UNet:
@@ -28,5 +37,5 @@ def load_pretrained(kind: str = "seg", device="cpu") -> UNet:
     return load_model(d, device=device, kind=kind)
 
 
-__all__ = ["CheckpointError", "UNet", "UNetConfig", "WEIGHTS_DIR", "load_model", "load_pretrained",
+__all__ = ["CheckpointError", "TEACHER_DIR", "UNet", "UNetConfig", "WEIGHTS_DIR", "segmentor_folder", "load_model", "load_pretrained",
            "make_seed_map", "save_model", "standardise", "unstandardise"]

@@ -122,7 +122,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch.set_num_threads; 0 = leave as is
     init: str | None = None  # start from these weights: a model folder, or "shipped" (mcgr/weights/<kind>)
-    # a frozen segmentor whose logits the model learns beside the masks (loss.distill > 0): a model folder or "shipped"
+    # a frozen segmentor whose logits the model learns beside the masks (loss.distill > 0): a model folder,
+    # "shipped" (mcgr/weights/seg) or "teacher" (mcgr/weights/teacher/seg, the width-16 one)
     teacher: str | None = None
     model: UNetConfig = field(default_factory=UNetConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -54,10 +54,10 @@ def stamp_student(model_dir: Path, threshold: float | None, teacher: str) -> Non
 def pruned_start(teacher: str, width: int, groups: int, folder: Path) -> Path:
     """The teacher cut to ``width`` channels (:func:`mcgr.models.prune.prune_unet`), saved as a model
     folder for the trainer's ``init``."""
-    from mcgr.models import load_model, load_pretrained, save_model
+    from mcgr.models import load_model, save_model, segmentor_folder
     from mcgr.models.prune import prune_unet
 
-    t = load_pretrained("seg") if teacher == "shipped" else load_model(Path(teacher), kind="seg")
+    t = load_model(segmentor_folder(teacher), kind="seg")
     save_model(prune_unet(t.eval(), width, groups), folder, kind="seg", extra={"source": {"pruned_from": teacher}})
     return folder
 
@@ -65,7 +65,9 @@ def pruned_start(teacher: str, width: int, groups: int, folder: Path) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mcgr.train.distill", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--teacher", default="shipped", help="model folder of the teacher, or 'shipped' (default)")
+    ap.add_argument("--teacher", default="teacher",
+                    help="model folder of the teacher, 'teacher' (default: the packaged width-16 segmentor the shipped "
+                         "one was distilled from) or 'shipped' (the shipped segmentor)")
     ap.add_argument("--width", type=int, default=8, help="channels at full resolution (default 8; shipped 16)")
     ap.add_argument("--groups", type=int, default=4, help="GroupNorm groups (must divide width)")
     ap.add_argument("--steps", type=int, default=4000)
@@ -88,15 +90,15 @@ def main(argv=None) -> int:
         ap.error("--steps must be >= 1 and --distill > 0")
     import torch
 
-    from mcgr.models import WEIGHTS_DIR
+    from mcgr.models import segmentor_folder
     from mcgr.models.checkpoint import read_model_config
     from mcgr.train.real import real_data, training_views
     from mcgr.train.trainer import train
 
-    teacher = a.teacher if a.teacher == "shipped" else str(Path(a.teacher).resolve())
+    teacher = a.teacher if a.teacher in ("shipped", "teacher") else str(Path(a.teacher).resolve())
     # the teacher's config only (its threshold; a missing or damaged folder fails here, before the
     # harvest): the trainer loads its weights
-    _, _, tconfig = read_model_config(WEIGHTS_DIR / "seg" if teacher == "shipped" else teacher)
+    _, _, tconfig = read_model_config(segmentor_folder(teacher))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(a.threads)

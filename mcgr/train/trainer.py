@@ -455,10 +455,9 @@ def _load_teacher(cfg: TrainConfig, device) -> UNet | None:
     check_teacher(cfg, "train config")
     if not cfg.teacher:
         return None
-    from mcgr.models import load_model, load_pretrained
+    from mcgr.models import load_model, segmentor_folder
 
-    t = load_pretrained("seg") if cfg.teacher == "shipped" else load_model(Path(cfg.teacher), kind="seg")
-    t = t.to(device).eval()
+    t = load_model(segmentor_folder(cfg.teacher), kind="seg").to(device).eval()
     for p in t.parameters():
         p.requires_grad_(False)
     return t
