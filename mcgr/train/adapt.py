@@ -289,8 +289,12 @@ class Adaptation:
     def seg_config(self, steps: int, exclude=()):
         from mcgr.train.config import load_config
 
+        from mcgr.models.checkpoint import read_model_config
+
         cfg = load_config("seg", "real")
         cfg.init = str(self.start_dir("seg"))
+        # fine-tune the architecture of the start (--init shipped: the width-8 segmentor, not the preset's 16)
+        cfg.model = read_model_config(cfg.init)[1]
         cfg.threads = self.threads
         cfg.optim.steps = steps
         cfg.data.psf_sigma = self.site_psf()

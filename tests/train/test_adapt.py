@@ -162,3 +162,20 @@ def test_fold_models_follow_the_written_models_schedule_unless_shortened():
     assert Plan(seg_steps=50).fold_schedule == 50
     assert Plan(seg_steps=50, fold_steps=7).fold_schedule == 7
     assert Plan.quick().fold_schedule == Plan.quick().seg_steps
+
+
+@pytest.mark.slow
+def test_fine_tunes_the_architecture_it_starts_from(adapted):
+    # --init shipped starts from the width-8 segmentor; the preset's model (width 16) must not win
+    from mcgr.models import WEIGHTS_DIR, load_model
+    from mcgr.models.unet import UNet
+    from mcgr.train.adapt import Adaptation, Plan
+
+    shipped = json.loads((WEIGHTS_DIR / "seg" / "config.json").read_text())["model"]
+    for init, want in (("shipped", shipped), (str(adapted), json.loads((adapted / "seg" / "config.json").read_text())["model"])):
+        items = [{"key": f.stem} for f in sorted((adapted / "work" / "harvest").glob("*.npy"))]
+        a = Adaptation(adapted, items, Plan.quick(), init=init, progress=False)
+        cfg = a.seg_config(5)
+        assert cfg.model.to_dict() == want
+        model = UNet(cfg.model)  # the trainer's init loads into exactly this
+        model.load_state_dict(load_model(cfg.init, kind="seg").state_dict())
