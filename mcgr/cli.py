@@ -131,7 +131,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--regular", action="store_true", help="calcifications at the training median contrast (default: fainter)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--backend", default="auto", help="kernel backend (default auto)")
-    p.add_argument("--models", default=None, metavar="DIR", help="load seg/ and rf/ from DIR instead of the shipped weights")
+    p.add_argument("--models", default=None, metavar="DIR", help="load seg/ and rf/ from DIR instead of the shipped weights ('teacher': the packaged width-16 segmentor)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's; fewer than cores on a shared machine)")
     p.add_argument("--force", action="store_true", help="overwrite the phantom.* and demo.json files already in DIR")

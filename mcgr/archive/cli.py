@@ -68,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="kernel backend: auto, reference, cpu, triton, cuda (default auto)")
     add_runtime_argument(p)
     p.add_argument("--models", metavar="DIR", default=None,
-                   help="use the models in DIR/seg and DIR/rf (model.safetensors + config.json) instead of the shipped weights")
+                   help="use the models in DIR/seg and DIR/rf (model.safetensors + config.json) instead of the shipped weights; "
+                        "'teacher': the packaged width-16 segmentor the shipped width-8 one was distilled from")
     p.add_argument("--fp-per-image", type=positive_float, default=None, metavar="X",
                    help="operating point: the threshold of the models' calibration curve (mcgr adapt's leave-image-out "
                         "FROC, in DIR/seg/card.md) at X false objects per image (default: the models' own threshold)")

@@ -65,7 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="mcgr-eval", metavar="DIR", help="report folder (default ./mcgr-eval; must be empty unless --force)")
     p.add_argument("--force", action="store_true", help="overwrite the report files of a previous run in DIR")
     p.add_argument("--models", metavar="DIR", help="models to evaluate: DIR/seg and DIR/rf as written by "
-                   "mcgr.models.save_model (default: the weights shipped in the package)")
+                   "mcgr.models.save_model (default: the weights shipped in the package; 'teacher': the packaged "
+                   "width-16 segmentor with the shipped generator)")
     p.add_argument("--device", default="cpu", help="torch device of the pipeline (default cpu)")
     p.add_argument("--backend", default="auto", help="op backend of the pipeline (default auto)")
     p.add_argument("--threshold", type=_threshold, default=0.5, help="operating threshold of every map (default 0.5)")

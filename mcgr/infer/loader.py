@@ -6,7 +6,9 @@ whichever way it is named.
 A model folder ``DIR`` holds ``seg/`` (the segmentor) and ``rf/`` (the generator), each with
 ``model.safetensors`` and ``config.json`` (as ``mcgr train``, ``mcgr adapt`` and
 ``python -m mcgr.train.ship`` write them); None names the weights shipped in the package
-(:data:`mcgr.models.WEIGHTS_DIR`). For the segmentor alone (``refine=False``) ``DIR`` may also be
+(:data:`mcgr.models.WEIGHTS_DIR`), and the keyword ``"teacher"`` the packaged width-16 segmentor the
+shipped width-8 one was distilled from (:data:`mcgr.models.TEACHER_DIR`) with the shipped generator.
+For the segmentor alone (``refine=False``) ``DIR`` may also be
 the segmentor's own folder (``<run>/model`` of ``mcgr train seg``). The operating threshold is the
 segmentor's (:func:`operating_point`: its config's ``operating_threshold``, or
 the point of its calibration curve for ``fp_per_image``), else :class:`TTGPRConfig`'s default.
@@ -114,6 +116,22 @@ def _shipped_folders(kinds: tuple, argument: str) -> dict:
     return {k: root / k for k in kinds}
 
 
+TEACHER = "teacher"  # the models keyword of the packaged width-16 segmentor with the shipped generator
+
+
+def _teacher_folders(kinds: tuple, argument: str) -> dict:
+    import mcgr.models
+
+    if Path(TEACHER).exists():
+        raise ModelFolderError(f"{argument} teacher: names both the packaged width-16 segmentor and the folder "
+                               f"./teacher here; write ./teacher/ for the folder", kinds)
+    folders = _shipped_folders(kinds, argument)
+    folders["seg"] = Path(mcgr.models.TEACHER_DIR)
+    if not _has_model(folders["seg"]):
+        raise ModelFolderError(f"{argument} teacher: no packaged teacher in {folders['seg']}", ("seg",))
+    return folders
+
+
 def model_folders(models: str | os.PathLike | None = None, refine: bool = True, argument: str = "models") -> dict:
     """``{kind: folder}`` of "seg" and, when ``refine``, "rf" in ``models`` (None: the shipped
     weights), checked to hold ``model.safetensors`` and ``config.json``. ``argument``: how the
@@ -122,6 +140,8 @@ def model_folders(models: str | os.PathLike | None = None, refine: bool = True, 
     kinds = KINDS if refine else ("seg",)
     if models is None:
         return _shipped_folders(kinds, argument)
+    if isinstance(models, str) and models == TEACHER:  # a Path("teacher") is a folder
+        return _teacher_folders(kinds, argument)
     root = Path(models)
     if not root.is_dir():
         raise ModelFolderError(f"{argument} {models}: no such folder", kinds)

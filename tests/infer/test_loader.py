@@ -117,3 +117,23 @@ def test_models_folder_errors_name_the_folder(tmp_path):
         load_models(folder)
     assert load_models(folder, refine=False).rf is None  # the segmentor alone needs no generator
     assert load_models(folder / "seg", refine=False).threshold == pytest.approx(_written_threshold(folder))
+
+
+def test_teacher_keyword_names_the_packaged_width16_segmentor(tmp_path, monkeypatch):
+    from mcgr.infer.loader import ModelFolderError, load_models, model_folders
+    from mcgr.models import TEACHER_DIR
+
+    if not (TEACHER_DIR / "model.safetensors").is_file():
+        pytest.skip("no packaged teacher")
+    monkeypatch.chdir(tmp_path)
+    folders = model_folders("teacher")
+    assert folders == {"seg": TEACHER_DIR, "rf": WEIGHTS_DIR / "rf"}
+    loaded = load_models("teacher", refine=False)
+    teacher_cfg = json.loads((TEACHER_DIR / "config.json").read_text())
+    assert loaded.seg.cfg.width == teacher_cfg["model"]["width"]
+    assert loaded.threshold == pytest.approx(teacher_cfg["operating_threshold"])
+    (tmp_path / "teacher").mkdir()  # a folder of that name here: refused, not guessed
+    with pytest.raises(ModelFolderError, match="./teacher/"):
+        model_folders("teacher")
+    shutil.copytree(TEACHER_DIR, tmp_path / "teacher" / "seg")
+    assert model_folders("./teacher/", refine=False)["seg"] == tmp_path.joinpath("teacher", "seg").relative_to(tmp_path)
