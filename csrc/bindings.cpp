@@ -8,7 +8,7 @@
 #include "stitch/stitch.h"
 #include "rf_step/rf_step.h"
 #include "refine/refine.h"
-#include "norm_act/norm_act.h"
+#include "group_norm_silu/group_norm_silu.h"
 
 namespace py = pybind11;
 
@@ -108,8 +108,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("w"), py::arg("params"), py::arg("steps"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
         "refine on CUDA (device pointers, stream as an integer handle); non-finite input bits OR-ed into *flags");
 #endif
-  // norm_act: GroupNorm + per-sample modulation + residual + SiLU in two passes (the U-Net's blocks)
-  py::class_<mcgr::NormActParams>(m, "NormActParams", "group_norm_silu kernel parameters (mcgr.ops.norm_act)")
+  // group_norm_silu: GroupNorm + per-sample modulation + residual + SiLU in two passes (the U-Net's blocks)
+  py::class_<mcgr::NormActParams>(m, "NormActParams", "group_norm_silu kernel parameters (mcgr.ops.group_norm_silu)")
       .def(py::init<>())
       .def_readwrite("n", &mcgr::NormActParams::n)
       .def_readwrite("c", &mcgr::NormActParams::c)

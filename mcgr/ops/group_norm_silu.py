@@ -4,7 +4,7 @@ U-Net block (:class:`mcgr.models.unet.ResBlock`), ``silu(norm1(conv1(x)))`` and
 
 Unfused, PyTorch reads and writes the activations once per step (group_norm, the modulation, the
 add, silu: 28 % of the shipped segmentor's bf16 time on one core of the 2-core EPYC, 49 % of the
-width-8 student's, in ``torch.profiler``). The fused CPU kernel (``csrc/norm_act``) reads them
+width-8 student's, in ``torch.profiler``). The fused CPU kernel (``csrc/group_norm_silu``) reads them
 twice (statistics, then output) and writes them once; the U-Net takes it at inference on CPU
 (:func:`fused_available`).
 

@@ -1,6 +1,6 @@
-// norm_act: GroupNorm, a per-sample channel modulation, a residual and SiLU fused into two passes
+// group_norm_silu: GroupNorm, a per-sample channel modulation, a residual and SiLU fused into two passes
 // over the activations (one to gather the group statistics, one to write the output). The
-// specification is mcgr/ops/norm_act.py (group_norm_silu_ref):
+// specification is mcgr/ops/group_norm_silu.py (group_norm_silu_ref):
 //   y[n,c,p] = silu( ((x[n,c,p] - mean[n,g]) * rstd[n,g] * gamma[c] + beta[c]) * (1 + scale[n,c])
 //                    + shift[n,c] + residual[n,c,p] ),   g = c / (C / G),
 // mean / rstd over the C/G channels and H*W pixels of group g of sample n (biased variance, eps

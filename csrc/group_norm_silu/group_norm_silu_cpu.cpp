@@ -1,8 +1,8 @@
-// The CPU kernel of norm_act.h. Pass 1 sums x and x^2 per channel over blocks of pixels (float32
+// The CPU kernel of group_norm_silu.h. Pass 1 sums x and x^2 per channel over blocks of pixels (float32
 // partials, float64 totals), pass 2 applies the folded per-(sample, channel) affine map, adds the
 // residual and takes SiLU with a vectorisable exp. The hot loops are compiled for AVX-512, AVX2
 // and the baseline, and the loader picks the widest the CPU has (GCC target_clones).
-#include "norm_act/norm_act.h"
+#include "group_norm_silu/group_norm_silu.h"
 
 #include <cmath>
 #include <cstring>
