@@ -287,9 +287,8 @@ class Adaptation:
         return tuple(site["inject_ranges"]["psf_sigma"])
 
     def seg_config(self, steps: int, exclude=()):
-        from mcgr.train.config import load_config
-
         from mcgr.models.checkpoint import read_model_config
+        from mcgr.train.config import load_config
 
         cfg = load_config("seg", "real")
         cfg.init = str(self.start_dir("seg"))

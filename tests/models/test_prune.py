@@ -1,13 +1,53 @@
 """mcgr.models.prune: a student cut out of a teacher computes what the teacher computes when the
 dropped channels' outgoing weights are zero (whole GroupNorm groups kept: their statistics do not
 change), keeps the groups of largest |gamma|, and refuses plans it cannot honour."""
+import copy
 import dataclasses
 
 import pytest
 import torch
+from torch import nn
 
-from mcgr.models.prune import channel_plan, prune_unet, silence_dropped
+from mcgr.models.prune import channel_plan, prune_unet
 from mcgr.models.unet import UNet, UNetConfig
+
+
+@torch.no_grad()
+def silence_dropped(teacher: UNet, width: int, groups: int) -> UNet:
+    """A copy of ``teacher`` in which every weight that reads a channel the pruned student drops is
+    zero, so the dropped channels reach nothing the student keeps: zeroing in the full network, not
+    slicing, so its output is an independent expectation of ``prune_unet(teacher, width, groups)``'s."""
+    plan = channel_plan(teacher, width, groups)
+    t = copy.deepcopy(teacher)
+    tc = t.cfg
+    d = tc.depth
+    tch = [tc.channels(k) for k in range(d + 1)]
+
+    def zero_in(conv, keep, n):
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[keep] = True
+        conv.weight.data[:, ~mask] = 0
+
+    def block(b, in_keep, n_in, inner_keep, n_inner):
+        zero_in(b.conv1, in_keep, n_in)
+        zero_in(b.conv2, inner_keep, n_inner)
+        if isinstance(b.skip, nn.Conv2d):
+            zero_in(b.skip, in_keep, n_in)
+
+    S = plan["S"]
+    block(t.enc[0], S[0], tch[0], plan["inner_enc"][0], tch[0])
+    for k in range(d):
+        zero_in(t.down[k], S[k], tch[k])
+        block(t.enc[k + 1], plan["down"][k], tch[k], plan["inner_enc"][k + 1], tch[k + 1])
+    block(t.mid, S[d], tch[d], plan["inner_mid"], tch[d])
+    prev = S[d]
+    for j, k in enumerate(range(d, 0, -1)):
+        zero_in(t.up[j], prev, tch[k])
+        block(t.dec[j], torch.cat([plan["up"][j], tch[k - 1] + S[k - 1]]), 2 * tch[k - 1],
+              plan["inner_dec"][j], tch[k - 1])
+        prev = plan["T"][j]
+    zero_in(t.head, prev, tch[0])
+    return t.eval()
 
 
 def teacher(width=16, groups=8, depth=3, max_mult=4, seed=0) -> UNet:
